@@ -1,0 +1,55 @@
+/**
+ * One client request and its response as it passes the proxy, and the taps that watch it
+ * (usage metering, telemetry). Taps are called synchronously on the hot path: keep them cheap.
+ */
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
+import { Context, Layer } from "effect"
+
+export type Outcome =
+  /** The whole response reached the client. */
+  | "completed"
+  /** The client went away first; the upstream request was aborted. */
+  | "client_aborted"
+  /** Ollama failed or vanished mid-response; the client's connection was cut. */
+  | "upstream_error"
+  /** Ollama could not be reached; the client got a 503. */
+  | "unavailable"
+
+export interface ExchangeContext {
+  readonly requestId: string
+  /** The API key's name; null on an open proxy. */
+  readonly keyName: string | null
+  readonly req: IncomingMessage
+  /** performance.now() when the request arrived. */
+  readonly startedAt: number
+}
+
+export interface ExchangeObserver {
+  onResponseStart?(status: number, headers: IncomingHttpHeaders): void
+  onData?(chunk: Buffer): void
+  onEnd?(outcome: Outcome, error?: Error): void
+}
+
+/** Makes the observer of one exchange, or undefined when it has nothing to watch there. */
+export type ExchangeTap = (context: ExchangeContext) => ExchangeObserver | undefined
+
+/** The taps in force; each part that watches traffic adds its own. */
+export class ExchangeTaps extends Context.Tag("app/ExchangeTaps")<ExchangeTaps, ReadonlyArray<ExchangeTap>>() {
+  static readonly none = Layer.succeed(ExchangeTaps, [])
+}
+
+/** One observer standing for several, or undefined when there are none. */
+export const observe = (taps: ReadonlyArray<ExchangeTap>, context: ExchangeContext): ExchangeObserver | undefined => {
+  if (taps.length === 0) return undefined
+  const observers: Array<ExchangeObserver> = []
+  for (const tap of taps) {
+    const observer = tap(context)
+    if (observer !== undefined) observers.push(observer)
+  }
+  if (observers.length <= 1) return observers[0]
+  return {
+    onResponseStart: (status, headers) => observers.forEach((o) => o.onResponseStart?.(status, headers)),
+    onData: (chunk) => observers.forEach((o) => o.onData?.(chunk)),
+    onEnd: (outcome, error) => observers.forEach((o) => o.onEnd?.(outcome, error))
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Server: the listeners. Control routes (/ping) are an Effect HttpRouter; every other request is
+ * authenticated and handed to the Proxy's byte path. With PORT_HEALTH != PORT a second listener
+ * answers the control routes only.
+ */
+import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
+import type { AddressInfo } from "node:net"
+import { HttpRouter, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Data, Duration, Effect } from "effect"
+import { AppConfig } from "../Config.js"
+import { ApiKeys, isPreflight } from "./Auth.js"
+import { writeJsonError } from "./Errors.js"
+import { ExchangeTaps, observe } from "./Exchange.js"
+import { requestIdOf } from "./Headers.js"
+import { OllamaHealth } from "../ollama/Health.js"
+import { ping } from "./Ping.js"
+import { Proxy } from "./Proxy.js"
+
+export class ListenError extends Data.TaggedError("ListenError")<{
+  readonly address: string
+  readonly cause: Error
+}> {
+  override get message() {
+    return `cannot listen on ${this.address}: ${this.cause.message}`
+  }
+}
+
+const controlRoutes = HttpRouter.empty.pipe(
+  // The router treats `/ping/` as `/ping`.
+  HttpRouter.get("/ping", ping),
+  HttpRouter.head("/ping", ping)
+)
+
+const CONTROL_PATHS = new Set(["/ping", "/ping/"])
+
+const pathOf = (url: string | undefined) => {
+  const u = url ?? "/"
+  const q = u.indexOf("?")
+  return q < 0 ? u : u.slice(0, q)
+}
+
+const listen = (server: NodeServer, port: number, host: string) =>
+  Effect.async<number, ListenError>((resume) => {
+    const onError = (cause: Error) => resume(Effect.fail(new ListenError({ address: `${host}:${port}`, cause })))
+    server.once("error", onError)
+    server.listen(port, host, () => {
+      server.off("error", onError)
+      resume(Effect.succeed((server.address() as AddressInfo).port))
+    })
+  })
+
+/** Stop accepting, let in-flight exchanges finish within the deadline, then cut what is left. */
+const close = (server: NodeServer, deadline: Duration.Duration) =>
+  Effect.async<void>((resume) => {
+    server.close(() => resume(Effect.void))
+    server.closeIdleConnections()
+  }).pipe(
+    Effect.timeoutTo({ duration: deadline, onSuccess: () => true, onTimeout: () => false }),
+    Effect.tap((drained) => drained ? Effect.void : Effect.logWarning("shutdown deadline reached, closing open connections")),
+    Effect.ensuring(Effect.sync(() => server.closeAllConnections()))
+  )
+
+const makeServer = (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
+  const server = createServer({ keepAliveTimeout: 65_000 }, handler)
+  // Uploads of hundreds of MB may take longer than Node's default 5-minute request timeout.
+  server.requestTimeout = 0
+  return server
+}
+
+export class Server extends Effect.Service<Server>()("app/Server", {
+  scoped: Effect.gen(function*() {
+    const config = yield* AppConfig
+    const keys = yield* ApiKeys
+    const proxy = yield* Proxy
+    const taps = yield* ExchangeTaps
+    const control = yield* NodeHttpServer.makeHandler(
+      controlRoutes.pipe(Effect.catchTag("RouteNotFound", () => HttpServerResponse.text("404 page not found", { status: 404 })))
+    )
+
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      if (CONTROL_PATHS.has(pathOf(req.url))) return control(req, res)
+      const startedAt = performance.now()
+      const requestId = requestIdOf(req.headers)
+      let keyName: string | null = null
+      if (!isPreflight(req.method, req.headers)) {
+        const auth = keys.authenticate(req.headers)
+        if (!auth.ok) {
+          return writeJsonError(res, 401, `unauthorized: ${auth.reason}`, {
+            "www-authenticate": "Bearer",
+            "x-request-id": requestId
+          })
+        }
+        keyName = auth.keyName
+      }
+      proxy.forward(req, res, { requestId, observer: observe(taps, { requestId, keyName, req, startedAt }) })
+    }
+
+    const main = makeServer(onRequest)
+    const port = yield* listen(main, config.port, config.host)
+    yield* Effect.addFinalizer(() => close(main, config.shutdownTimeout))
+
+    let healthPort = port
+    if (config.healthPort !== config.port) {
+      const health = makeServer(control)
+      healthPort = yield* listen(health, config.healthPort, config.host)
+      yield* Effect.addFinalizer(() => close(health, config.shutdownTimeout))
+    }
+
+    yield* Effect.logInfo("listening").pipe(
+      Effect.annotateLogs({ host: config.host, port, health_port: healthPort, ollama: config.ollama.origin })
+    )
+    return { port, healthPort } as const
+  }),
+  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default]
+}) {}

@@ -1,0 +1,114 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Either, Option, Redacted } from "effect"
+import { AppConfig, loadAppConfig, Environment, parseDuration } from "../src/Config.js"
+import { parseOllamaHost } from "../src/ollama/Host.js"
+
+const load = (env: Record<string, string>) =>
+  loadAppConfig.pipe(Effect.provide(Environment.layer(env)), Effect.either, Effect.runSync)
+
+const failure = (env: Record<string, string>) => {
+  const result = load(env)
+  if (Either.isRight(result)) throw new Error("expected a configuration error")
+  return result.left.message
+}
+
+describe("AppConfig", () => {
+  it("has the documented defaults", () => {
+    const config = Either.getOrThrow(load({}))
+    expect(config.port).toBe(80)
+    expect(config.healthPort).toBe(80)
+    expect(config.host).toBe("0.0.0.0")
+    expect(config.ollama.origin).toBe("http://127.0.0.1:11434")
+    expect(config.ollamaBin).toBe("ollama")
+    expect(config.ollamaManaged).toBe(true)
+    expect(config.apiKeys).toEqual([])
+    expect(config.logLevel).toBe("info")
+    expect(Option.isNone(config.webhookUrl)).toBe(true)
+    expect(Duration.toMillis(config.shutdownTimeout)).toBe(25_000)
+    expect(config.preloadKeepAlive).toBe(-1)
+  })
+
+  it("reads the older variable names and PORT_HEALTH", () => {
+    const config = Either.getOrThrow(load({ AUTHORIZATION_PORT: "8080", AUTHORIZATION_HOST: "127.0.0.1", PORT_HEALTH: "8081" }))
+    expect([config.port, config.healthPort, config.host]).toEqual([8080, 8081, "127.0.0.1"])
+    expect(Either.getOrThrow(load({ PORT: "9000", AUTHORIZATION_PORT: "8080" })).port).toBe(9000)
+  })
+
+  it("takes every AUTHORIZATION_APIKEY* as a key, named by its suffix", () => {
+    const hash = "a".repeat(64)
+    const config = Either.getOrThrow(load({
+      AUTHORIZATION_APIKEY: "k0",
+      AUTHORIZATION_APIKEY_BOB: "k1",
+      AUTHORIZATION_APIKEY_TEAM_A: "k2",
+      AUTHORIZATION_APIKEY_1: `sha256:${hash.toUpperCase()}`
+    }))
+    expect(config.apiKeys.map((k) => [k.name, k.hashed])).toEqual([
+      ["default", false],
+      ["1", true],
+      ["bob", false],
+      ["team_a", false]
+    ])
+    expect(Redacted.value(config.apiKeys[1]!.secret)).toBe(hash)
+    expect(String(config.apiKeys[0]!.secret)).not.toContain("k0")
+  })
+
+  it("lists PRELOAD_MODEL* once each, in a stable order", () => {
+    const config = Either.getOrThrow(load({
+      PRELOAD_MODEL_10: "c",
+      PRELOAD_MODEL: "a",
+      PRELOAD_MODEL_2: "b, a",
+      PRELOAD_MODELS_DIR: "/x"
+    }))
+    expect(config.preloadModels).toEqual(["a", "b", "c"])
+  })
+
+  it.each([
+    [{ PORT: "abc" }, "PORT: \"abc\" is not a port number"],
+    [{ PORT: "70000" }, "PORT:"],
+    [{ PORT_HEALTH: "-1" }, "PORT_HEALTH:"],
+    [{ AUTHORIZATION_APIKEY_BOB: "" }, "AUTHORIZATION_APIKEY_BOB: the API key is empty"],
+    [{ AUTHORIZATION_APIKEY: "sha256:xyz" }, "AUTHORIZATION_APIKEY: sha256: must be followed by 64 hex digits"],
+    [{ USER_MODEL_METRICS_WEBHOOK_URL: "ftp://x" }, "USER_MODEL_METRICS_WEBHOOK_URL: \"ftp://x\" is not an http(s) URL"],
+    [{ AUTHORIZATION_LOG_LEVEL: "loud" }, "AUTHORIZATION_LOG_LEVEL:"],
+    [{ OLLAMA_MANAGED: "maybe" }, "OLLAMA_MANAGED:"],
+    [{ SHUTDOWN_TIMEOUT: "soon" }, "SHUTDOWN_TIMEOUT:"]
+  ])("rejects %o with one line naming the variable", (env, expected) => {
+    const message = failure(env)
+    expect(message).toContain(expected)
+    expect(message).not.toContain("\n")
+  })
+
+  it("never puts a key in an error message", () => {
+    expect(failure({ AUTHORIZATION_APIKEY: "sha256:supersecret" })).not.toContain("supersecret")
+  })
+
+  it("parses durations as 500ms, 10s, 2m or plain seconds", () => {
+    const ms = (s: string) => Duration.toMillis(Either.getOrThrow(parseDuration(s)))
+    expect([ms("500ms"), ms("10s"), ms("2m"), ms("1h"), ms("3"), ms("1.5")]).toEqual([500, 10_000, 120_000, 3_600_000, 3000, 1500])
+    expect(Either.isLeft(parseDuration("10 parsecs"))).toBe(true)
+  })
+
+  it.effect("is a layer reading the given environment", () =>
+    Effect.gen(function*() {
+      const config = yield* AppConfig
+      expect(config.port).toBe(1234)
+    }).pipe(Effect.provide(AppConfig.fromEnv({ PORT: "1234" }))))
+})
+
+describe("OLLAMA_HOST, by Ollama's rules", () => {
+  it.each([
+    ["", "127.0.0.1", "127.0.0.1", 11434, "http://127.0.0.1:11434"],
+    ["1.2.3.4", "1.2.3.4", "1.2.3.4", 11434, "http://1.2.3.4:11434"],
+    [":1234", "", "127.0.0.1", 1234, "http://127.0.0.1:1234"],
+    ["0.0.0.0:5000", "0.0.0.0", "127.0.0.1", 5000, "http://127.0.0.1:5000"],
+    ["[::1]", "::1", "::1", 11434, "http://[::1]:11434"],
+    ["[::]:7000", "::", "::1", 7000, "http://[::1]:7000"],
+    ["http://example.com", "example.com", "example.com", 80, "http://example.com:80"],
+    ["https://example.com", "example.com", "example.com", 443, "https://example.com:443"],
+    ["127.0.0.1:99999", "127.0.0.1", "127.0.0.1", 11434, "http://127.0.0.1:11434"],
+    ["localhost:abc", "localhost", "localhost", 11434, "http://localhost:11434"]
+  ])("%j", (raw, bindHost, connectHost, port, origin) => {
+    const host = parseOllamaHost(raw)
+    expect([host.bindHost, host.connectHost, host.port, host.origin]).toEqual([bindHost, connectHost, port, origin])
+  })
+})
