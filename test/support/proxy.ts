@@ -1,0 +1,132 @@
+/**
+ * Starting the real service for tests: in-process on a random port (startProxy), or as the
+ * built bundle in its own process (spawnProxy), as a user or RunPod would run it.
+ */
+import { spawn, type ChildProcess } from "node:child_process"
+import { once } from "node:events"
+import { fileURLToPath } from "node:url"
+import { ManagedRuntime } from "effect"
+import { appFromEnv } from "../../src/App.js"
+import { Server } from "../../src/http/Server.js"
+
+export const ROOT = fileURLToPath(new URL("../..", import.meta.url))
+export const BUNDLE = fileURLToPath(new URL("../../dist/main.js", import.meta.url))
+export const FAKE_OLLAMA_BIN = fileURLToPath(new URL("../fake-ollama/bin/ollama", import.meta.url))
+
+export interface RunningProxy {
+  readonly url: string
+  readonly healthUrl: string
+  readonly port: number
+  readonly close: () => Promise<void>
+}
+
+/** The whole app in this process, on a random loopback port, quiet unless told otherwise. */
+export const startProxy = async (env: Record<string, string>): Promise<RunningProxy> => {
+  const runtime = ManagedRuntime.make(
+    appFromEnv({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error", ...env })
+  )
+  const server = await runtime.runPromise(Server)
+  return {
+    url: `http://127.0.0.1:${server.port}`,
+    healthUrl: `http://127.0.0.1:${server.healthPort}`,
+    port: server.port,
+    close: () => runtime.dispose()
+  }
+}
+
+export interface SpawnedProxy {
+  readonly child: ChildProcess
+  readonly url: string
+  readonly port: number
+  /** Every stdout line so far, parsed as JSON where it is JSON. */
+  readonly lines: Array<Record<string, unknown>>
+  readonly stderr: () => string
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  /** Resolves with the first log line matching, waiting for it if need be. */
+  readonly waitForLine: (predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number) => Promise<Record<string, unknown>>
+  readonly kill: (signal?: NodeJS.Signals) => Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+}
+
+/**
+ * `node dist/main.js` with JSON logs on a random port; resolves once it logged `listening`.
+ * Pass `waitForListening: false` for runs expected to fail at start.
+ */
+export const spawnProxy = async (
+  env: Record<string, string>,
+  options: { waitForListening?: boolean } = {}
+): Promise<SpawnedProxy> => {
+  const child = spawn(process.execPath, [BUNDLE], {
+    env: { ...process.env, PORT: "0", HOST: "127.0.0.1", AUTHORIZATION_LOG_JSON: "true", ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  const lines: Array<Record<string, unknown>> = []
+  const waiters = new Set<() => void>()
+  let stderr = ""
+  let buffered = ""
+  child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
+    buffered += chunk
+    let nl: number
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const text = buffered.slice(0, nl)
+      buffered = buffered.slice(nl + 1)
+      try {
+        lines.push(JSON.parse(text))
+      } catch {
+        lines.push({ text })
+      }
+    }
+    waiters.forEach((w) => w())
+  })
+  child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk
+  })
+  const exited = once(child, "exit").then(([code, signal]) => {
+    waiters.forEach((w) => w())
+    return { code: code as number | null, signal: signal as NodeJS.Signals | null }
+  })
+  let hasExited = false
+  void exited.then(() => (hasExited = true))
+
+  const waitForLine = (predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 15_000) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const check = () => {
+        const found = lines.find(predicate)
+        if (found) {
+          cleanup()
+          resolve(found)
+        } else if (hasExited) {
+          cleanup()
+          reject(new Error(`proxy exited before the expected log line; stderr: ${stderr}`))
+        }
+      }
+      const timer = setTimeout(() => {
+        cleanup()
+        reject(new Error(`timed out waiting for a log line; stderr: ${stderr}\nlines: ${JSON.stringify(lines)}`))
+      }, timeoutMs)
+      const cleanup = () => {
+        clearTimeout(timer)
+        waiters.delete(check)
+      }
+      waiters.add(check)
+      check()
+    })
+
+  let port = 0
+  if (options.waitForListening !== false) {
+    const listening = await waitForLine((l) => l.msg === "listening")
+    port = Number(listening.port)
+  }
+  return {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    port,
+    lines,
+    stderr: () => stderr,
+    exited,
+    waitForLine,
+    kill: (signal = "SIGTERM") => {
+      if (!hasExited) child.kill(signal)
+      return exited
+    }
+  }
+}
