@@ -80,12 +80,12 @@ export const spawnProxy = async (
   child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
     stderr += chunk
   })
+  let hasExited = false
   const exited = once(child, "exit").then(([code, signal]) => {
+    hasExited = true
     waiters.forEach((w) => w())
     return { code: code as number | null, signal: signal as NodeJS.Signals | null }
   })
-  let hasExited = false
-  void exited.then(() => (hasExited = true))
 
   const waitForLine = (predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 15_000) =>
     new Promise<Record<string, unknown>>((resolve, reject) => {
