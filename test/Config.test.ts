@@ -112,3 +112,62 @@ describe("OLLAMA_HOST, by Ollama's rules", () => {
     expect([host.bindHost, host.connectHost, host.port, host.origin]).toEqual([bindHost, connectHost, port, origin])
   })
 })
+
+describe("OpenTelemetry variables", () => {
+  it("exports nothing by default; the service name defaults to the project's", () => {
+    const otel = Either.getOrThrow(load({})).otel
+    expect(Option.isNone(otel.traces) && Option.isNone(otel.metrics)).toBe(true)
+    expect(otel.serviceName).toBe("ollama-authentication-proxy")
+    expect(otel.sampler).toEqual({ kind: "parentbased_always_on" })
+  })
+
+  it("derives signal URLs from the base endpoint, signal endpoints win, headers stay redacted", () => {
+    const otel = Either.getOrThrow(load({
+      OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/",
+      OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: "http://metrics:9000/custom",
+      OTEL_EXPORTER_OTLP_HEADERS: "api-key=s%3Dcret,x-team = a ",
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_SERVICE_NAME: "edge-proxy",
+      OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod,region=eu%2Dwest",
+      OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+      OTEL_TRACES_SAMPLER_ARG: "0.25"
+    })).otel
+    const traces = Option.getOrThrow(otel.traces)
+    expect(traces.url.href).toBe("http://collector:4318/v1/traces")
+    expect(traces.protocol).toBe("http/json")
+    expect(Redacted.value(traces.headers)).toEqual({ "api-key": "s=cret", "x-team": "a" })
+    expect(String(traces.headers)).not.toContain("cret")
+    expect(Option.getOrThrow(otel.metrics).url.href).toBe("http://metrics:9000/custom")
+    expect(otel.serviceName).toBe("edge-proxy")
+    expect(otel.resourceAttributes).toEqual({ "deployment.environment": "prod", region: "eu-west" })
+    expect(otel.sampler).toEqual({ kind: "parentbased_traceidratio", ratio: 0.25 })
+  })
+
+  it("OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER=none switch export off", () => {
+    const base = { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318" }
+    expect(Option.isNone(Either.getOrThrow(load({ ...base, OTEL_SDK_DISABLED: "true" })).otel.traces)).toBe(true)
+    const tracesOff = Either.getOrThrow(load({ ...base, OTEL_TRACES_EXPORTER: "none" })).otel
+    expect([Option.isNone(tracesOff.traces), Option.isSome(tracesOff.metrics)]).toEqual([true, true])
+  })
+
+  it.each([
+    [{ OTEL_EXPORTER_OTLP_ENDPOINT: "collector:4318" }, "OTEL_EXPORTER_OTLP_ENDPOINT:"],
+    [{ OTEL_TRACES_SAMPLER: "sometimes" }, "OTEL_TRACES_SAMPLER:"],
+    [{ OTEL_TRACES_SAMPLER_ARG: "1.5" }, "OTEL_TRACES_SAMPLER_ARG:"],
+    [{ OTEL_EXPORTER_OTLP_PROTOCOL: "grpc" }, "OTEL_EXPORTER_OTLP_PROTOCOL:"],
+    [{ OTEL_SDK_DISABLED: "perhaps" }, "OTEL_SDK_DISABLED:"],
+    [{ OTEL_METRIC_EXPORT_INTERVAL: "often" }, "OTEL_METRIC_EXPORT_INTERVAL:"],
+    [{ OTEL_EXPORTER_OTLP_HEADERS: "Authorization" }, "OTEL_EXPORTER_OTLP_HEADERS:"]
+  ])("rejects %o with one line naming the variable", (env, expected) => {
+    const result = load(env)
+    if (Either.isRight(result)) throw new Error("expected a configuration error")
+    expect(result.left.message).toContain(expected)
+    expect(result.left.message).not.toContain("\n")
+  })
+
+  it("never echoes an OTLP header value", () => {
+    const result = load({ OTEL_EXPORTER_OTLP_HEADERS: "api-key=topsecret,broken" })
+    if (Either.isRight(result)) throw new Error("expected a configuration error")
+    expect(result.left.message).not.toContain("topsecret")
+  })
+})
