@@ -1,12 +1,21 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Tracer } from "effect"
+import { AppConfig } from "../src/Config.js"
 import { makeLineLogger, makeLogger } from "../src/telemetry/Logging.js"
+import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
+import type { ExchangeTap } from "../src/http/Exchange.js"
+import { Tracing } from "../src/telemetry/Tracing.js"
+import { chatStream, play } from "./support/exchange.js"
+import { spanRecorder } from "./support/spans.js"
 
 const capture = (json = true) => {
   const lines: Array<string> = []
   const layer = Logger.replace(Logger.defaultLogger, makeLogger(json, (line) => lines.push(line)))
   return { lines, layer, records: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>) }
 }
+
+const tracingWith = (recorder: ReturnType<typeof spanRecorder>) =>
+  Tracing.layer.pipe(Layer.provide(AppConfig.fromEnv({})), Layer.provide(recorder.layer), Layer.orDie)
 
 describe("log lines", () => {
   it.live("JSON: time, level, msg, request_id first, then the fields; nothing undefined", () => {
@@ -35,15 +44,21 @@ describe("log lines", () => {
     )
   })
 
-  it.live("carries trace_id and span_id of a client's trace, not of Effect's own spans", () => {
+  it.live("carries trace_id and span_id inside an exported span or a client's trace, not Effect's own spans", () => {
     const { layer, records } = capture()
+    const recorder = spanRecorder()
     const client = Tracer.externalSpan({ traceId: "0af7651916cd43dd8448eb211c80319c", spanId: "b7ad6b7169203331", sampled: true })
+    const inOtel = Effect.logInfo("in otel span").pipe(Effect.withSpan("work"), Effect.provide(tracingWith(recorder)))
     const inNative = Effect.logInfo("in native span").pipe(Effect.withSpan("work"))
     const inClient = Effect.logInfo("in client trace").pipe(Effect.withParentSpan(client))
-    return Effect.all([inNative, inClient]).pipe(
+    // The OpenTelemetry tracer a provided layer installs outlives Effect.provide: that one runs last.
+    return Effect.all([inNative, inClient, inOtel]).pipe(
       Effect.provide(layer),
       Effect.map(() => {
-        const [native, fromClient] = records()
+        const [native, fromClient, otel] = records()
+        const span = recorder.spans()[0]!
+        expect(otel).toMatchObject({ trace_id: span.spanContext().traceId, span_id: span.spanContext().spanId })
+        expect(Object.keys(otel!).slice(0, 5)).toEqual(["time", "level", "msg", "trace_id", "span_id"])
         expect(native).not.toHaveProperty("trace_id")
         expect(fromClient).toMatchObject({ trace_id: client.traceId, span_id: client.spanId })
       })
@@ -62,5 +77,66 @@ describe("LineLogger (logging from callbacks)", () => {
       line.log(LogLevel.Error, "kept", { request_id: "r", n: 2 })
       expect(records()).toEqual([expect.objectContaining({ level: "error", msg: "kept", request_id: "r", n: 2 })])
     }).pipe(Effect.provide(Layer.merge(layer, Logger.minimumLogLevel(LogLevel.Warning))))
+  })
+})
+
+describe("access line", () => {
+  const accessLines = (tracing: Layer.Layer<Tracing>, run: (tap: ExchangeTap) => void) => {
+    const { layer, records } = capture()
+    return Effect.gen(function*() {
+      run(yield* makeTelemetryTap)
+      return records().filter((r) => r.msg === "access")
+    }).pipe(Effect.provide(Layer.merge(layer, tracing)))
+  }
+
+  it.live("one line per exchange with the documented fields, and the client's trace id when tracing is off", () =>
+    accessLines(Layer.succeed(Tracing, Tracing.off), (tap) => {
+      play(tap, {
+        url: "/api/chat?x=1",
+        keyName: "bob",
+        headers: { "x-openwebui-user-id": "u-42", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" },
+        body: JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "a secret prompt" }] }),
+        response: { status: 200, headers: { "content-type": "application/x-ndjson" }, chunks: chatStream("llama3.2", 26, 259) }
+      })
+    }).pipe(Effect.map((lines) => {
+      expect(lines).toHaveLength(1)
+      const line = lines[0]!
+      expect(Object.keys(line)).toEqual([
+        "time", "level", "msg", "request_id", "trace_id", "method", "path", "status", "duration_ms", "bytes_in", "bytes_out",
+        "api_key_name", "user_id", "model", "outcome", "input_tokens", "output_tokens"
+      ])
+      expect(line).toMatchObject({
+        level: "info",
+        request_id: "req-1",
+        trace_id: "0af7651916cd43dd8448eb211c80319c",
+        method: "POST",
+        path: "/api/chat",
+        status: 200,
+        api_key_name: "bob",
+        user_id: "u-42",
+        model: "llama3.2",
+        outcome: "completed",
+        input_tokens: 26,
+        output_tokens: 259
+      })
+      expect(line.bytes_in).toBeGreaterThan(0)
+      expect(line.bytes_out).toBe(chatStream("llama3.2", 26, 259).join("").length)
+      expect(typeof line.duration_ms).toBe("number")
+      expect(JSON.stringify(line)).not.toContain("secret prompt")
+    })))
+
+  it.live("has the server span's ids when tracing is on; rejected and failed exchanges get a line too", () => {
+    const recorder = spanRecorder()
+    return accessLines(tracingWith(recorder), (tap) => {
+      play(tap, { url: "/api/tags", method: "GET", proxyStatus: 401, outcome: "rejected" })
+      play(tap, { url: "/api/chat", proxyStatus: 503, outcome: "unavailable", error: new Error("connect ECONNREFUSED 127.0.0.1:11434") })
+    }).pipe(Effect.map((lines) => {
+      const spans = recorder.spans().filter((s) => s.kind === 1)
+      expect(lines.map((l) => [l.status, l.outcome, l.span_id])).toEqual([
+        [401, "rejected", spans[0]!.spanContext().spanId],
+        [503, "unavailable", spans[1]!.spanContext().spanId]
+      ])
+      expect(lines[1]).toMatchObject({ error: "connect ECONNREFUSED 127.0.0.1:11434", trace_id: spans[1]!.spanContext().traceId })
+    }))
   })
 })

@@ -2,7 +2,7 @@
  * One client request and its response as it passes the proxy, and the taps that watch it
  * (usage metering, telemetry). Taps are called synchronously on the hot path: keep them cheap.
  */
-import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 import { Context, Layer } from "effect"
 
 export type Outcome =
@@ -14,17 +14,25 @@ export type Outcome =
   | "upstream_error"
   /** Ollama could not be reached; the client got a 503. */
   | "unavailable"
+  /** The proxy refused the request (no or invalid API key, a 401); Ollama never saw it. */
+  | "rejected"
 
 export interface ExchangeContext {
   readonly requestId: string
   /** The API key's name; null on an open proxy. */
   readonly keyName: string | null
   readonly req: IncomingMessage
+  /** Read-only for taps: the status of answers the proxy writes itself (401, 502, 503) is here. */
+  readonly res: ServerResponse
   /** performance.now() when the request arrived. */
   readonly startedAt: number
 }
 
 export interface ExchangeObserver {
+  /** The request to Ollama is about to go; a tap may add headers (`traceparent`). */
+  onUpstreamRequest?(headers: Record<string, string | Array<string>>): void
+  /** A chunk of the request body, as it is sent to Ollama. */
+  onRequestData?(chunk: Buffer): void
   onResponseStart?(status: number, headers: IncomingHttpHeaders): void
   onData?(chunk: Buffer): void
   onEnd?(outcome: Outcome, error?: Error): void
@@ -47,9 +55,14 @@ export const observe = (taps: ReadonlyArray<ExchangeTap>, context: ExchangeConte
     if (observer !== undefined) observers.push(observer)
   }
   if (observers.length <= 1) return observers[0]
-  return {
-    onResponseStart: (status, headers) => observers.forEach((o) => o.onResponseStart?.(status, headers)),
-    onData: (chunk) => observers.forEach((o) => o.onData?.(chunk)),
-    onEnd: (outcome, error) => observers.forEach((o) => o.onEnd?.(outcome, error))
+  // Only the hooks some observer has: the proxy skips work (a body listener) nobody asked for.
+  const merged: ExchangeObserver = {}
+  if (observers.some((o) => o.onUpstreamRequest)) {
+    merged.onUpstreamRequest = (headers) => observers.forEach((o) => o.onUpstreamRequest?.(headers))
   }
+  if (observers.some((o) => o.onRequestData)) merged.onRequestData = (chunk) => observers.forEach((o) => o.onRequestData?.(chunk))
+  merged.onResponseStart = (status, headers) => observers.forEach((o) => o.onResponseStart?.(status, headers))
+  merged.onData = (chunk) => observers.forEach((o) => o.onData?.(chunk))
+  merged.onEnd = (outcome, error) => observers.forEach((o) => o.onEnd?.(outcome, error))
+  return merged
 }

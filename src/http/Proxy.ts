@@ -98,10 +98,23 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
         finish("client_aborted")
       })
 
+      const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress: req.socket.remoteAddress, requestId })
+      observer?.onUpstreamRequest?.(headers)
+      const body = hasBody(req) ? req : null
+
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c
-          if (res.destroyed) c.abort(new ClientAborted())
+          if (res.destroyed) {
+            c.abort(new ClientAborted())
+            return
+          }
+          // undici attaches its own 'data' listener synchronously after this call, so both see
+          // every chunk and its pause() still holds the body back for backpressure.
+          if (body !== null && observer?.onRequestData !== undefined) {
+            const onRequestData = observer.onRequestData
+            body.on("data", (chunk: Buffer) => onRequestData(chunk))
+          }
         },
         onResponseStart(_c, status, headers) {
           if (status < 200) return // 1xx interim answers stay between us and Ollama
@@ -144,15 +157,7 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
         }
       }
 
-      pool.dispatch(
-        {
-          method: req.method ?? "GET",
-          path: req.url ?? "/",
-          headers: upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress: req.socket.remoteAddress, requestId }),
-          body: hasBody(req) ? req : null
-        },
-        handler
-      )
+      pool.dispatch({ method: req.method ?? "GET", path: req.url ?? "/", headers, body }, handler)
     }
 
     return { forward } as const

@@ -5,7 +5,7 @@
  */
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
-import { HttpRouter, HttpServerResponse } from "@effect/platform"
+import { HttpMiddleware, HttpRouter, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Data, Duration, Effect } from "effect"
 import { AppConfig } from "../Config.js"
@@ -14,6 +14,7 @@ import { writeJsonError } from "./Errors.js"
 import { ExchangeTaps, observe } from "./Exchange.js"
 import { requestIdOf } from "./Headers.js"
 import { OllamaHealth } from "../ollama/Health.js"
+import { metricsRoute, PrometheusMetrics } from "../telemetry/Metrics.js"
 import { ping } from "./Ping.js"
 import { Proxy } from "./Proxy.js"
 
@@ -29,10 +30,11 @@ export class ListenError extends Data.TaggedError("ListenError")<{
 const controlRoutes = HttpRouter.empty.pipe(
   // The router treats `/ping/` as `/ping`.
   HttpRouter.get("/ping", ping),
-  HttpRouter.head("/ping", ping)
+  HttpRouter.head("/ping", ping),
+  HttpRouter.get("/metrics", metricsRoute)
 )
 
-const CONTROL_PATHS = new Set(["/ping", "/ping/"])
+const CONTROL_PATHS = new Set(["/ping", "/ping/", "/metrics", "/metrics/"])
 
 const pathOf = (url: string | undefined) => {
   const u = url ?? "/"
@@ -74,9 +76,10 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     const keys = yield* ApiKeys
     const proxy = yield* Proxy
     const taps = yield* ExchangeTaps
+    // No span per health check or scrape: the handler's runtime has the tracer middleware off.
     const control = yield* NodeHttpServer.makeHandler(
       controlRoutes.pipe(Effect.catchTag("RouteNotFound", () => HttpServerResponse.text("404 page not found", { status: 404 })))
-    )
+    ).pipe(HttpMiddleware.withTracerDisabledWhenEffect(() => true))
 
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {
       if (CONTROL_PATHS.has(pathOf(req.url))) return control(req, res)
@@ -86,14 +89,16 @@ export class Server extends Effect.Service<Server>()("app/Server", {
       if (!isPreflight(req.method, req.headers)) {
         const auth = keys.authenticate(req.headers)
         if (!auth.ok) {
-          return writeJsonError(res, 401, `unauthorized: ${auth.reason}`, {
+          const observer = observe(taps, { requestId, keyName: null, req, res, startedAt })
+          writeJsonError(res, 401, `unauthorized: ${auth.reason}`, {
             "www-authenticate": "Bearer",
             "x-request-id": requestId
           })
+          return observer?.onEnd?.("rejected")
         }
         keyName = auth.keyName
       }
-      proxy.forward(req, res, { requestId, observer: observe(taps, { requestId, keyName, req, startedAt }) })
+      proxy.forward(req, res, { requestId, observer: observe(taps, { requestId, keyName, req, res, startedAt }) })
     }
 
     const main = makeServer(onRequest)
@@ -112,5 +117,5 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     )
     return { port, healthPort } as const
   }),
-  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default]
+  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default, PrometheusMetrics.Default]
 }) {}

@@ -56,7 +56,8 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
     const waitNext = Effect.suspend(() =>
       Queue.take(nudges).pipe(Effect.timeout(current.state === "up" ? INTERVAL_UP : INTERVAL_NOT_UP), Effect.ignore)
     )
-    yield* probe.pipe(Effect.zipRight(waitNext), Effect.repeat(Schedule.forever), Effect.forkScoped)
+    // A probe a second would be a trace a second: the loop makes no spans.
+    yield* probe.pipe(Effect.zipRight(waitNext), Effect.repeat(Schedule.forever), Effect.withTracerEnabled(false), Effect.forkScoped)
 
     return {
       /** The state now; a plain read, cheap enough for every request. */

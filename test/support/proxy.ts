@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from "node:child_process"
 import { once } from "node:events"
 import { fileURLToPath } from "node:url"
-import { ManagedRuntime } from "effect"
+import { Layer, ManagedRuntime } from "effect"
 import { appFromEnv } from "../../src/App.js"
 import { Server } from "../../src/http/Server.js"
 
@@ -20,10 +20,13 @@ export interface RunningProxy {
   readonly close: () => Promise<void>
 }
 
-/** The whole app in this process, on a random loopback port, quiet unless told otherwise. */
-export const startProxy = async (env: Record<string, string>): Promise<RunningProxy> => {
+/**
+ * The whole app in this process, on a random loopback port, quiet unless told otherwise.
+ * `services` supplies optional services the app reads if present (an in-memory span exporter).
+ */
+export const startProxy = async (env: Record<string, string>, services: Layer.Layer<any> = Layer.empty as Layer.Layer<any>): Promise<RunningProxy> => {
   const runtime = ManagedRuntime.make(
-    appFromEnv({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error", ...env })
+    appFromEnv({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error", ...env }).pipe(Layer.provide(services))
   )
   const server = await runtime.runPromise(Server)
   return {

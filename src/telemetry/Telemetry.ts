@@ -1,0 +1,187 @@
+/**
+ * The telemetry tap: for every proxied exchange, the server and GenAI spans (when tracing is
+ * on), the request and GenAI metrics, and the access log line. It runs inside the proxy's
+ * callbacks, so it only counts and keeps references while bytes flow; parsing and the span,
+ * metric and log work happen once, at the end.
+ */
+import type { IncomingMessage } from "node:http"
+import { Effect, LogLevel } from "effect"
+import type { ExchangeTap, Outcome } from "../http/Exchange.js"
+import { classify, formatOf, RequestScanner, ResponseReader, type ResponseUsage } from "./GenAi.js"
+import { makeLineLogger } from "./Logging.js"
+import {
+  activeRequests,
+  modelLabel,
+  operationDuration,
+  operationLabels,
+  requestDuration,
+  requestDurationLabels,
+  requestLabels,
+  requests,
+  timeToFirstChunk,
+  tokenUsage,
+  tokenUsageLabels
+} from "./Metrics.js"
+import { incomingTraceParent, rememberExchangeTrace, Tracing } from "./Tracing.js"
+
+const PROVIDER = "ollama"
+const NO_LABELS: ReadonlyArray<never> = []
+
+const pathOf = (url: string | undefined) => {
+  const u = url ?? "/"
+  const q = u.indexOf("?")
+  return q < 0 ? u : u.slice(0, q)
+}
+
+/** Open WebUI forwards who the user is (ENABLE_FORWARD_USER_INFO_HEADERS); names are percent-encoded. */
+const header = (req: IncomingMessage, name: string, encoded = false): string | undefined => {
+  const value = req.headers[name]
+  if (typeof value !== "string" || value === "") return undefined
+  if (!encoded) return value
+  try {
+    return decodeURIComponent(value)
+  } catch {
+    return value
+  }
+}
+
+/** Low-cardinality class of a failed exchange, or undefined when it succeeded. */
+const errorTypeOf = (outcome: Outcome, status: number, usage: ResponseUsage | undefined): string | undefined => {
+  switch (outcome) {
+    case "completed":
+      if (status >= 400) return String(status)
+      return usage?.error !== undefined ? "ollama_error" : undefined
+    case "rejected":
+      return String(status)
+    default:
+      return outcome
+  }
+}
+
+export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effect.gen(function*() {
+  const exchanges = (yield* Tracing).exchanges
+  const log = yield* makeLineLogger
+  const accessLog = log.enabled(LogLevel.Info)
+
+  return ({ keyName, req, requestId, res, startedAt }) => {
+    const method = req.method ?? "GET"
+    const path = pathOf(req.url)
+    const endpoint = classify(method, path)
+    const operation = endpoint.operation
+    activeRequests.unsafeModify(1, NO_LABELS)
+
+    const trace = exchanges?.start({
+      req,
+      startedAt,
+      route: endpoint.route,
+      knownRoute: endpoint.route !== "other",
+      requestId,
+      keyName,
+      userId: header(req, "x-openwebui-user-id"),
+      userName: header(req, "x-openwebui-user-name", true)
+    })
+    if (trace !== undefined) rememberExchangeTrace(req, trace)
+
+    const scanner = operation === undefined ? undefined : new RequestScanner()
+    let bytesIn = 0
+    let bytesOut = 0
+    let status = 0
+    let upstreamAt: number | undefined
+    let firstChunkAt: number | undefined
+    let reader: ResponseReader | undefined
+
+    return {
+      onUpstreamRequest: (headers) => {
+        upstreamAt = performance.now()
+        trace?.upstream(headers, operation)
+      },
+      onRequestData: (chunk) => {
+        bytesIn += chunk.length
+        scanner?.write(chunk)
+      },
+      onResponseStart: (s, headers) => {
+        status = s
+        if (operation !== undefined && s >= 200 && s < 300) {
+          const format = formatOf(headers["content-type"])
+          if (format !== undefined) reader = new ResponseReader(format)
+        }
+      },
+      onData: (chunk) => {
+        firstChunkAt ??= performance.now()
+        bytesOut += chunk.length
+        reader?.write(chunk)
+      },
+      onEnd: (outcome, error) => {
+        const end = performance.now()
+        activeRequests.unsafeModify(-1, NO_LABELS)
+        if (status === 0) {
+          // An answer the proxy wrote itself (401, 502, 503), or none at all.
+          status = res.headersSent ? res.statusCode : outcome === "client_aborted" ? 499 : res.statusCode
+          bytesOut += res.headersSent ? Number(res.getHeader("content-length") ?? 0) : 0
+        }
+        let usage: ResponseUsage | undefined
+        try {
+          usage = reader?.finish()
+        } catch {
+          usage = undefined
+        }
+        const errorType = errorTypeOf(outcome, status, usage)
+        const statusText = String(status)
+        const seconds = (end - startedAt) / 1000
+        requests.unsafeUpdate(1, requestLabels(endpoint.route, method, statusText, outcome, keyName ?? ""))
+        requestDuration.unsafeUpdate(seconds, requestDurationLabels(method, endpoint.route, statusText))
+
+        const requestModel = scanner?.model
+        const sinceUpstream = upstreamAt ?? startedAt
+        const ttfc = firstChunkAt === undefined ? undefined : (firstChunkAt - sinceUpstream) / 1000
+        if (operation !== undefined && outcome !== "rejected") {
+          const model = modelLabel(requestModel ?? usage?.model)
+          operationDuration.unsafeUpdate((end - sinceUpstream) / 1000, operationLabels(operation, PROVIDER, model, errorType ?? ""))
+          if (ttfc !== undefined && errorType === undefined) {
+            timeToFirstChunk.unsafeUpdate(ttfc, operationLabels(operation, PROVIDER, model, ""))
+          }
+          if (usage?.inputTokens !== undefined) {
+            tokenUsage.unsafeUpdate(usage.inputTokens, tokenUsageLabels(operation, PROVIDER, model, "input", keyName ?? ""))
+          }
+          if (usage?.outputTokens !== undefined && operation !== "embeddings") {
+            tokenUsage.unsafeUpdate(usage.outputTokens, tokenUsageLabels(operation, PROVIDER, model, "output", keyName ?? ""))
+          }
+        }
+
+        trace?.end({
+          status,
+          outcome,
+          error,
+          bytesIn,
+          bytesOut,
+          requestModel,
+          requestStream: operation === undefined ? undefined : scanner?.stream ?? (upstreamAt === undefined ? undefined : endpoint.streamsByDefault),
+          usage,
+          timeToFirstChunk: ttfc,
+          errorType
+        })
+
+        if (accessLog) {
+          log.log(LogLevel.Info, "access", {
+            request_id: requestId,
+            trace_id: trace?.traceId ?? incomingTraceParent(req)?.traceId,
+            span_id: trace?.spanId,
+            method,
+            path,
+            status,
+            duration_ms: Math.round(seconds * 10_000) / 10,
+            bytes_in: bytesIn,
+            bytes_out: bytesOut,
+            api_key_name: keyName,
+            user_id: header(req, "x-openwebui-user-id"),
+            model: requestModel ?? usage?.model,
+            outcome,
+            input_tokens: usage?.inputTokens,
+            output_tokens: operation === "embeddings" ? undefined : usage?.outputTokens,
+            error: outcome === "upstream_error" || outcome === "unavailable" ? error?.message : undefined
+          })
+        }
+      }
+    }
+  }
+})

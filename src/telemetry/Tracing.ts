@@ -1,0 +1,149 @@
+/**
+ * Tracing: OpenTelemetry traces exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+ * is set. Nothing set: the SDK is never loaded, no span is made, and the proxy's hot path pays
+ * one `undefined` check per request.
+ *
+ * Two kinds of spans share one tracer provider:
+ * - Effect code (process supervision, preload, webhook) uses `Effect.withSpan` / `Effect.fn`;
+ *   the layer installs @effect/opentelemetry's tracer so those spans are exported.
+ * - The proxy's hot path is plain callbacks without fibers, so its spans (one server span per
+ *   request, one GenAI client span per inference call) are made with the OpenTelemetry API
+ *   directly, through the `ExchangeTracer` below.
+ */
+import type { IncomingMessage } from "node:http"
+import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
+import { Context, Effect, Layer, Option, Tracer } from "effect"
+import { AppConfig, type AppConfigShape } from "../Config.js"
+import type { Outcome } from "../http/Exchange.js"
+import type { OperationName, ResponseUsage } from "./GenAi.js"
+
+/**
+ * Names of the spans other parts make, so a dashboard finds them under one scheme.
+ * Ollama process: start, ready, exit, restart. Preload: one pull and one warm per model.
+ * Webhook: one span per delivery attempt, parented by `exchangeParentSpan` of the request.
+ */
+export const SpanNames = {
+  ollamaStart: "ollama.process.start",
+  ollamaReady: "ollama.process.ready",
+  ollamaExit: "ollama.process.exit",
+  ollamaRestart: "ollama.process.restart",
+  preloadPull: "ollama.preload.pull",
+  preloadWarm: "ollama.preload.warm",
+  webhookDeliver: "usage.webhook.deliver"
+} as const
+
+/** Extra span processors, beside the OTLP exporter; tests add an in-memory one. */
+export class SpanProcessors extends Context.Reference<SpanProcessors>()("app/SpanProcessors", {
+  defaultValue: (): ReadonlyArray<SpanProcessor> => []
+}) {}
+
+declare const __APP_VERSION__: string | undefined
+
+/** service.name, service.version and OTEL_RESOURCE_ATTRIBUTES, for traces and metrics alike. */
+export const resourceOf = (config: AppConfigShape) => ({
+  serviceName: config.otel.serviceName,
+  ...(typeof __APP_VERSION__ === "string" ? { serviceVersion: __APP_VERSION__ } : {}),
+  attributes: { ...config.otel.resourceAttributes }
+})
+
+/** What the proxy knows of one exchange when it ends, for its spans. */
+export interface ExchangeSummary {
+  readonly status: number
+  readonly outcome: Outcome
+  readonly error: Error | undefined
+  readonly bytesIn: number
+  readonly bytesOut: number
+  readonly requestModel: string | undefined
+  readonly requestStream: boolean | undefined
+  readonly usage: ResponseUsage | undefined
+  /** Seconds from the upstream call to the first response byte. */
+  readonly timeToFirstChunk: number | undefined
+  /** Low-cardinality failure class, or undefined when the exchange succeeded. */
+  readonly errorType: string | undefined
+}
+
+export interface ExchangeStart {
+  readonly req: IncomingMessage
+  readonly startedAt: number
+  readonly route: string
+  /** true when the route is one the proxy knows (`http.route` is then set). */
+  readonly knownRoute: boolean
+  readonly requestId: string
+  readonly keyName: string | null
+  readonly userId: string | undefined
+  readonly userName: string | undefined
+}
+
+/** The spans of one exchange. */
+export interface ExchangeTrace {
+  readonly traceId: string
+  /** The server span. */
+  readonly spanId: string
+  readonly sampled: boolean
+  /** The upstream call starts: opens the GenAI span for inference, sets `traceparent` for Ollama. */
+  readonly upstream: (headers: Record<string, string | Array<string>>, operation: OperationName | undefined) => void
+  readonly end: (summary: ExchangeSummary) => void
+}
+
+export interface ExchangeTracer {
+  readonly start: (start: ExchangeStart) => ExchangeTrace
+}
+
+export interface TracingShape {
+  /** undefined when traces are not exported: the hot path makes no spans. */
+  readonly exchanges: ExchangeTracer | undefined
+}
+
+export class Tracing extends Context.Tag("app/Tracing")<Tracing, TracingShape>() {
+  static readonly off: TracingShape = { exchanges: undefined }
+
+  /**
+   * From AppConfig. The OpenTelemetry SDK is imported only when something is exported, so an
+   * unconfigured service neither loads nor initialises it.
+   */
+  static readonly layer = Layer.unwrapEffect(
+    Effect.gen(function*() {
+      const config = yield* AppConfig
+      const processors = yield* SpanProcessors
+      const otel = config.otel
+      if (Option.isNone(otel.traces) && Option.isNone(otel.metrics) && processors.length === 0) {
+        return Layer.succeed(Tracing, Tracing.off)
+      }
+      const sdk = yield* Effect.promise(() => import("./OtelSdk.js"))
+      return sdk.layer({ tag: Tracing, off: Tracing.off, config, resource: resourceOf(config), extraProcessors: processors })
+    })
+  )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trace an exchange belongs to, for work that outlives it (the usage webhook).
+
+const exchangeTraces = new WeakMap<IncomingMessage, ExchangeTrace>()
+
+/** Called by the telemetry tap when it opens the server span. */
+export const rememberExchangeTrace = (req: IncomingMessage, trace: ExchangeTrace) => {
+  exchangeTraces.set(req, trace)
+}
+
+const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-([\da-f]{16})-([\da-f]{2})$/
+
+/** The client's own `traceparent`, when it is well-formed. */
+export const incomingTraceParent = (req: IncomingMessage): Tracer.ExternalSpan | undefined => {
+  const header = req.headers.traceparent
+  const match = typeof header === "string" ? TRACEPARENT.exec(header.trim()) : null
+  if (match === null || /^0+$/.test(match[1]!) || /^0+$/.test(match[2]!)) return undefined
+  return Tracer.externalSpan({ traceId: match[1]!, spanId: match[2]!, sampled: (parseInt(match[3]!, 16) & 1) === 1 })
+}
+
+/**
+ * The span that work caused by this request should continue: the proxy's server span when
+ * tracing is on, else the client's `traceparent` (so the webhook still carries the client's
+ * trace id), else undefined. Use as `Effect.withParentSpan(parent)`; Effect's HttpClient then
+ * sends `traceparent` on the POST.
+ */
+export const exchangeParentSpan = (req: IncomingMessage): Tracer.ExternalSpan | undefined => {
+  const trace = exchangeTraces.get(req)
+  return trace === undefined
+    ? incomingTraceParent(req)
+    : Tracer.externalSpan({ traceId: trace.traceId, spanId: trace.spanId, sampled: trace.sampled })
+}
