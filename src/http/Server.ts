@@ -14,6 +14,8 @@ import { writeJsonError } from "./Errors.js"
 import { ExchangeTaps, observe } from "./Exchange.js"
 import { requestIdOf } from "./Headers.js"
 import { OllamaHealth } from "../ollama/Health.js"
+import { Preloader } from "../ollama/Preloader.js"
+import { OllamaProcess } from "../ollama/Process.js"
 import { ping } from "./Ping.js"
 import { Proxy } from "./Proxy.js"
 
@@ -112,5 +114,5 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     )
     return { port, healthPort } as const
   }),
-  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default]
+  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default, Preloader.Default, OllamaProcess.Default]
 }) {}
