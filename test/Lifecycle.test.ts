@@ -91,11 +91,12 @@ const indexOf = (proxy: SpawnedProxy, msg: string) => proxy.lines.findIndex((l) 
 
 describe("start-up", () => {
   it("answers /ping 204 until Ollama answers, then 200; requests get 503 meanwhile", async () => {
-    const proxy = await start({ FAKE_OLLAMA_STARTUP_DELAY_MS: "1500" })
+    const proxy = await start({ FAKE_OLLAMA_STARTUP_DELAY_MS: "800" })
     // The fake logs "Listening" at once but answers only after the delay.
     await proxy.waitForLine((l) => l.source === "ollama" && String(l.msg).startsWith("Listening on"))
     expect((await ping(proxy.url)).status).toBe(204)
     expect((await fetch(`${proxy.url}/ping/`)).status).toBe(204)
+    expect((await fetch(`${proxy.url}/ping`, { method: "HEAD" })).status).toBe(204)
     const early = await fetch(`${proxy.url}/api/tags`)
     expect(early.status).toBe(503)
     expect(early.headers.get("retry-after")).not.toBeNull()
@@ -105,6 +106,7 @@ describe("start-up", () => {
     const ready = await ping(proxy.url)
     expect(ready.status).toBe(200)
     expect(ready.body).toMatchObject({ status: "ready", ollama: { state: "up", managed: true, process: "running" } })
+    expect((await fetch(`${proxy.url}/ping`, { method: "HEAD" })).status).toBe(200)
     expect((await fetch(`${proxy.url}/api/tags`)).status).toBe(200)
     // Ollama's own lines come through as ours, with its level.
     expect(proxy.lines.find((l) => l.msg === "no compatible GPUs were discovered, running on CPU")).toMatchObject({
