@@ -8,7 +8,7 @@ import { Server } from "./http/Server.js"
 import { OllamaHealth } from "./ollama/Health.js"
 import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"
-import { MetricsLive } from "./telemetry/Metrics.js"
+import { MetricsLive } from "./telemetry/MetricsExport.js"
 import { makeTelemetryTap } from "./telemetry/Telemetry.js"
 import { Tracing } from "./telemetry/Tracing.js"
 

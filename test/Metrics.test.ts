@@ -5,12 +5,12 @@ import {
   labelCache,
   modelLabel,
   ollamaRestarts,
-  PROMETHEUS_CONTENT_TYPE,
   setPreloadState,
   webhookQueueDepth,
   webhookRecordLabels,
   webhookRecords
 } from "../src/telemetry/Metrics.js"
+import { PROMETHEUS_CONTENT_TYPE } from "../src/telemetry/MetricsExport.js"
 import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
 import { chatStream, play } from "./support/exchange.js"

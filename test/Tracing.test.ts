@@ -1,3 +1,5 @@
+import { createServer } from "node:net"
+import type { AddressInfo } from "node:net"
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
 import type { ReadableSpan } from "@opentelemetry/sdk-trace-base"
 import { HttpClient, HttpClientRequest } from "@effect/platform"
@@ -9,7 +11,8 @@ import type { ExchangeTap } from "../src/http/Exchange.js"
 import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
 import { exchangeParentSpan, Tracing } from "../src/telemetry/Tracing.js"
 import { chatStream, play } from "./support/exchange.js"
-import { spawnProxy, startProxy } from "./support/proxy.js"
+import { scrape } from "./support/metrics.js"
+import { FAKE_OLLAMA_BIN, spawnProxy, startProxy } from "./support/proxy.js"
 import { attributesOf, otlpJsonSpans, startReceiver } from "./support/receiver.js"
 import { spanRecorder } from "./support/spans.js"
 
@@ -245,3 +248,51 @@ describe("in the running service", () => {
     }
   })
 })
+
+describe("the Ollama process and the preload", () => {
+  it("spans for start, ready, exit, restart, pull and warm; up, restarts and preload state as metrics", async () => {
+    const recorder = spanRecorder()
+    const port = await new Promise<number>((resolve) => {
+      const s = createServer().listen(0, "127.0.0.1", () => {
+        const p = (s.address() as AddressInfo).port
+        s.close(() => resolve(p))
+      })
+    })
+    const proxy = await startProxy({
+      OLLAMA_MANAGED: "true",
+      OLLAMA_BIN: FAKE_OLLAMA_BIN,
+      OLLAMA_HOST: `127.0.0.1:${port}`,
+      PRELOAD_MODEL: "qwen3:0.6b",
+      METRICS_PUBLIC: "true",
+      // the first child exits after a while: a restart to see
+      FAKE_OLLAMA_EXIT_AFTER_MS: "1500"
+    }, recorder.layer)
+    try {
+      await waitUntil(async () => (await fetch(`${proxy.url}/ping`)).status === 200)
+      const up = await scrape(proxy.url)
+      expect(up.value("ollama_up")).toBe(1)
+      expect(up.value("ollama_preload_state", { model: "qwen3:0.6b", state: "ready" })).toBe(1)
+      expect(up.value("ollama_preload_state", { model: "qwen3:0.6b", state: "pulling" })).toBe(0)
+      await waitUntil(() => recorder.named("OllamaProcess.restart").length > 0, 15_000)
+      expect((await scrape(proxy.url)).value("ollama_restarts_total")).toBeGreaterThanOrEqual(1)
+    } finally {
+      await proxy.close()
+    }
+    const names = new Set(recorder.spans().map((s) => s.name))
+    for (const name of ["OllamaProcess.start", "OllamaProcess.ready", "OllamaProcess.exit", "OllamaProcess.restart", "Preloader.pull", "Preloader.warm"]) {
+      expect(names).toContain(name)
+    }
+    expect(recorder.named("Preloader.pull")[0]!.attributes).toMatchObject({ model: "qwen3:0.6b" })
+    expect(recorder.named("OllamaProcess.exit")[0]!.attributes).toMatchObject({ code: 1 })
+    expect(recorder.named("OllamaProcess.start")[0]!.attributes.pid).toBeTypeOf("number")
+  })
+})
+
+/** Polls a condition that state outside the test's reach will make true. */
+const waitUntil = async (condition: () => boolean | Promise<boolean>, timeoutMs = 10_000) => {
+  const deadline = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time")
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}

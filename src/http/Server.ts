@@ -16,7 +16,7 @@ import { requestIdOf } from "./Headers.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
-import { metricsRoute, PrometheusMetrics } from "../telemetry/Metrics.js"
+import { metricsRoute, PrometheusMetrics } from "../telemetry/MetricsExport.js"
 import { ping } from "./Ping.js"
 import { Proxy } from "./Proxy.js"
 

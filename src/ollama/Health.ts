@@ -3,7 +3,7 @@
  * A background loop probes `GET /`; the proxy reports connection failures, and in managed mode
  * the process supervisor reports exits, so a dead Ollama is noticed at once, not at the next probe.
  */
-import { Duration, Effect, Queue, Runtime, Schedule, Stream, SubscriptionRef } from "effect"
+import { Clock, Duration, Effect, Exit, Queue, Runtime, Schedule, Stream, SubscriptionRef, type Tracer } from "effect"
 import { OllamaClient } from "./Client.js"
 import { OllamaProcess } from "./Process.js"
 
@@ -34,7 +34,30 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
     const nudges = yield* Queue.sliding<void>(1)
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
+    // OllamaProcess.ready: from a child's start (or ours, unmanaged) to its first answer.
+    let ready: Tracer.Span | undefined
+    const endReady = (exit: Exit.Exit<unknown, unknown>) =>
+      Effect.suspend(() => {
+        const span = ready
+        ready = undefined
+        return span === undefined ? Effect.void : Effect.map(Clock.currentTimeNanos, (now) => span.end(now, exit))
+      })
+    const startReady = (attributes: Record<string, unknown>) =>
+      endReady(Exit.void).pipe(
+        Effect.zipRight(Effect.makeSpan("OllamaProcess.ready", { attributes, root: true })),
+        Effect.map((span) => void (ready = span))
+      )
+
     const set = (state: OllamaState, version?: string) =>
+      Effect.suspend(() => {
+        if (state === "up" && ready !== undefined) {
+          if (version !== undefined) ready.attribute("version", version)
+          return endReady(Exit.void).pipe(Effect.zipRight(update(state, version)))
+        }
+        return update(state, version)
+      })
+
+    const update = (state: OllamaState, version?: string) =>
       Effect.suspend(() => {
         if (state === current.state) return Effect.void
         const previous = current.state
@@ -78,9 +101,15 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
       Stream.runForEach((process) => {
         switch (process._tag) {
           case "Exited":
-            return set(current.state === "starting" ? "starting" : "down")
+            return endReady(Exit.fail("exited before answering")).pipe(
+              Effect.zipRight(set(current.state === "starting" ? "starting" : "down"))
+            )
           case "Running":
-            return Queue.offer(nudges, undefined)
+            return startReady({ pid: process.pid, restarts: process.restarts }).pipe(
+              Effect.zipRight(Queue.offer(nudges, undefined))
+            )
+          case "Unmanaged":
+            return current.state === "up" ? Effect.void : startReady({ managed: false })
           default:
             return Effect.void
         }

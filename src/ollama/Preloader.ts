@@ -14,6 +14,7 @@ import {
   type WarmedWith
 } from "./Client.js"
 import { OllamaHealth } from "./Health.js"
+import { setPreloadState } from "../telemetry/Metrics.js"
 
 export type ModelState = "pending" | "pulling" | "warming" | "ready" | "failed"
 
@@ -122,7 +123,8 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
     const setModel = (status: ModelStatus) =>
       Effect.sync(() => {
         snapshot = { ...snapshot, models: snapshot.models.map((m) => (m.model === status.model ? status : m)) }
-      })
+      }).pipe(Effect.zipRight(setPreloadState(status.model, status.state)))
+    yield* Effect.forEach(models, (model) => setPreloadState(model, "pending"), { discard: true })
 
     /** Runs `attempt` once Ollama answers, again after transient failures, on retrySchedule. */
     const withRetries = <A>(what: string, attempt: Effect.Effect<A, PreloadError>) => {
@@ -141,6 +143,7 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
     }
 
     const pull = Effect.fn("Preloader.pull")(function*(model: string) {
+      yield* Effect.annotateCurrentSpan("model", model)
       const startedAt = yield* Clock.currentTimeMillis
       const meter = new PullMeter(startedAt)
       yield* setModel({ model, state: "pulling" })
@@ -172,6 +175,7 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
     })
 
     const warm = Effect.fn("Preloader.warm")(function*(model: string) {
+      yield* Effect.annotateCurrentSpan("model", model)
       const startedAt = yield* Clock.currentTimeMillis
       yield* setModel({ model, state: "warming" })
       const warmedWith = yield* withRetries("warm", client.warm(model, config.preloadKeepAlive))

@@ -15,11 +15,13 @@ import {
   Fiber,
   Layer,
   LogLevel,
+  Metric,
   Schedule,
   Stream,
   SubscriptionRef
 } from "effect"
 import { AppConfig, Environment } from "../Config.js"
+import { ollamaRestarts } from "../telemetry/Metrics.js"
 
 /** `OLLAMA_BIN serve` could not be started at all (missing, not executable). */
 export class OllamaSpawnError extends Data.TaggedError("OllamaSpawnError")<{
@@ -289,8 +291,11 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
               )
             )
           }),
-          Effect.uninterruptible
+          Effect.uninterruptible,
+          Effect.tap((proc) => Effect.annotateCurrentSpan("pid", proc.pid)),
+          Effect.withSpan(restarts === 0 ? "OllamaProcess.start" : "OllamaProcess.restart", { attributes: { restarts } })
         )
+        if (restarts > 0) yield* Metric.increment(ollamaRestarts)
         const pid = proc.pid
         const since = yield* Clock.currentTimeMillis
         // Both pipes are read to the end, always: a full pipe would block the child.
@@ -303,12 +308,16 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
         yield* Effect.logInfo("ollama started").pipe(Effect.annotateLogs({ pid, bin: config.ollamaBin }))
 
         const status = yield* exitStatusOf(proc)
-        yield* lastLines
-        const at = yield* Clock.currentTimeMillis
-        yield* publish(ProcessState.Exited({ ...status, at, restarts }))
-        yield* Effect.logError("ollama exited").pipe(
-          Effect.annotateLogs({ pid, code: status.code, signal: status.signal, uptime_ms: at - since })
-        )
+        const at = yield* Effect.gen(function*() {
+          yield* lastLines
+          const at = yield* Clock.currentTimeMillis
+          yield* publish(ProcessState.Exited({ ...status, at, restarts }))
+          yield* Effect.logError("ollama exited").pipe(
+            Effect.annotateLogs({ pid, code: status.code, signal: status.signal, uptime_ms: at - since })
+          )
+          yield* Effect.annotateCurrentSpan({ code: status.code, signal: status.signal, uptime_ms: at - since })
+          return at
+        }).pipe(Effect.withSpan("OllamaProcess.exit", { attributes: { pid } }))
         return Duration.millis(at - since)
       }).pipe(
         Effect.scoped,

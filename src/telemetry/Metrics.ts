@@ -1,7 +1,8 @@
 /**
- * Metrics: instruments are Effect `Metric`s; they are exported through @effect/opentelemetry's
- * metrics bridge, as Prometheus text on `GET /metrics` (the official OpenTelemetry serializer)
- * and over OTLP when an endpoint is set (see OtelSdk.ts).
+ * Metrics: the instruments, Effect `Metric`s. They are exported through @effect/opentelemetry's
+ * metrics bridge, as Prometheus text on `GET /metrics` (MetricsExport.ts, with the official
+ * OpenTelemetry serializer) and over OTLP when an endpoint is set (OtelSdk.ts). This module
+ * imports nothing of the project, so any part can use it.
  *
  * The proxy's hot path updates them from plain callbacks with `unsafeUpdate`, no fiber. Label
  * sets are cached as arrays, because Effect finds a tagged metric's state by the identity of
@@ -13,13 +14,7 @@
  * webhook (`webhookRecords`, `webhookRetries`, `webhookQueueDepth`). From Effect code use the
  * Effect API (`Metric.increment(ollamaRestarts)`), from callbacks the `unsafe*` methods.
  */
-import type { IncomingHttpHeaders } from "node:http"
-import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect, Layer, Metric, MetricBoundaries, MetricLabel, Stream } from "effect"
-import { AppConfig, type AppConfigShape } from "../Config.js"
-import { ApiKeys } from "../http/Auth.js"
-import { OllamaHealth } from "../ollama/Health.js"
-import { resourceOf } from "./Tracing.js"
+import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
 
 type Labels = ReadonlyArray<MetricLabel.MetricLabel>
 
@@ -40,7 +35,7 @@ export const labelCache = (keys: ReadonlyArray<string>) => {
   }
 }
 
-const NO_LABELS: Labels = []
+export const NO_LABELS: Labels = []
 
 /** Model names come from clients; past this many distinct ones, new names count as `_other`. */
 const MAX_MODELS = 100
@@ -135,78 +130,4 @@ export const webhookRetries = Metric.counter("usage.webhook.retries", { descript
 export const webhookQueueDepth = Metric.gauge("usage.webhook.queue.depth", { description: "Usage records waiting for delivery" })
 
 /** Metrics that should read 0 before anything happened, not be missing. */
-const preregistered = [activeRequests, ollamaUp, ollamaRestarts, webhookRetries, webhookQueueDepth] as const
-
-/** Keeps `ollama.up` in step with OllamaHealth for as long as the service runs. */
-export const MetricsLive = Layer.scopedDiscard(
-  Effect.gen(function*() {
-    for (const metric of preregistered) metric.unsafeValue(NO_LABELS)
-    const health = yield* OllamaHealth
-    yield* health.changes.changes.pipe(
-      Stream.runForEach((s) => Metric.set(ollamaUp, s.state === "up" ? 1 : 0)),
-      Effect.forkScoped
-    )
-  })
-)
-
-// ---------------------------------------------------------------------------------------------
-// Prometheus text, made by OpenTelemetry's exporter from the Effect metrics
-
-interface Scraper {
-  readonly scrape: () => Promise<string>
-  readonly shutdown: () => Promise<void>
-}
-
-/** Loaded on the first scrape: nothing of the exporter runs at start-up. */
-const loadScraper = async (config: AppConfigShape): Promise<Scraper> => {
-  const [{ PrometheusExporter, PrometheusSerializer }, Bridge] = await Promise.all([
-    import("@opentelemetry/exporter-prometheus"),
-    import("./MetricsBridge.js")
-  ])
-  const reader = new PrometheusExporter({ preventServerStart: true })
-  reader.setMetricProducer(Bridge.makeProducer(resourceOf(config)))
-  // No otel_scope_name on every series: all of them come from the one Effect bridge.
-  const serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
-  return {
-    scrape: async () => {
-      const { resourceMetrics } = await reader.collect()
-      return serializer.serialize(resourceMetrics)
-    },
-    shutdown: () => reader.shutdown()
-  }
-}
-
-export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-export class PrometheusMetrics extends Effect.Service<PrometheusMetrics>()("app/PrometheusMetrics", {
-  scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
-    let scraper: Promise<Scraper> | undefined
-    yield* Effect.addFinalizer(() => scraper === undefined ? Effect.void : Effect.promise(() => scraper!.then((s) => s.shutdown())))
-    return {
-      /** The Prometheus text exposition of every metric now. */
-      scrape: Effect.promise(() => {
-        scraper ??= loadScraper(config)
-        return scraper.then((s) => s.scrape())
-      })
-    } as const
-  })
-}) {}
-
-/** `GET /metrics`: needs a valid API key when keys are configured, unless METRICS_PUBLIC=true. */
-export const metricsRoute = Effect.gen(function*() {
-  const config = yield* AppConfig
-  const keys = yield* ApiKeys
-  if (!config.metricsPublic && !keys.open) {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const auth = keys.authenticate(request.headers as IncomingHttpHeaders)
-    if (!auth.ok) {
-      return HttpServerResponse.unsafeJson({ error: `unauthorized: ${auth.reason}` }, {
-        status: 401,
-        headers: { "www-authenticate": "Bearer" }
-      })
-    }
-  }
-  const text = yield* (yield* PrometheusMetrics).scrape
-  return HttpServerResponse.text(text, { contentType: PROMETHEUS_CONTENT_TYPE })
-})
+export const preregistered = [activeRequests, ollamaUp, ollamaRestarts, webhookRetries, webhookQueueDepth] as const
