@@ -1,3 +1,5 @@
+import { createServer } from "node:net"
+import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Tracer } from "effect"
 import { AppConfig } from "../src/Config.js"
@@ -6,6 +8,8 @@ import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
 import type { ExchangeTap } from "../src/http/Exchange.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
 import { chatStream, play } from "./support/exchange.js"
+import { FAKE_OLLAMA_BIN, spawnProxy } from "./support/proxy.js"
+import { startReceiver } from "./support/receiver.js"
 import { spanRecorder } from "./support/spans.js"
 
 const capture = (json = true) => {
@@ -138,5 +142,77 @@ describe("access line", () => {
       ])
       expect(lines[1]).toMatchObject({ error: "connect ECONNREFUSED 127.0.0.1:11434", trace_id: spans[1]!.spanContext().traceId })
     }))
+  })
+})
+
+describe("the built service's output", () => {
+  it("JSON lines with stable keys, an access line per request, Ollama's lines marked, no secret anywhere", async () => {
+    const secrets = {
+      key: "sk-live-0a1b2c3d4e5f",
+      otherKey: "sk-team-9f8e7d6c5b4a",
+      webhookKey: "whk-7c6b5a4d3e2f",
+      collectorKey: "otlp-3e4d5c6b7a8f",
+      prompt: "my confidential prompt about project nightingale"
+    }
+    const receiver = await startReceiver()
+    const port = await new Promise<number>((resolve) => {
+      const s = createServer().listen(0, "127.0.0.1", () => {
+        const p = (s.address() as AddressInfo).port
+        s.close(() => resolve(p))
+      })
+    })
+    const proxy = await spawnProxy({
+      OLLAMA_BIN: FAKE_OLLAMA_BIN,
+      OLLAMA_HOST: `127.0.0.1:${port}`,
+      AUTHORIZATION_APIKEY_ERIN: secrets.key,
+      AUTHORIZATION_APIKEY_TEAM: secrets.otherKey,
+      USER_MODEL_METRICS_WEBHOOK_URL: `${receiver.url}/usage`,
+      USER_MODEL_METRICS_WEBHOOK_API_KEY: secrets.webhookKey,
+      OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+      OTEL_EXPORTER_OTLP_HEADERS: `authorization=Bearer%20${secrets.collectorKey}`,
+      AUTHORIZATION_LOG_LEVEL: "debug"
+    })
+    try {
+      for (let i = 0; i < 300 && (await fetch(`${proxy.url}/ping`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 20))
+      const chat = await fetch(`${proxy.url}/api/chat`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${secrets.key}`, "x-request-id": "req-log-test", "x-openwebui-user-id": "u-7" },
+        body: JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: secrets.prompt }] })
+      })
+      await chat.text()
+      const refused = await fetch(`${proxy.url}/api/tags`, { headers: { authorization: `Bearer ${secrets.otherKey}x` } })
+      await refused.text()
+      await proxy.waitForLine((l) => l.msg === "access" && l.status === 401)
+      expect((await proxy.kill("SIGTERM")).code).toBe(0)
+    } finally {
+      await proxy.kill("SIGKILL")
+      await receiver.close()
+    }
+
+    const lines = proxy.lines
+    expect(lines.filter((l) => "text" in l)).toEqual([])
+    for (const line of lines) {
+      expect(Object.keys(line).slice(0, 3)).toEqual(["time", "level", "msg"])
+      expect(["error", "warn", "info", "debug"]).toContain(line.level)
+    }
+    const access = lines.filter((l) => l.msg === "access")
+    expect(access.map((l) => [l.path, l.status, l.outcome])).toEqual([["/api/chat", 200, "completed"], ["/api/tags", 401, "rejected"]])
+    expect(access[0]).toMatchObject({
+      request_id: "req-log-test",
+      method: "POST",
+      api_key_name: "erin",
+      user_id: "u-7",
+      model: "llama3.2",
+      input_tokens: expect.any(Number),
+      output_tokens: 5
+    })
+    expect(access[0]!.trace_id).toMatch(/^[0-9a-f]{32}$/)
+    expect(Object.keys(access[0]!).slice(3, 6)).toEqual(["request_id", "trace_id", "span_id"])
+    expect(lines.some((l) => l.source === "ollama" && String(l.msg).includes("Listening"))).toBe(true)
+
+    const output = JSON.stringify(lines) + proxy.stderr()
+    for (const [name, secret] of Object.entries(secrets)) {
+      expect(output.includes(secret), `${name} appears in the output`).toBe(false)
+    }
   })
 })

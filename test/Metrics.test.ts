@@ -1,4 +1,5 @@
 import { createServer } from "node:net"
+import OpenAI from "openai"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Metric } from "effect"
 import {
@@ -13,6 +14,7 @@ import {
 import { PROMETHEUS_CONTENT_TYPE } from "../src/telemetry/MetricsExport.js"
 import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
+import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
 import { scrape } from "./support/metrics.js"
 import { startProxy } from "./support/proxy.js"
@@ -137,6 +139,55 @@ describe("GET /metrics", () => {
       expect(m.value("usage_webhook_records_total", { outcome: "delivered" })).toBe(1)
     } finally {
       await proxy.close()
+    }
+  })
+})
+
+describe("/metrics after real traffic through the fake Ollama", () => {
+  it("token counters equal the fake's figures, per model, operation and key", async () => {
+    const fake = await startFakeOllama({ tokens: 9 })
+    const proxy = await startProxy({ OLLAMA_HOST: fake.url, AUTHORIZATION_APIKEY_DAVE: KEY })
+    try {
+      for (let i = 0; i < 200 && (await fetch(`${proxy.url}/ping`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 20))
+      const post = (path: string, body: object) =>
+        fetch(`${proxy.url}${path}`, { method: "POST", headers: auth, body: JSON.stringify(body) }).then((r) => r.text())
+      const chat = { model: "llama3.2", messages: [{ role: "user", content: "Tell me about metrics" }] }
+      const generate = { model: "llama3.2", prompt: "Once upon a time", stream: false }
+      const embed = { model: "nomic-embed-text", input: ["one", "two three"] }
+      const before = await scrape(proxy.url, auth)
+      await post("/api/chat", chat)
+      await post("/api/generate", generate)
+      await post("/api/embed", embed)
+      const openai = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: KEY })
+      const v1 = { model: "llama3.2", messages: [{ role: "user" as const, content: "And OpenAI?" }] }
+      await openai.chat.completions.create(v1)
+      const after = await scrape(proxy.url, auth)
+
+      const figures = [
+        ["chat", fake.expected("/api/chat", chat)],
+        ["text_completion", fake.expected("/api/generate", generate)],
+        ["chat", fake.expected("/v1/chat/completions", v1)]
+      ] as const
+      const sum = (operation: string, type: "input" | "output") =>
+        figures.filter(([op]) => op === operation).reduce((n, [, f]) => n + (type === "input" ? f.promptEvalCount : f.evalCount), 0)
+      const tokens = (operation: string, model: string, type: string) => {
+        const labels = { gen_ai_operation_name: operation, gen_ai_request_model: model, gen_ai_token_type: type, api_key_name: "dave" }
+        return after.total("gen_ai_client_token_usage_sum", labels) - before.total("gen_ai_client_token_usage_sum", labels)
+      }
+      expect(tokens("chat", "llama3.2", "input")).toBe(sum("chat", "input"))
+      expect(tokens("chat", "llama3.2", "output")).toBe(sum("chat", "output"))
+      expect(sum("chat", "output")).toBe(18)
+      expect(tokens("text_completion", "llama3.2", "input")).toBe(sum("text_completion", "input"))
+      expect(tokens("text_completion", "llama3.2", "output")).toBe(9)
+      expect(tokens("embeddings", "nomic-embed-text", "input")).toBe(fake.expected("/api/embed", embed).promptEvalCount)
+      expect(after.value("ollama_up")).toBe(1)
+      expect(after.value("gen_ai_client_operation_duration_count", { gen_ai_operation_name: "embeddings", gen_ai_request_model: "nomic-embed-text" }))
+        .toBeGreaterThanOrEqual(1)
+      expect(after.total("ollama_proxy_requests_total", { endpoint: "/v1/chat/completions", status: "200", outcome: "completed", api_key_name: "dave" }))
+        .toBeGreaterThanOrEqual(1)
+    } finally {
+      await proxy.close()
+      await fake.close()
     }
   })
 })

@@ -4,15 +4,18 @@ import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
 import type { ReadableSpan } from "@opentelemetry/sdk-trace-base"
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
+import { Ollama } from "ollama"
+import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { AppConfig } from "../src/Config.js"
 import type { ExchangeTap } from "../src/http/Exchange.js"
 import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
 import { exchangeParentSpan, Tracing } from "../src/telemetry/Tracing.js"
+import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
 import { scrape } from "./support/metrics.js"
-import { FAKE_OLLAMA_BIN, spawnProxy, startProxy } from "./support/proxy.js"
+import { FAKE_OLLAMA_BIN, spawnProxy, startProxy, type RunningProxy } from "./support/proxy.js"
 import { attributesOf, otlpJsonSpans, startReceiver } from "./support/receiver.js"
 import { spanRecorder } from "./support/spans.js"
 
@@ -246,6 +249,79 @@ describe("in the running service", () => {
       await proxy.kill("SIGKILL")
       await receiver.close()
     }
+  })
+})
+
+describe("through the service, with the fake Ollama", () => {
+  const KEY = "tracing-e2e-key"
+  let fake: Awaited<ReturnType<typeof startFakeOllama>>
+  let proxy: RunningProxy
+  const recorder = spanRecorder()
+
+  beforeAll(async () => {
+    fake = await startFakeOllama({ tokens: 7 })
+    proxy = await startProxy({ OLLAMA_HOST: fake.url, AUTHORIZATION_APIKEY_CAROL: KEY }, recorder.layer)
+    await waitUntil(async () => (await fetch(`${proxy.url}/ping`)).status === 200)
+  })
+  afterAll(async () => {
+    await proxy?.close()
+    await fake?.close()
+  })
+
+  const spansOfTrace = (traceId: string) => recorder.spans().filter((s) => s.spanContext().traceId === traceId)
+  /** The GenAI span inside the last server span of that name. */
+  const genAiUnder = (serverName: string) => {
+    const server = recorder.named(serverName).at(-1)!
+    return recorder.spans().find((s) => s.parentSpanContext?.spanId === server.spanContext().spanId)!
+  }
+
+  it("a chat: the trace goes on to Ollama, the GenAI span has the fake's figures", async () => {
+    const body = { model: "llama3.2", messages: [{ role: "user" as const, content: "Why is the sky blue?" }] }
+    const client = new Ollama({ host: proxy.url, headers: { authorization: `Bearer ${KEY}`, traceparent: TRACEPARENT } })
+    for await (const _ of await client.chat({ ...body, stream: true })) void _
+    const figures = fake.expected("/api/chat", { ...body, stream: true })
+    const received = await fake.waitFor((r) => r.path === "/api/chat")
+
+    const spans = spansOfTrace(TRACE_ID)
+    const server = spans.find((s) => s.kind === SpanKind.SERVER)!
+    const genAi = spans.find((s) => s.kind === SpanKind.CLIENT)!
+    expect([server.name, genAi.name]).toEqual(["POST /api/chat", "chat llama3.2"])
+    expect(server.parentSpanContext?.spanId).toBe(CLIENT_SPAN)
+    expect(genAi.parentSpanContext?.spanId).toBe(server.spanContext().spanId)
+    expect(received.headers.traceparent).toBe(`00-${TRACE_ID}-${genAi.spanContext().spanId}-01`)
+    expect(genAi.attributes).toMatchObject({
+      "gen_ai.request.model": "llama3.2",
+      "gen_ai.response.model": "llama3.2",
+      "gen_ai.request.stream": true,
+      "gen_ai.usage.input_tokens": figures.promptEvalCount,
+      "gen_ai.usage.output_tokens": figures.evalCount,
+      "gen_ai.response.finish_reasons": [figures.doneReason],
+      "server.port": fake.port,
+      "api_key.name": "carol"
+    })
+    expect(server.attributes["http.response.body.size"]).toBeGreaterThan(0)
+  })
+
+  it("OpenAI chat with usage, and embeddings: operation names and token figures", async () => {
+    const openai = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: KEY })
+    const chat = { model: "llama3.2", messages: [{ role: "user" as const, content: "Count to three" }] }
+    const stream = await openai.chat.completions.create({ ...chat, stream: true, stream_options: { include_usage: true } })
+    for await (const _ of stream) void _
+    await openai.embeddings.create({ model: "nomic-embed-text", input: "an embedded sentence" })
+    const figures = fake.expected("/v1/chat/completions", { ...chat, stream: true, stream_options: { include_usage: true } })
+    const embedFigures = fake.expected("/v1/embeddings", { model: "nomic-embed-text", input: "an embedded sentence" })
+
+    const openaiChat = genAiUnder("POST /v1/chat/completions")
+    expect(openaiChat.name).toBe("chat llama3.2")
+    expect(openaiChat.attributes).toMatchObject({
+      "gen_ai.usage.input_tokens": figures.promptEvalCount,
+      "gen_ai.usage.output_tokens": figures.evalCount,
+      "gen_ai.response.finish_reasons": ["stop"]
+    })
+    const embed = genAiUnder("POST /v1/embeddings")
+    expect(embed.name).toBe("embeddings nomic-embed-text")
+    expect(embed.attributes).toMatchObject({ "gen_ai.operation.name": "embeddings", "gen_ai.usage.input_tokens": embedFigures.promptEvalCount })
+    expect(embed.attributes).not.toHaveProperty("gen_ai.usage.output_tokens")
   })
 })
 
