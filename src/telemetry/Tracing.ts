@@ -118,11 +118,16 @@ export class Tracing extends Context.Tag("app/Tracing")<Tracing, TracingShape>()
 // ---------------------------------------------------------------------------------------------
 // The trace an exchange belongs to, for work that outlives it (the usage webhook).
 
-const exchangeTraces = new WeakMap<IncomingMessage, ExchangeTrace>()
+/** The trace rides on the request object: a WeakMap would give the GC an ephemeron per request. */
+const EXCHANGE_TRACE = Symbol("app/ExchangeTrace")
+
+interface WithTrace {
+  [EXCHANGE_TRACE]?: ExchangeTrace
+}
 
 /** Called by the telemetry tap when it opens the server span. */
 export const rememberExchangeTrace = (req: IncomingMessage, trace: ExchangeTrace) => {
-  exchangeTraces.set(req, trace)
+  ;(req as WithTrace)[EXCHANGE_TRACE] = trace
 }
 
 const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-([\da-f]{16})-([\da-f]{2})$/
@@ -142,7 +147,7 @@ export const incomingTraceParent = (req: IncomingMessage): Tracer.ExternalSpan |
  * sends `traceparent` on the POST.
  */
 export const exchangeParentSpan = (req: IncomingMessage): Tracer.ExternalSpan | undefined => {
-  const trace = exchangeTraces.get(req)
+  const trace = (req as WithTrace)[EXCHANGE_TRACE]
   return trace === undefined
     ? incomingTraceParent(req)
     : Tracer.externalSpan({ traceId: trace.traceId, spanId: trace.spanId, sampled: trace.sampled })
