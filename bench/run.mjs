@@ -13,9 +13,14 @@
 // Variants of the proxy under test. Each one is started as its own `node dist/main.js` process with the
 // base env (PORT, HOST, OLLAMA_MANAGED=false, OLLAMA_HOST, AUTHORIZATION_APIKEY, AUTHORIZATION_LOG_LEVEL)
 // plus `env`. Add entries here, e.g. { name: "proxy, metering off", env: { SOME_SWITCH: "false" } }.
+// `{OTLP_SINK}` in a value is replaced by the URL of bench/otlp-sink.mjs, started when a variant uses it.
+// `vs` names another variant: its figures are also given as a ratio to that one, against `goals`.
 // ---------------------------------------------------------------------------------------------------
 const VARIANTS = [
   { name: "proxy", env: {} },
+  // Issue 5: exporting every span (a server span per request, a GenAI span per generation) costs at
+  // most 10% of the stream relay.
+  { name: "proxy, tracing on", env: { OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}" }, vs: "proxy", goals: { stream: 0.9 } },
 ]
 
 // Targets from the issue, as a fraction of the baseline's throughput.
@@ -345,10 +350,22 @@ const proxyCommand = (port, upstreamPort) => {
   return { cmd: process.execPath, args: [path.join(ROOT, "dist", "main.js")] }
 }
 
-const startVariant = async (variant, upstreamPort) => {
+const startOtlpSink = async () => {
+  const child = startChild("otlp-sink", process.execPath, [path.join(BENCH, "otlp-sink.mjs"), "0"])
+  const [, port] = await waitForLine(child, /listening (\d+)/, 10000)
+  return { child, port: Number(port), url: `http://127.0.0.1:${port}` }
+}
+
+const otlpSinkStats = async (sink) => {
+  const res = await request({ port: sink.port, path: "/stats" }).catch(() => undefined)
+  return res?.status === 200 ? JSON.parse(res.body.toString()) : undefined
+}
+
+const startVariant = async (variant, upstreamPort, sink) => {
   const port = await freePort()
   const { cmd, args } = proxyCommand(port, upstreamPort)
-  const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, variant.env) })
+  const env = Object.fromEntries(Object.entries(variant.env).map(([k, v]) => [k, sink ? v.replaceAll("{OTLP_SINK}", sink.url) : v]))
+  const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, env) })
   await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
   const extra = Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(" ")
   return { name: variant.name, kind: "proxy", port, child, note: (process.env.BENCH_PROXY_CMD ? `BENCH_PROXY_CMD ` : "dist/main.js ") + (extra || "(default env)") }
@@ -546,7 +563,8 @@ const main = async () => {
     const ng = await startNginx(upstream.port)
     if (ng.skipped) { nginxNote = ng.skipped; console.log(`  nginx skipped: ${ng.skipped}`) } else targets.push(ng)
   } else nginxNote = "nginx not run (--no-nginx / --only)"
-  for (const v of variants) targets.push(await startVariant(v, upstream.port))
+  const sink = variants.some((v) => Object.values(v.env).some((x) => x.includes("{OTLP_SINK}"))) ? await startOtlpSink() : undefined
+  for (const v of variants) targets.push(await startVariant(v, upstream.port, sink))
   const baseline = targets.find((t) => t.kind === "baseline")
 
   const pinNote = setupPinning(opts)
@@ -653,7 +671,32 @@ const main = async () => {
   if (disturbed) console.log(`  * ${disturbed} measurement(s) ran while other processes used > ${opts.maxForeign} cores (retries exhausted); * marks a reported figure that is one of them.`)
   console.log("  Figures are noisy on a shared 2-core machine: compare ratios measured in the same run, not runs.")
 
-  const failed = rows.some((r) => r.verdict && Object.values(r.verdict).includes("FAIL"))
+  // Variants measured against another variant (tracing on vs off).
+  const versus = []
+  for (const row of rows) {
+    const variant = VARIANTS.find((v) => v.name === row.target.name)
+    const other = variant?.vs && rows.find((r) => r.target.name === variant.vs)
+    if (!other) continue
+    const entry = { variant: variant.name, vs: variant.vs, ratio: {}, verdict: {} }
+    for (const sc of SCENARIOS) {
+      entry.ratio[sc.id] = row.s[sc.id].rps / other.s[sc.id].rps
+      const goal = variant.goals?.[sc.id]
+      if (goal !== undefined) entry.verdict[sc.id] = row.s[sc.id].valid && other.s[sc.id].valid && entry.ratio[sc.id] >= goal ? "PASS" : "FAIL"
+    }
+    versus.push(entry)
+    const cells = SCENARIOS.map((sc) => `${sc.id} ${entry.ratio[sc.id].toFixed(2)}` +
+      (entry.verdict[sc.id] ? ` ${entry.verdict[sc.id]} (goal >= ${variant.goals[sc.id]})` : ""))
+    console.log(`\n${variant.name} vs ${variant.vs}: ${cells.join(", ")}`)
+  }
+  if (sink) {
+    const stats = await otlpSinkStats(sink)
+    const parts = Object.entries(stats ?? {}).map(([p, st]) => `${p} ${st.requests} requests, ${fmt(st.bytes)} B`)
+    console.log(`  otlp sink received: ${parts.length ? parts.join("; ") : "nothing"}`)
+    if (stats) versus.otlpSink = stats
+  }
+
+  const failed = rows.some((r) => r.verdict && Object.values(r.verdict).includes("FAIL")) ||
+    versus.some((v) => Object.values(v.verdict).includes("FAIL"))
   const json = {
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg() },
@@ -661,6 +704,8 @@ const main = async () => {
       proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js", streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
       scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p })) },
     skipped: nginxNote,
+    versus: versus.map(({ variant, vs, ratio, verdict }) => ({ variant, vs, ratio, verdict })),
+    otlpSink: versus.otlpSink,
     targets: rows.map((row) => ({
       name: row.target.name, kind: row.target.kind, note: row.target.note, checksApiKey: row.target.kind === "limit" ? null : row.target.auth,
       env: row.target.kind === "proxy" ? VARIANTS.find((v) => v.name === row.target.name)?.env : undefined,
