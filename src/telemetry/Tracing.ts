@@ -5,7 +5,10 @@
  *
  * Two kinds of spans share one tracer provider:
  * - Effect code (process supervision, preload, webhook) uses `Effect.withSpan` / `Effect.fn`;
- *   the layer installs @effect/opentelemetry's tracer so those spans are exported.
+ *   the layer installs @effect/opentelemetry's tracer so those spans are exported. Names follow
+ *   `Service.operation`: OllamaProcess.start / .ready / .exit / .restart / .stop, Preloader.pull /
+ *   .warm (attribute `model`); the usage webhook's delivery attempts continue the trace of the
+ *   request that produced the record with `Effect.withParentSpan(exchangeParentSpan(req))`.
  * - The proxy's hot path is plain callbacks without fibers, so its spans (one server span per
  *   request, one GenAI client span per inference call) are made with the OpenTelemetry API
  *   directly, through the `ExchangeTracer` below.
@@ -16,21 +19,6 @@ import { Context, Effect, Layer, Option, Tracer } from "effect"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import type { Outcome } from "../http/Exchange.js"
 import type { OperationName, ResponseUsage } from "./GenAi.js"
-
-/**
- * Names of the spans other parts make, so a dashboard finds them under one scheme.
- * Ollama process: start, ready, exit, restart. Preload: one pull and one warm per model.
- * Webhook: one span per delivery attempt, parented by `exchangeParentSpan` of the request.
- */
-export const SpanNames = {
-  ollamaStart: "ollama.process.start",
-  ollamaReady: "ollama.process.ready",
-  ollamaExit: "ollama.process.exit",
-  ollamaRestart: "ollama.process.restart",
-  preloadPull: "ollama.preload.pull",
-  preloadWarm: "ollama.preload.warm",
-  webhookDeliver: "usage.webhook.deliver"
-} as const
 
 /** Extra span processors, beside the OTLP exporter; tests add an in-memory one. */
 export class SpanProcessors extends Context.Reference<SpanProcessors>()("app/SpanProcessors", {
