@@ -73,8 +73,11 @@ const traceExporter = (target: OtlpTarget) =>
 const metricExporter = (target: OtlpTarget) =>
   target.protocol === "http/json" ? new JsonMetricExporter(exporterOptions(target)) : new ProtoMetricExporter(exporterOptions(target))
 
-/** Leaves time for the last batch within SHUTDOWN_TIMEOUT's budget, but never hangs shutdown. */
-const SHUTDOWN_TIMEOUT = Duration.seconds(5)
+/**
+ * The last batch goes out in milliseconds when the collector is there; when it is not, the
+ * exporter retries, and this bounds how long it may hold up the exit (OTLP metrics: 3 s too).
+ */
+const SHUTDOWN_TIMEOUT = Duration.seconds(3)
 
 export interface SdkOptions {
   readonly tag: typeof Tracing
