@@ -1,7 +1,7 @@
 import { createServer } from "node:net"
 import OpenAI from "openai"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Metric } from "effect"
+import { Effect, Layer, Logger, Metric } from "effect"
 import {
   labelCache,
   modelLabel,
@@ -125,7 +125,7 @@ describe("GET /metrics", () => {
         yield* setPreloadState("llama3.2", "warming")
         yield* Metric.set(webhookQueueDepth, 3)
         webhookRecords.unsafeUpdate(1, webhookRecordLabels("delivered"))
-      }).pipe(Effect.provide(Layer.succeed(Tracing, Tracing.off))))
+      }).pipe(Effect.provide(Layer.merge(Layer.succeed(Tracing, Tracing.off), Logger.remove(Logger.defaultLogger)))))
       const m = await scrape(proxy.url)
       const tokens = { gen_ai_request_model: "tokens-test", gen_ai_operation_name: "chat", gen_ai_provider_name: "ollama", api_key_name: "bob" }
       expect(m.value("gen_ai_client_token_usage_sum", { ...tokens, gen_ai_token_type: "input" })).toBe(30)

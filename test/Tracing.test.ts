@@ -7,7 +7,7 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Logger } from "effect"
 import { AppConfig } from "../src/Config.js"
 import type { ExchangeTap } from "../src/http/Exchange.js"
 import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
@@ -27,9 +27,12 @@ const TRACEPARENT = `00-${TRACE_ID}-${CLIENT_SPAN}-01`
 const withTap = async <A>(env: Record<string, string>, run: (tap: ExchangeTap) => A) => {
   const recorder = spanRecorder()
   const tracing = Tracing.layer.pipe(Layer.provide(AppConfig.fromEnv(env)), Layer.provide(recorder.layer), Layer.orDie)
-  const result = await Effect.runPromise(Effect.map(makeTelemetryTap, run).pipe(Effect.provide(tracing)))
+  const result = await Effect.runPromise(Effect.map(makeTelemetryTap, run).pipe(Effect.provide(Layer.merge(tracing, quiet))))
   return { result, recorder }
 }
+
+/** The taps' access lines are tested in Logging.test.ts; here they would only fill the output. */
+const quiet = Logger.remove(Logger.defaultLogger)
 
 const byKind = (spans: ReadonlyArray<ReadableSpan>, kind: SpanKind) => spans.filter((s) => s.kind === kind)
 
@@ -176,7 +179,7 @@ describe("work that outlives the request (the usage webhook)", () => {
       // the delivery span is exported through the same provider, as a child of the server span
       expect(delivery?.spanContext().traceId).toBe(TRACE_ID)
       expect(delivery?.parentSpanContext?.spanId).toBe(server.spanContext().spanId)
-    }).pipe(Effect.provide(tracing))
+    }).pipe(Effect.provide(Layer.merge(tracing, quiet)))
   })
 
   it.live("carries the client's trace id when tracing is off", () =>
@@ -186,7 +189,7 @@ describe("work that outlives the request (the usage webhook)", () => {
       yield* post(exchangeParentSpan(req), "off")
       const sent = yield* Effect.promise(() => receiver.waitFor((r) => r.path === "/usage/off"))
       expect(String(sent.headers.traceparent)).toMatch(new RegExp(`^00-${TRACE_ID}-`))
-    }).pipe(Effect.provide(Layer.succeed(Tracing, Tracing.off))))
+    }).pipe(Effect.provide(Layer.merge(Layer.succeed(Tracing, Tracing.off), quiet))))
 })
 
 describe("in the running service", () => {
