@@ -1,0 +1,207 @@
+/**
+ * UsageWebhook: delivers every usage record to USER_MODEL_METRICS_WEBHOOK_URL, at least once.
+ *
+ * The proxy hands a record over synchronously (one queue offer per exchange, no fiber); a few
+ * sender fibers POST the records, retrying transient failures with exponential backoff, so a slow
+ * or failing webhook never touches a client's response. On shutdown the queue is flushed within
+ * SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
+ * shutdown deadline) is logged whole, at error level, for an operator to replay.
+ */
+import { HttpClient, type HttpClientError, HttpClientRequest } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
+import { Clock, Data, Duration, Effect, Fiber, Option, ParseResult, Queue, Runtime, Schedule, Schema } from "effect"
+import { AppConfig } from "../Config.js"
+import { USER_AGENT } from "../Version.js"
+import { UsageRecord } from "./Record.js"
+
+/** Enough to overlap a slow webhook's latency without flooding it. */
+const SENDERS = 4
+const ATTEMPT_TIMEOUT = Duration.seconds(10)
+const MAX_RETRY_DELAY = Duration.minutes(1)
+
+/** The webhook answered, but not with a 2xx. */
+export class WebhookRejected extends Data.TaggedError("WebhookRejected")<{
+  readonly status: number
+  readonly retryAfter: Duration.Duration | undefined
+}> {
+  override get message() {
+    return `the webhook answered HTTP ${this.status}`
+  }
+}
+
+/** No answer: connection refused or reset, DNS, timeout. */
+export class WebhookUnreachable extends Data.TaggedError("WebhookUnreachable")<{
+  readonly reason: string
+}> {
+  override get message() {
+    return `the webhook did not answer: ${this.reason}`
+  }
+}
+
+export type DeliveryError = WebhookRejected | WebhookUnreachable
+
+/** Transient failures are retried; any other 4xx means the record itself is refused. */
+export const isRetryable = (error: DeliveryError): boolean =>
+  error._tag === "WebhookUnreachable" || error.status === 408 || error.status === 429 || error.status >= 500
+
+/** A Retry-After header: delay-seconds or an HTTP date. */
+export const parseRetryAfter = (value: string | undefined, now: number): Duration.Duration | undefined => {
+  if (value === undefined) return undefined
+  const v = value.trim()
+  if (/^\d+$/.test(v)) return Duration.seconds(Number(v))
+  const date = Date.parse(v)
+  return Number.isNaN(date) ? undefined : Duration.millis(Math.max(0, date - now))
+}
+
+/**
+ * When to try again after a failed attempt: after `initial`, doubling, capped at a minute, with
+ * jitter so that senders recovering together do not hit the webhook together; after Retry-After
+ * when the webhook says; never later than `deadline` (epoch ms), and not at all past it.
+ */
+export const retrySchedule = (initial: Duration.Duration, deadline: number) =>
+  Schedule.exponential(initial, 2).pipe(
+    Schedule.modifyDelay((_, delay) => Duration.min(delay, MAX_RETRY_DELAY)),
+    Schedule.jittered,
+    Schedule.zipRight(Schedule.identity<DeliveryError>()),
+    Schedule.whileInput(isRetryable),
+    Schedule.checkEffect(() => Effect.map(Clock.currentTimeMillis, (now) => now < deadline)),
+    Schedule.modifyDelayEffect((error, delay) =>
+      Effect.map(Clock.currentTimeMillis, (now) =>
+        Duration.min(
+          error._tag === "WebhookRejected" && error.retryAfter !== undefined ? error.retryAfter : delay,
+          Duration.millis(Math.max(0, deadline - now))
+        )
+      )
+    )
+  )
+
+/** What went wrong, without the URL (it may carry a token in its query). */
+const transportReason = (error: HttpClientError.HttpClientError): string => {
+  const cause = error.cause
+  const code = typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
+  const detail = error.description ?? (cause instanceof Error ? (cause.cause instanceof Error ? cause.cause.message : cause.message) : undefined)
+  return [error.reason, code, detail].filter((part) => part !== undefined && part !== "").join(": ")
+}
+
+export interface UsageWebhookShape {
+  /** Whether a webhook is configured; without one nothing needs metering. */
+  readonly enabled: boolean
+  /**
+   * Hands a record over for delivery. Synchronous and cheap: it is called on the proxy's hot path
+   * once per exchange, so it is not traced; the delivery is.
+   */
+  readonly offer: (record: UsageRecord) => void
+}
+
+export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebhook", {
+  scoped: Effect.gen(function*() {
+    const config = yield* AppConfig
+    if (Option.isNone(config.webhookUrl)) {
+      return { enabled: false, offer: () => {} } satisfies UsageWebhookShape as UsageWebhookShape
+    }
+    const url = config.webhookUrl.value
+    const apiKey = config.webhookApiKey
+    const client = yield* HttpClient.HttpClient
+    const queue = yield* Queue.dropping<UsageRecord>(config.webhookQueueSize)
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+
+    /** Records taken in but not yet delivered or given up; the flush waits for zero. */
+    let outstanding = 0
+    const idle = yield* Effect.makeLatch(true)
+    let closing = false
+
+    const undelivered = (record: UsageRecord, reason: string) =>
+      Effect.logError("usage record not delivered").pipe(Effect.annotateLogs({ reason, record }))
+
+    const offer = (record: UsageRecord): void => {
+      if (!closing && queue.unsafeOffer(record)) {
+        if (outstanding++ === 0) idle.unsafeClose()
+        return
+      }
+      runFork(undelivered(record, closing ? "offered after shutdown began" : `queue full (${config.webhookQueueSize} records)`))
+    }
+
+    const attempt = (request: HttpClientRequest.HttpClientRequest) =>
+      client.execute(request).pipe(
+        Effect.timeoutFail({ duration: ATTEMPT_TIMEOUT, onTimeout: () => new WebhookUnreachable({ reason: "timed out" }) }),
+        Effect.catchTag("RequestError", "ResponseError", (error) => Effect.fail(new WebhookUnreachable({ reason: transportReason(error) }))),
+        Effect.flatMap((response) =>
+          // The body is read so the connection can be reused; its content does not matter.
+          Effect.ignore(response.arrayBuffer).pipe(
+            Effect.zipRight(
+              response.status >= 200 && response.status < 300
+                ? Effect.void
+                : Effect.fail(
+                  new WebhookRejected({
+                    status: response.status,
+                    retryAfter: parseRetryAfter(response.headers["retry-after"], Date.now())
+                  })
+                )
+            )
+          )
+        )
+      )
+
+    const deliver = Effect.fn("UsageWebhook.deliver")(function*(record: UsageRecord) {
+      yield* Effect.annotateCurrentSpan({ "usage.record_id": record.id, "usage.request_id": record.request_id })
+      const body = yield* Schema.encode(UsageRecord)(record)
+      const request = HttpClientRequest.post(url).pipe(
+        HttpClientRequest.setHeaders({ "user-agent": USER_AGENT, "idempotency-key": record.id }),
+        (request) => Option.isSome(apiKey) ? HttpClientRequest.bearerToken(request, apiKey.value) : request,
+        HttpClientRequest.bodyUnsafeJson(body)
+      )
+      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(config.webhookMaxRetryTime)
+      yield* attempt(request).pipe(
+        Effect.tapError((error) =>
+          Effect.logWarning("usage webhook attempt failed").pipe(
+            Effect.annotateLogs({ record_id: record.id, reason: error.message })
+          )
+        ),
+        Effect.retry(retrySchedule(config.webhookRetryDelay, deadline))
+      )
+    }, (effect, record) =>
+      effect.pipe(
+        Effect.catchAll((error) =>
+          undelivered(
+            record,
+            error._tag === "ParseError"
+              ? `not a valid record: ${ParseResult.ArrayFormatter.formatErrorSync(error).map((e) => `${e.path.join(".")}: ${e.message}`).join("; ")}`
+              : isRetryable(error)
+              ? `gave up retrying: ${error.message}`
+              : error.message
+          )
+        ),
+        Effect.onInterrupt(() => undelivered(record, "shutdown deadline reached"))
+      ))
+
+    const settle = Effect.sync(() => {
+      if (--outstanding === 0) idle.unsafeOpen()
+    })
+    const sender = Queue.take(queue).pipe(
+      Effect.flatMap((record) => deliver(record).pipe(Effect.ensuring(settle))),
+      Effect.forever
+    )
+    const senders = yield* Effect.forEach(Array.from({ length: SENDERS }), () => Effect.forkScoped(sender))
+
+    // Added after the senders were forked, so it runs before the scope interrupts them.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        closing = true
+        if (outstanding > 0) {
+          yield* Effect.logInfo("delivering queued usage records").pipe(Effect.annotateLogs({ records: outstanding }))
+        }
+        // Finalizers run uninterruptibly: without `interruptible` the wait would outlast its deadline.
+        yield* idle.await.pipe(Effect.interruptible, Effect.timeoutTo({ duration: config.shutdownTimeout, onSuccess: () => true, onTimeout: () => false }))
+        // Senders still retrying log their record as they are interrupted; then what was never taken.
+        yield* Fiber.interruptAll(senders)
+        for (const record of yield* Queue.takeAll(queue)) yield* undelivered(record, "shutdown deadline reached")
+      }).pipe(Effect.withSpan("UsageWebhook.flush"))
+    )
+
+    yield* Effect.logInfo("usage webhook enabled").pipe(
+      Effect.annotateLogs({ url: `${url.origin}${url.pathname}`, queue_size: config.webhookQueueSize })
+    )
+    return { enabled: true, offer } satisfies UsageWebhookShape as UsageWebhookShape
+  }),
+  dependencies: [NodeHttpClient.layerUndici]
+}) {}
