@@ -9,7 +9,7 @@
  */
 import { HttpClient, type HttpClientError, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { Clock, Data, Duration, Effect, Fiber, Option, ParseResult, Queue, Runtime, Schedule, Schema } from "effect"
+import { Data, Duration, Effect, Fiber, Option, ParseResult, Queue, Runtime, Schedule, Schema } from "effect"
 import { AppConfig } from "../Config.js"
 import { USER_AGENT } from "../Version.js"
 import { UsageRecord } from "./Record.js"
@@ -56,24 +56,25 @@ export const parseRetryAfter = (value: string | undefined, now: number): Duratio
 /**
  * When to try again after a failed attempt: after `initial`, doubling, capped at a minute, with
  * jitter so that senders recovering together do not hit the webhook together; after Retry-After
- * when the webhook says; never later than `deadline` (epoch ms), and not at all past it.
+ * when the webhook says; the last try at `maxRetryTime` after the first failure, none after it.
  */
-export const retrySchedule = (initial: Duration.Duration, deadline: number) =>
-  Schedule.exponential(initial, 2).pipe(
+export const retrySchedule = (initial: Duration.Duration, maxRetryTime: Duration.Duration) => {
+  const budget = Duration.toMillis(maxRetryTime)
+  return Schedule.exponential(initial, 2).pipe(
     Schedule.modifyDelay((_, delay) => Duration.min(delay, MAX_RETRY_DELAY)),
     Schedule.jittered,
     Schedule.zipRight(Schedule.identity<DeliveryError>()),
     Schedule.whileInput(isRetryable),
-    Schedule.checkEffect(() => Effect.map(Clock.currentTimeMillis, (now) => now < deadline)),
-    Schedule.modifyDelayEffect((error, delay) =>
-      Effect.map(Clock.currentTimeMillis, (now) =>
-        Duration.min(
-          error._tag === "WebhookRejected" && error.retryAfter !== undefined ? error.retryAfter : delay,
-          Duration.millis(Math.max(0, deadline - now))
-        )
+    Schedule.intersect(Schedule.elapsed),
+    Schedule.whileOutput(([, elapsed]) => Duration.toMillis(elapsed) < budget),
+    Schedule.modifyDelay(([error, elapsed], delay) =>
+      Duration.min(
+        error._tag === "WebhookRejected" && error.retryAfter !== undefined ? error.retryAfter : delay,
+        Duration.millis(budget - Duration.toMillis(elapsed))
       )
     )
   )
+}
 
 /** What went wrong, without the URL (it may carry a token in its query). */
 const transportReason = (error: HttpClientError.HttpClientError): string => {
@@ -150,14 +151,13 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
         (request) => Option.isSome(apiKey) ? HttpClientRequest.bearerToken(request, apiKey.value) : request,
         HttpClientRequest.bodyUnsafeJson(body)
       )
-      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(config.webhookMaxRetryTime)
       yield* attempt(request).pipe(
         Effect.tapError((error) =>
           Effect.logWarning("usage webhook attempt failed").pipe(
             Effect.annotateLogs({ record_id: record.id, reason: error.message })
           )
         ),
-        Effect.retry(retrySchedule(config.webhookRetryDelay, deadline))
+        Effect.retry(retrySchedule(config.webhookRetryDelay, config.webhookMaxRetryTime))
       )
     }, (effect, record) =>
       effect.pipe(
