@@ -298,6 +298,12 @@ describe("ExchangeMeter, OpenAI", () => {
     expect(m.usage).toMatchObject({ model: "all-minilm", promptEvalCount: 700 })
   })
 
+  it("notices a stream that stops short of [DONE]", () => {
+    const m = meter("openai", SSE, [sse([chunk("a"), chunk("b")])])
+    expect(m.failed).toBe(true)
+    expect(meter("openai", SSE, [chatSse(false)]).failed).toBe(false)
+  })
+
   it("notices an error event", () => {
     const m = meter("openai", SSE, [sse([chunk("a"), { error: { message: "boom", type: "api_error" } }])])
     expect(m.failed).toBe(true)
@@ -316,6 +322,12 @@ describe("ExchangeMeter, Anthropic and Responses", () => {
       const m = meter("anthropic", SSE, chunks)
       expect(m.usage).toMatchObject({ model: "llama3.2", promptEvalCount: 21, evalCount: 12, doneReason: "end_turn" })
     }
+  })
+
+  it("notices an Anthropic stream that stops short of message_stop", () => {
+    const m = meter("anthropic", SSE, [Buffer.from(`event: message_start\ndata: {"type":"message_start","message":{"model":"m","usage":{"input_tokens":2,"output_tokens":0}}}\n\n`)])
+    expect(m.failed).toBe(true)
+    expect(m.usage.promptEvalCount).toBe(2)
   })
 
   it("reads a single Anthropic message", () => {

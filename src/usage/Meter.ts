@@ -332,6 +332,8 @@ const USAGE = Buffer.from(`"usage":{`)
 const FINISH = Buffer.from(`"finish_reason":"`)
 const ERROR_NATIVE = Buffer.from(`{"error":`)
 const ERROR_TYPED = Buffer.from(`{"type":"error"`)
+const DONE = Buffer.from("[DONE]")
+const MESSAGE_STOP = Buffer.from(`{"type":"message_stop"`)
 const SSE_PIECES_KEPT = 6
 const MODEL = /"model":"((?:[^"\\]|\\.){1,512})"/
 const FINISH_REASON = /"finish_reason":"([^"\\]{1,64})"/
@@ -365,6 +367,7 @@ export class ExchangeMeter {
   /** The model named in the first chunk: for answers cut off before their figures. */
   firstModel: string | null = null
   private sse = false
+  private sawLastEvent = false
   /** The last lines of the body: all that native and OpenAI answers need. */
   private tail: TailLines | undefined
   /** Anthropic streams put input tokens in their first event: every line is looked at. */
@@ -412,6 +415,10 @@ export class ExchangeMeter {
     }
     const value = this.usageLine === undefined ? undefined : parseLine(this.usageLine)
     if (value !== undefined) this.apply(value)
+    // Once an SSE answer has started, Ollama reports a failure by stopping the stream short of
+    // its last event ([DONE], message_stop, response.completed).
+    const ended = this.kind === "responses" ? this.measured : this.sawLastEvent
+    if (this.sse && !ended && this.status !== null && this.status < 300) this.failed = true
   }
 
   /** A load or unload request (`done_reason` load/unload): not an inference, no record. */
@@ -423,6 +430,10 @@ export class ExchangeMeter {
     const payload = ssePayload(line)
     if (payload === undefined) return
     const bytes = isLong(payload) ? payload.head : payload
+    if (startsWith(bytes, DONE) || startsWith(bytes, MESSAGE_STOP)) {
+      this.sawLastEvent = true
+      return
+    }
     if (startsWith(bytes, ERROR_NATIVE) || startsWith(bytes, ERROR_TYPED)) {
       const value = parseLine(payload)
       if (value !== undefined) this.apply(value)
