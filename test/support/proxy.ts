@@ -53,9 +53,10 @@ export interface SpawnedProxy {
  */
 export const spawnProxy = async (
   env: Record<string, string>,
-  options: { waitForListening?: boolean } = {}
+  options: { waitForListening?: boolean; script?: string; cwd?: string } = {}
 ): Promise<SpawnedProxy> => {
-  const child = spawn(process.execPath, [BUNDLE], {
+  const child = spawn(process.execPath, [options.script ?? BUNDLE], {
+    cwd: options.cwd ?? ROOT,
     env: { ...process.env, PORT: "0", HOST: "127.0.0.1", AUTHORIZATION_LOG_JSON: "true", ...env },
     stdio: ["ignore", "pipe", "pipe"]
   })

@@ -1,0 +1,611 @@
+// Load benchmark: the proxy under test against a hand-written node:http + undici baseline, nginx and the
+// fake upstream itself. See bench/README.md. Run with `npm run bench` (builds first) or `node bench/run.mjs`.
+//
+//   node bench/run.mjs [--quick] [--rounds N] [--duration S] [--warmup S] [--initial-warmup S]
+//                      [--stat best|median] [--only name,name] [--no-nginx] [--pin target|split|off] [--strict]
+//
+// Env: BENCH_DURATION, BENCH_ROUNDS, BENCH_WARMUP, BENCH_INITIAL_WARMUP, BENCH_PIN (same as the flags),
+// BENCH_PROXY_CMD (replaces `node dist/main.js`; placeholders {PORT} {UPSTREAM_PORT} {KEY}).
+
+// ---------------------------------------------------------------------------------------------------
+// Variants of the proxy under test. Each one is started as its own `node dist/main.js` process with the
+// base env (PORT, HOST, OLLAMA_MANAGED=false, OLLAMA_HOST, AUTHORIZATION_APIKEY, AUTHORIZATION_LOG_LEVEL)
+// plus `env`. Add entries here, e.g. { name: "proxy, metering off", env: { SOME_SWITCH: "false" } }.
+// ---------------------------------------------------------------------------------------------------
+const VARIANTS = [
+  { name: "proxy", env: {} },
+]
+
+// Targets from the issue, as a fraction of the baseline's throughput.
+const GOALS = { tags: 0.8, stream: 0.9 }
+
+import { spawn, spawnSync } from "node:child_process"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync, accessSync, constants } from "node:fs"
+import http from "node:http"
+import net from "node:net"
+import os from "node:os"
+import path from "node:path"
+import { randomBytes } from "node:crypto"
+import { fileURLToPath } from "node:url"
+
+const BENCH = path.dirname(fileURLToPath(import.meta.url))
+const ROOT = path.dirname(BENCH)
+const KEY = "bench-" + randomBytes(12).toString("hex")
+const GENERATE_BODY = JSON.stringify({ model: "llama3.1:8b-instruct-q4_K_M", prompt: "Why is the sky blue?", stream: true })
+
+const SCENARIOS = [
+  { id: "tags", label: "GET /api/tags", threads: 2, connections: 32, path: "/api/tags", script: "wrk-report.lua", keyHeader: true },
+  { id: "stream", label: "POST /api/generate, 1000-line NDJSON", threads: 1, connections: 8, path: "/api/generate", script: "wrk-post.lua", keyHeader: false }
+]
+
+// ---------------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------------
+const parseArgs = (argv) => {
+  const opts = {
+    quick: false, rounds: undefined, duration: undefined, warmup: undefined, initialWarmup: undefined, stat: "best",
+    only: undefined, nginx: true, pin: undefined, strict: false
+  }
+  for (let i = 0; i < argv.length; i++) {
+    let [flag, value] = argv[i].split(/=(.*)/s, 2)
+    const take = () => value ?? argv[++i]
+    switch (flag) {
+      case "--quick": opts.quick = true; break
+      case "--rounds": opts.rounds = Number(take()); break
+      case "--duration": opts.duration = Number(take()); break
+      case "--warmup": opts.warmup = Number(take()); break
+      case "--initial-warmup": opts.initialWarmup = Number(take()); break
+      case "--stat": opts.stat = take(); break
+      case "--only": opts.only = take().split(",").map((s) => s.trim()).filter(Boolean); break
+      case "--no-nginx": opts.nginx = false; break
+      case "--no-pin": opts.pin = "off"; break
+      case "--pin": opts.pin = take(); break
+      case "--strict": opts.strict = true; break
+      case "-h": case "--help":
+        console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(0, 9).map((l) => l.replace(/^\/\/ ?/, "")).join("\n"))
+        process.exit(0)
+      default: throw new Fatal(`unknown option ${argv[i]} (see --help)`)
+    }
+  }
+  const env = (name) => (process.env[name] ? Number(process.env[name]) : undefined)
+  opts.rounds ??= env("BENCH_ROUNDS") ?? (opts.quick ? 1 : 2)
+  opts.duration ??= env("BENCH_DURATION") ?? (opts.quick ? 1 : 3)
+  opts.warmup ??= env("BENCH_WARMUP") ?? 1
+  opts.initialWarmup ??= env("BENCH_INITIAL_WARMUP") ?? (opts.quick ? 2 : 4)
+  for (const k of ["rounds", "duration", "warmup", "initialWarmup"]) {
+    const min = k === "rounds" || k === "duration" ? 1 : 0
+    if (!Number.isInteger(opts[k]) || opts[k] < min) throw new Fatal(`--${k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} must be a whole number >= ${min} (wrk takes whole seconds), got ${opts[k]}`)
+  }
+  opts.pin ??= process.env.BENCH_PIN === "0" ? "off" : process.env.BENCH_PIN || "target"
+  if (!["target", "split", "off"].includes(opts.pin)) throw new Fatal(`--pin must be target, split or off, got ${opts.pin}`)
+  if (opts.stat !== "best" && opts.stat !== "median") throw new Fatal(`--stat must be best or median, got ${opts.stat}`)
+  return opts
+}
+
+class Fatal extends Error {}
+
+// ---------------------------------------------------------------------------------------------------
+// Child processes: every one is tracked, and killed on exit, error, Ctrl-C or SIGTERM.
+// ---------------------------------------------------------------------------------------------------
+const children = new Set()
+
+// A watchdog process that outlives us if we are SIGKILLed: it reads the pids we start on its stdin and,
+// when that pipe closes without a final "done" (our death), kills them all.
+const REAPER = `let pids = new Set(), done = false, buf = ""
+process.stdin.setEncoding("utf8").on("data", (d) => {
+  buf += d; const lines = buf.split("\\n"); buf = lines.pop()
+  for (const l of lines) { if (l === "done") done = true; else if (l) pids.add(Number(l)) }
+}).on("end", () => { if (!done) for (const p of pids) { try { process.kill(p, "SIGKILL") } catch {} } process.exit(0) })`
+const reaper = spawn(process.execPath, ["-e", REAPER], { stdio: ["pipe", "ignore", "ignore"] })
+reaper.stdin.on("error", () => {})
+const watch = (...pids) => { for (const pid of pids) if (pid) reaper.stdin.write(`${pid}\n`) }
+
+const tail = (limit) => {
+  let text = ""
+  return { push: (chunk) => { text = (text + chunk).slice(-limit) }, get: () => text }
+}
+
+const startChild = (name, cmd, args, { env = process.env, cwd = ROOT } = {}) => {
+  const proc = spawn(cmd, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] })
+  const child = { name, cmd: [cmd, ...args].join(" "), proc, pid: proc.pid, stdout: tail(8192), stderr: tail(8192), exited: null, extraPids: [] }
+  child.exitedPromise = new Promise((resolve) => {
+    proc.on("exit", (code, signal) => { child.exited = { code, signal }; children.delete(child); resolve(child.exited) })
+    proc.on("error", (err) => { child.exited = { code: null, signal: null, error: err }; children.delete(child); resolve(child.exited) })
+  })
+  proc.stdout.setEncoding("utf8").on("data", (d) => child.stdout.push(d))
+  proc.stderr.setEncoding("utf8").on("data", (d) => child.stderr.push(d))
+  children.add(child)
+  watch(proc.pid)
+  return child
+}
+
+const alive = (pid) => { try { process.kill(pid, 0); return true } catch { return false } }
+const killPid = (pid, signal) => { try { process.kill(pid, signal) } catch {} }
+
+const stopChild = async (child, graceMs = 2000) => {
+  const extra = child.extraPids
+  if (!child.exited) {
+    killPid(child.pid, "SIGTERM")
+    const timer = setTimeout(() => killPid(child.pid, "SIGKILL"), graceMs)
+    await child.exitedPromise
+    clearTimeout(timer)
+  }
+  for (const pid of extra) if (alive(pid)) killPid(pid, "SIGKILL") // e.g. nginx workers of a dead master
+}
+
+const stopAll = () => Promise.all([...children].map((c) => stopChild(c)))
+const killAllNow = () => { for (const c of children) { killPid(c.pid, "SIGKILL"); for (const p of c.extraPids) killPid(p, "SIGKILL") } }
+
+const tmpDirs = []
+const removeTmpDirs = () => { for (const dir of tmpDirs.splice(0)) rmSync(dir, { recursive: true, force: true }) }
+let stopping // set once: the first of end of run, error or signal wins
+const shutdown = (code) => (stopping ??= stopAll().finally(() => {
+  removeTmpDirs()
+  reaper.stdin.end("done\n", () => process.exit(code))
+  setTimeout(() => process.exit(code), 1000).unref()
+}))
+
+process.on("exit", () => { killAllNow(); removeTmpDirs() })
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(signal, () => {
+    if (!stopping) console.error(`\n${signal}: stopping ${children.size} child process(es)`)
+    shutdown(128 + (os.constants.signals[signal] ?? 1))
+    setTimeout(() => { killAllNow(); process.exit(130) }, 3000).unref()
+  })
+}
+
+const describeExit = (child) => {
+  const e = child.exited
+  if (!e) return "still running"
+  if (e.error) return `failed to start: ${e.error.message}`
+  return e.signal ? `killed by ${e.signal}` : `exited with code ${e.code}`
+}
+
+const stderrTail = (child, lines = 15) => {
+  const text = (child.stderr.get() || child.stdout.get()).trimEnd()
+  return text ? text.split("\n").slice(-lines).map((l) => "    | " + l).join("\n") : "    | (no output)"
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Small HTTP helpers (no keep-alive: probes must not hold connections during measurements)
+// ---------------------------------------------------------------------------------------------------
+const request = ({ port, method = "GET", path: p = "/", headers = {}, body, timeoutMs = 5000 }) =>
+  new Promise((resolve, reject) => {
+    const req = http.request({ host: "127.0.0.1", port, method, path: p, headers, agent: false, timeout: timeoutMs }, (res) => {
+      const chunks = []
+      res.on("data", (c) => chunks.push(c))
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks) }))
+      res.on("error", reject)
+    })
+    req.on("timeout", () => req.destroy(new Error(`timeout after ${timeoutMs} ms`)))
+    req.on("error", reject)
+    req.end(body)
+  })
+
+const freePort = () => new Promise((resolve, reject) => {
+  const srv = net.createServer()
+  srv.unref()
+  srv.on("error", reject)
+  srv.listen(0, "127.0.0.1", () => { const { port } = srv.address(); srv.close(() => resolve(port)) })
+})
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+const waitForLine = async (child, regex, timeoutMs) => {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const m = child.stdout.get().match(regex)
+    if (m) return m
+    if (child.exited) break
+    await sleep(25)
+  }
+  throw new Fatal(`${child.name} (${child.cmd}) did not print ${regex} within ${timeoutMs / 1000} s (${describeExit(child)}); output tail:\n${stderrTail(child)}`)
+}
+
+const waitForHttp = async (child, port, { path: p = "/", headers = {}, status = 200, timeoutMs = 15000 }) => {
+  const deadline = Date.now() + timeoutMs
+  let last = "no answer"
+  while (Date.now() < deadline) {
+    if (child.exited) break
+    try {
+      const res = await request({ port, path: p, headers, timeoutMs: 1000 })
+      if (res.status === status) return
+      last = `HTTP ${res.status}`
+    } catch (err) {
+      last = err.code ?? err.message
+    }
+    await sleep(100)
+  }
+  throw new Fatal(`${child.name} (${child.cmd}) never answered ${status} on GET http://127.0.0.1:${port}${p} ` +
+    `(waited up to ${timeoutMs / 1000} s; last: ${last}; process ${describeExit(child)}); stderr tail:\n${stderrTail(child)}`)
+}
+
+const onPath = (exe) => {
+  for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
+    if (!dir) continue
+    const full = path.join(dir, exe)
+    try { accessSync(full, constants.X_OK); return full } catch {}
+  }
+  return undefined
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Targets
+// ---------------------------------------------------------------------------------------------------
+const startUpstream = async () => {
+  const child = startChild("upstream", process.execPath, [path.join(BENCH, "upstream.mjs"), "0"])
+  const [, port] = await waitForLine(child, /listening (\d+)/, 10000)
+  return { name: "limit (direct)", kind: "limit", port: Number(port), child, auth: false, note: "fake Ollama itself, no proxy" }
+}
+
+const startBaseline = async (upstreamPort) => {
+  const child = startChild("baseline", process.execPath, [path.join(BENCH, "baseline-proxy.mjs"), "0", String(upstreamPort), KEY])
+  const [, port] = await waitForLine(child, /listening (\d+)/, 10000)
+  return { name: "baseline", kind: "baseline", port: Number(port), child, note: "node:http + undici, bench/baseline-proxy.mjs" }
+}
+
+const startNginx = async (upstreamPort) => {
+  const nginx = onPath("nginx") ?? ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].find((p) => existsSync(p))
+  if (!nginx) return { skipped: "nginx not found on PATH (apt-get install -y nginx-light)" }
+  const dir = mkdtempSync(path.join(os.tmpdir(), "bench-nginx-"))
+  tmpDirs.push(dir)
+  chmodSync(dir, 0o755) // workers may run as an unprivileged user when started as root
+  const port = await freePort()
+  const conf = `
+daemon off;
+master_process on;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_timeout 65s;
+  keepalive_requests 1000000;
+  upstream ollama {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 64;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://ollama;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:${upstreamPort};
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }
+  }
+}
+`
+  writeFileSync(path.join(dir, "nginx.conf"), conf)
+  const child = startChild("nginx", nginx, ["-p", dir + "/", "-c", path.join(dir, "nginx.conf"), "-e", path.join(dir, "error.log")])
+  try {
+    await waitForHttp(child, port, { path: "/", timeoutMs: 10000 })
+  } catch (err) {
+    const log = existsSync(path.join(dir, "error.log")) ? readFileSync(path.join(dir, "error.log"), "utf8").trim().split("\n").slice(-5).join("\n") : ""
+    await stopChild(child)
+    return { skipped: `nginx failed to start: ${err.message}${log ? "\n" + log : ""}` }
+  }
+  child.extraPids = childPids(child.pid)
+  watch(...child.extraPids)
+  return { name: "nginx", kind: "nginx", port, child, note: "proxy_buffering off, keepalive upstream; does NOT check the key" }
+}
+
+const childPids = (pid) => {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number)
+  } catch { return [] }
+}
+
+// The environment of a proxy under test: the caller's env minus anything that would change what is
+// measured (keys, preloads, webhook, OpenTelemetry), plus the bench's settings and the variant's.
+const proxyEnv = (port, upstreamPort, extra) => {
+  const env = {}
+  for (const [k, v] of Object.entries(process.env)) {
+    if (/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|OTEL_|OLLAMA_)|^(PORT|PORT_HEALTH|HOST)$/.test(k)) continue
+    env[k] = v
+  }
+  return {
+    ...env,
+    PORT: String(port),
+    HOST: "127.0.0.1",
+    OLLAMA_MANAGED: "false",
+    OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
+    AUTHORIZATION_APIKEY: KEY,
+    AUTHORIZATION_LOG_LEVEL: "warn",
+    ...extra
+  }
+}
+
+const proxyCommand = (port, upstreamPort) => {
+  const custom = process.env.BENCH_PROXY_CMD
+  if (custom) {
+    const parts = custom.trim().split(/\s+/).map((s) => s.replaceAll("{PORT}", String(port)).replaceAll("{UPSTREAM_PORT}", String(upstreamPort)).replaceAll("{KEY}", KEY))
+    return { cmd: parts[0] === "node" ? process.execPath : parts[0], args: parts.slice(1) }
+  }
+  return { cmd: process.execPath, args: [path.join(ROOT, "dist", "main.js")] }
+}
+
+const startVariant = async (variant, upstreamPort) => {
+  const port = await freePort()
+  const { cmd, args } = proxyCommand(port, upstreamPort)
+  const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, variant.env) })
+  await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
+  const extra = Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(" ")
+  return { name: variant.name, kind: "proxy", port, child, note: (process.env.BENCH_PROXY_CMD ? `BENCH_PROXY_CMD ` : "dist/main.js ") + (extra || "(default env)") }
+}
+
+// Checks what each target really answers before load is put on it: a target that answers 401 or 502
+// fast must not look fast.
+const preflight = async (target) => {
+  const auth = { authorization: `Bearer ${KEY}` }
+  const problems = []
+  const tags = await request({ port: target.port, path: "/api/tags", headers: auth }).catch((e) => ({ status: e.code ?? e.message, body: Buffer.alloc(0) }))
+  if (tags.status !== 200 || !tags.body.toString().includes('"models"')) problems.push(`GET /api/tags -> ${tags.status}`)
+  const gen = await request({ port: target.port, method: "POST", path: "/api/generate", headers: { ...auth, "content-type": "application/json" }, body: GENERATE_BODY })
+    .catch((e) => ({ status: e.code ?? e.message, body: Buffer.alloc(0), headers: {} }))
+  const lines = gen.body.toString().split("\n").filter(Boolean)
+  let lastDone = false
+  try { lastDone = JSON.parse(lines.at(-1) ?? "{}").done === true } catch {}
+  if (gen.status !== 200 || !lastDone) problems.push(`POST /api/generate -> ${gen.status}, ${lines.length} lines, last done:${lastDone}`)
+  const noKey = await request({ port: target.port, path: "/api/tags" }).catch((e) => ({ status: e.code ?? e.message }))
+  target.auth ??= noKey.status === 401 || noKey.status === 403
+  target.preflight = { tagsStatus: tags.status, tagsBytes: tags.body.length, generateStatus: gen.status, generateLines: lines.length, generateContentType: gen.headers?.["content-type"], noKeyStatus: noKey.status }
+  console.log(`  ${pad(target.name, 22)} port ${target.port}  tags ${tags.status} (${tags.body.length} B)  generate ${gen.status} (${lines.length} lines, ${gen.headers?.["content-type"]})  no key -> ${noKey.status}`)
+  if (problems.length) throw new Fatal(`${target.name} does not proxy correctly: ${problems.join("; ")}` + (target.child ? `\n${stderrTail(target.child)}` : ""))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// CPU placement. With three busy processes (wrk, upstream, proxy) on two cores, where the scheduler puts
+// them decides the figure: unpinned, the same baseline measured 490-940 streams/s from one run to the
+// next (the proxy and the upstream sharing a core turn big reads into many small ones). So while a target
+// is measured, all its threads are pinned to the last allowed CPU and everything else (wrk, the
+// upstream, idle targets) to the others: each figure is "what this target does with one core of its
+// own" (measured spread then: +-5%). --no-pin / BENCH_PIN=0 turns it off.
+// ---------------------------------------------------------------------------------------------------
+let pinning // { taskset, cpu, rest, all } when active
+const allowedCpus = () => {
+  // The CPUs this process may use (a container or cgroup may allow fewer than os.cpus() reports).
+  const list = readFileSync("/proc/self/status", "utf8").match(/^Cpus_allowed_list:\s*(\S+)/m)?.[1] ?? ""
+  return list.split(",").filter(Boolean).flatMap((r) => {
+    const [a, b = a] = r.split("-").map(Number)
+    return Array.from({ length: b - a + 1 }, (_, i) => a + i)
+  })
+}
+const setupPinning = (opts) => {
+  if (opts.pin === "off") return "CPU pinning off (--pin off)"
+  if (process.platform !== "linux") return "CPU pinning off (Linux only)"
+  let cpus = []
+  try { cpus = allowedCpus() } catch {}
+  if (cpus.length < 2) return "CPU pinning off (fewer than 2 CPUs)"
+  const taskset = onPath("taskset")
+  if (!taskset) return "CPU pinning off (taskset not found; apt-get install -y util-linux)"
+  const rest = cpus.slice(0, -1)
+  pinning = { mode: opts.pin, taskset, cpu: String(cpus.at(-1)), rest: rest.join(","), all: cpus.join(",") }
+  return opts.pin === "split"
+    ? `each measured target pinned to CPU ${pinning.cpu}; wrk, the upstream and the idle targets on CPU${rest.length > 1 ? "s" : ""} ${pinning.rest} (--pin split)`
+    : `each measured target pinned to CPU ${pinning.cpu}; wrk, the upstream and the idle targets free on CPUs ${pinning.all} (--pin target)`
+}
+const targetPids = (t) => [t.child.pid, ...childPids(t.child.pid)]
+const place = (measured, targets) => {
+  if (!pinning) return
+  for (const t of targets) {
+    for (const pid of targetPids(t)) {
+      const cpus = t === measured ? pinning.cpu : pinning.mode === "split" ? pinning.rest : pinning.all
+      const r = spawnSync(pinning.taskset, ["-a", "-p", "-c", cpus, String(pid)], { stdio: "ignore" })
+      if (r.status !== 0 && t === measured) console.warn(`  warning: could not pin ${t.name} (pid ${pid}) with taskset`)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// wrk
+// ---------------------------------------------------------------------------------------------------
+const runWrk = async (target, scenario, seconds, targets) => {
+  place(target, targets)
+  const args = [`-t${scenario.threads}`, `-c${scenario.connections}`, `-d${seconds}s`, "--timeout", "5s", "-s", path.join(BENCH, scenario.script)]
+  if (scenario.keyHeader) args.push("-H", `Authorization: Bearer ${KEY}`)
+  args.push(`http://127.0.0.1:${target.port}${scenario.path}`)
+  const [cmd, cmdArgs] = pinning?.mode === "split" ? [pinning.taskset, ["-c", pinning.rest, "wrk", ...args]] : ["wrk", args]
+  const child = startChild("wrk", cmd, cmdArgs, { env: { ...process.env, BENCH_KEY: KEY, BENCH_BODY: GENERATE_BODY } })
+  const killer = setTimeout(() => killPid(child.pid, "SIGKILL"), (seconds + 20) * 1000)
+  const exit = await child.exitedPromise
+  clearTimeout(killer)
+  const out = child.stdout.get()
+  const line = out.split("\n").find((l) => l.startsWith("BENCH_JSON "))
+  if (!line) throw new Fatal(`wrk against ${target.name} ${scenario.path} failed (${describeExit(child)}):\n${out}\n${child.stderr.get()}`)
+  const s = JSON.parse(line.slice("BENCH_JSON ".length))
+  const socketErrors = s.connect + s.read + s.write + s.timeout
+  return {
+    rps: s.requests / (s.duration_us / 1e6),
+    requests: s.requests,
+    bytesPerResponse: s.requests ? s.bytes / s.requests : 0,
+    non2xx: s.status,
+    socketErrors,
+    errors: { connect: s.connect, read: s.read, write: s.write, timeout: s.timeout, status: s.status },
+    latencyMs: { p50: s.p50_us / 1000, p99: s.p99_us / 1000, mean: s.mean_us / 1000 },
+    exit
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Report helpers
+// ---------------------------------------------------------------------------------------------------
+const pad = (s, n) => String(s).padEnd(n)
+const lpad = (s, n) => String(s).padStart(n)
+const fmt = (n) => (n === undefined || Number.isNaN(n) ? "-" : Math.round(n).toLocaleString("en-US"))
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2 }
+
+const peakRss = (pid) => {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8")
+    const kib = (name) => Number(status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, "m"))?.[1])
+    return { hwmKiB: kib("VmHWM"), rssKiB: kib("VmRSS") }
+  } catch { return undefined }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------------------
+const main = async () => {
+  const opts = parseArgs(process.argv.slice(2))
+  if (!onPath("wrk")) throw new Fatal("wrk is not installed or not on PATH: the load generator is required (apt-get install -y wrk, or brew install wrk)")
+  if (!process.env.BENCH_PROXY_CMD && !existsSync(path.join(ROOT, "dist", "main.js"))) {
+    throw new Fatal(`${path.join(ROOT, "dist", "main.js")} not found: build first (\`npm run build\`; \`npm run bench\` does it), or set BENCH_PROXY_CMD`)
+  }
+  const variants = VARIANTS.filter((v) => !opts.only || opts.only.includes(v.name))
+
+  const loadAtStart = os.loadavg()
+  console.log(`bench: ${os.cpus().length} CPUs, load average ${loadAtStart.map((l) => l.toFixed(2)).join(" ")}, node ${process.version}`)
+  if (loadAtStart[0] > 0.5) console.log(`  warning: the machine is already busy (load ${loadAtStart[0].toFixed(2)}): expect noisy figures`)
+  console.log("starting targets...")
+  const upstream = await startUpstream()
+  const targets = [upstream]
+  targets.push(await startBaseline(upstream.port))
+  let nginxNote
+  if (opts.nginx && (!opts.only || opts.only.includes("nginx"))) {
+    const ng = await startNginx(upstream.port)
+    if (ng.skipped) { nginxNote = ng.skipped; console.log(`  nginx skipped: ${ng.skipped}`) } else targets.push(ng)
+  } else nginxNote = "nginx not run (--no-nginx / --only)"
+  for (const v of variants) targets.push(await startVariant(v, upstream.port))
+  const baseline = targets.find((t) => t.kind === "baseline")
+
+  const pinNote = setupPinning(opts)
+  console.log(`placement: ${pinNote}`)
+  console.log("preflight (one request each, with and without the key):")
+  for (const t of targets) await preflight(t)
+
+  const measurements = SCENARIOS.length * targets.length * opts.rounds
+  const estimate = measurements * (opts.duration + opts.warmup) + SCENARIOS.length * targets.length * opts.initialWarmup
+  console.log(`measuring: ${targets.length} targets x ${SCENARIOS.length} scenarios x ${opts.rounds} round(s), ` +
+    `${opts.warmup} s warm-up + ${opts.duration} s each, after a ${opts.initialWarmup} s JIT warm-up of each: about ${Math.ceil(estimate / 60 * 10) / 10} min`)
+
+  // Node needs several seconds of load before its stream path is optimised (measured: the baseline's
+  // stream figure climbs ~40% over its first 6-8 s), so every target gets a longer warm-up once.
+  if (opts.initialWarmup > 0) {
+    for (const target of targets) for (const scenario of SCENARIOS) await runWrk(target, scenario, opts.initialWarmup, targets)
+  }
+
+  const results = new Map(targets.map((t) => [t, Object.fromEntries(SCENARIOS.map((s) => [s.id, []]))]))
+  for (let round = 0; round < opts.rounds; round++) {
+    for (const scenario of SCENARIOS) {
+      // Interleave targets, rotating the order each round, so drift and noise hit all of them alike.
+      const order = targets.map((_, i) => targets[(i + round) % targets.length])
+      for (const target of order) {
+        if (opts.warmup > 0) await runWrk(target, scenario, opts.warmup, targets)
+        const r = await runWrk(target, scenario, opts.duration, targets)
+        results.get(target)[scenario.id].push(r)
+        const errs = r.non2xx || r.socketErrors ? `  !! ${r.non2xx} non-2xx, socket errors ${JSON.stringify(r.errors)}` : ""
+        console.log(`  round ${round + 1}/${opts.rounds}  ${pad(scenario.id, 6)}  ${pad(target.name, 22)} ${lpad(fmt(r.rps), 8)} /s  ` +
+          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${errs}`)
+      }
+    }
+  }
+
+  // Peak memory, read before the processes are stopped.
+  for (const t of targets) {
+    const pids = [t.child.pid, ...childPids(t.child.pid)]
+    const mems = pids.map(peakRss).filter(Boolean)
+    t.memory = mems.length ? { peakKiB: Math.max(...mems.map((m) => m.hwmKiB)), currentKiB: mems.reduce((a, m) => a + m.rssKiB, 0), processes: mems.length } : undefined
+  }
+
+  // Summaries
+  const limit = targets.find((t) => t.kind === "limit")
+  const summary = (t, id) => {
+    const runs = results.get(t)[id]
+    const rps = runs.map((r) => r.rps)
+    const value = opts.stat === "best" ? Math.max(...rps) : median(rps)
+    const non2xx = runs.reduce((a, r) => a + r.non2xx, 0)
+    const socketErrors = runs.reduce((a, r) => a + r.socketErrors, 0)
+    const bytes = median(runs.map((r) => r.bytesPerResponse))
+    const refBytes = median(results.get(limit)[id].map((r) => r.bytesPerResponse))
+    const short = t !== limit && bytes < 0.8 * refBytes
+    const problems = []
+    if (non2xx) problems.push(`${non2xx} non-2xx`)
+    if (socketErrors) problems.push(`${socketErrors} socket errors`)
+    if (short) problems.push(`short responses (${fmt(bytes)} B vs ${fmt(refBytes)} B direct)`)
+    return { rps: value, best: Math.max(...rps), median: median(rps), rounds: rps, bytesPerResponse: bytes, non2xx, socketErrors, problems, valid: problems.length === 0,
+      latencyMs: runs.map((r) => r.latencyMs) }
+  }
+  const rows = targets.map((t) => {
+    const s = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, summary(t, sc.id)]))
+    const ratio = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, s[sc.id].rps / summary(baseline, sc.id).rps]))
+    const verdict = t.kind !== "proxy" ? undefined : Object.fromEntries(SCENARIOS.map((sc) =>
+      [sc.id, s[sc.id].valid && ratio[sc.id] >= GOALS[sc.id] ? "PASS" : "FAIL"]))
+    return { target: t, s, ratio, verdict }
+  })
+
+  // Table
+  const cols = [["target", 22], ["auth", 5], ["tags req/s", 11], ["vs base", 12], ["stream resp/s", 14], ["vs base", 12], ["peak RSS", 9]]
+  const line = (cells) => cells.map((c, i) => (i < 2 ? pad(c, cols[i][1]) : lpad(c, cols[i][1]))).join("  ")
+  const ratioCell = (row, id) => {
+    const r = row.ratio[id]
+    const mark = row.verdict ? ` ${row.verdict[id]}` : ""
+    return (row.target.kind === "baseline" ? "1.00" : r.toFixed(2)) + mark
+  }
+  console.log(`\nresults (${opts.stat} of ${opts.rounds} round(s) x ${opts.duration} s; tags: -t2 -c32, stream: -t1 -c8; goals vs baseline: tags >= ${GOALS.tags}, stream >= ${GOALS.stream})`)
+  console.log(line(cols.map((c) => c[0])))
+  console.log(line(cols.map((c) => "-".repeat(c[1]))))
+  for (const row of rows) {
+    const t = row.target
+    const flag = (id) => (row.s[id].valid ? "" : " !")
+    console.log(line([
+      t.name, t.kind === "limit" ? "-" : t.auth ? "yes" : "NO",
+      fmt(row.s.tags.rps) + flag("tags"), ratioCell(row, "tags"),
+      fmt(row.s.stream.rps) + flag("stream"), ratioCell(row, "stream"),
+      t.memory ? `${(t.memory.peakKiB / 1024).toFixed(0)} MB` : "n/a"
+    ]))
+  }
+  console.log("")
+  for (const row of rows) {
+    const probs = SCENARIOS.flatMap((sc) => row.s[sc.id].problems.map((p) => `${sc.id}: ${p}`))
+    if (probs.length) console.log(`  ! ${row.target.name}: ${probs.join("; ")} (figures marked ! are not valid)`)
+  }
+  console.log("  limit (direct) = wrk straight to the fake upstream: the ceiling no proxy can beat on this machine.")
+  if (targets.some((t) => t.kind === "nginx")) console.log("  nginx does not check the API key (auth NO): it does less work than the others.")
+  if (nginxNote) console.log(`  ${nginxNote.split("\n")[0]}`)
+  console.log("  peak RSS = VmHWM of the process (nginx: largest of master and worker) over the whole run.")
+  console.log(`  ${pinNote}.`)
+  console.log("  Figures are noisy on a shared 2-core machine: compare ratios measured in the same run, not runs.")
+
+  const failed = rows.some((r) => r.verdict && Object.values(r.verdict).includes("FAIL"))
+  const json = {
+    date: new Date().toISOString(),
+    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg() },
+    settings: { rounds: opts.rounds, durationSeconds: opts.duration, warmupSeconds: opts.warmup, initialWarmupSeconds: opts.initialWarmup, cpuPlacement: pinNote, stat: opts.stat, goals: GOALS,
+      proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js", streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
+      scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p })) },
+    skipped: nginxNote,
+    targets: rows.map((row) => ({
+      name: row.target.name, kind: row.target.kind, note: row.target.note, checksApiKey: row.target.kind === "limit" ? null : row.target.auth,
+      env: row.target.kind === "proxy" ? VARIANTS.find((v) => v.name === row.target.name)?.env : undefined,
+      tags: { ...row.s.tags, ratioToBaseline: row.ratio.tags, verdict: row.verdict?.tags },
+      stream: { ...row.s.stream, ratioToBaseline: row.ratio.stream, verdict: row.verdict?.stream },
+      ratioToLimit: { tags: row.s.tags.rps / summary(limit, "tags").rps, stream: row.s.stream.rps / summary(limit, "stream").rps },
+      memory: row.target.memory, preflight: row.target.preflight
+    })),
+    pass: !failed
+  }
+  mkdirSync(path.join(BENCH, "results"), { recursive: true })
+  const out = path.join(BENCH, "results", "latest.json")
+  writeFileSync(out, JSON.stringify(json, null, 2) + "\n")
+  console.log(`\nwrote ${path.relative(ROOT, out)}`)
+  return opts.strict && failed ? 1 : 0
+}
+
+let code = 1
+try {
+  code = await main()
+} catch (err) {
+  if (!stopping) console.error(`\nbench failed: ${err instanceof Fatal ? err.message : err?.stack ?? err}`)
+}
+await shutdown(code)

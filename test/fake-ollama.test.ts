@@ -1,0 +1,593 @@
+/**
+ * The test double itself: it must look like `ollama serve` to the official clients and, byte for
+ * byte, to a proxy (OLLAMA-API.md). Its knobs and its CLI are tested here too.
+ */
+import { spawn, type ChildProcess } from "node:child_process"
+import { once } from "node:events"
+import { mkdtempSync, readFileSync } from "node:fs"
+import http, { type IncomingMessage, type IncomingHttpHeaders } from "node:http"
+import net, { type AddressInfo } from "node:net"
+import os from "node:os"
+import path from "node:path"
+import { fileURLToPath } from "node:url"
+import { Ollama } from "ollama"
+import OpenAI from "openai"
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
+import {
+  BUSY_ERROR,
+  MIDSTREAM_ERROR,
+  embeddingFor,
+  expectedFigures,
+  generatedText,
+  parseOllamaHost,
+  startFakeOllama,
+  type FakeOllama
+} from "./fake-ollama/server.mjs"
+
+const BIN = fileURLToPath(new URL("./fake-ollama/bin/ollama", import.meta.url))
+
+interface Raw {
+  status: number
+  headers: IncomingHttpHeaders
+  body: Buffer
+  text: string
+  /** The data events as they arrived. */
+  pieces: Buffer[]
+}
+
+/** One request with node:http, the body framed by Content-Length (a DELETE too). */
+function raw(url: string, init: { method?: string; headers?: Record<string, string>; body?: string | Buffer } = {}): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const body = init.body === undefined ? undefined : Buffer.from(init.body)
+    const headers = { ...(body ? { "content-length": String(body.length) } : {}), ...init.headers }
+    const req = http.request(url, { method: init.method ?? "GET", headers, agent: false }, (res) => {
+      const pieces: Buffer[] = []
+      res.on("data", (d: Buffer) => pieces.push(d))
+      res.on("end", () => {
+        const all = Buffer.concat(pieces)
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: all, text: all.toString("utf8"), pieces })
+      })
+      res.on("error", reject)
+    })
+    req.on("error", reject)
+    req.end(body)
+  })
+}
+
+/** A request whose response is handed over as soon as its headers are in. */
+async function open(url: string, body: unknown) {
+  const req = http.request(url, { method: "POST", agent: false, headers: { "content-type": "application/json" } })
+  req.end(JSON.stringify(body))
+  const [res] = (await once(req, "response")) as [IncomingMessage]
+  return { req, res }
+}
+
+/** Reads a response to its end or to its breaking off. */
+function readToEnd(res: IncomingMessage): Promise<{ text: string; complete: boolean }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = []
+    res.on("data", (d: Buffer) => chunks.push(d))
+    res.on("error", () => {})
+    res.on("close", () => resolve({ text: Buffer.concat(chunks).toString("utf8"), complete: res.complete }))
+  })
+}
+
+const lines = (text: string) => text.split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as Record<string, unknown>)
+const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
+  raw(url, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body), headers })
+const chat = { model: "llama3.2", messages: [{ role: "user", content: "Hi there, llama" }] }
+
+let fake: FakeOllama
+beforeAll(async () => {
+  fake = await startFakeOllama()
+})
+afterAll(() => fake?.close())
+beforeEach(() => {
+  fake.set({
+    models: ["llama3.2", "nomic-embed-text"],
+    tokens: 5,
+    tokenDelayMs: undefined,
+    splitWrites: undefined,
+    errorAfterChunks: undefined,
+    crashAfterChunks: undefined,
+    busy: undefined,
+    pullFailTimes: undefined,
+    loadDelayMs: undefined
+  })
+  fake.requests.length = 0
+})
+
+describe("with the ollama client", () => {
+  const client = () => new Ollama({ host: fake.url })
+
+  it("lists and shows the models on disk, a bare name meaning :latest", async () => {
+    const { models } = await client().list()
+    expect(models.map((m) => m.name)).toEqual(["llama3.2:latest", "nomic-embed-text:latest"])
+    expect(models[0]!.details.family).toBe("llama")
+    const shown = await client().show({ model: "llama3.2" })
+    expect(shown.capabilities).toContain("completion")
+    expect((await client().show({ model: "nomic-embed-text" })).capabilities).toEqual(["embedding"])
+    await expect(client().show({ model: "nope" })).rejects.toThrow("model 'nope' not found")
+  })
+
+  it("streams a chat, then answers it whole, with the figures expectedFigures gives", async () => {
+    const expected = expectedFigures("/api/chat", chat)
+    const parts = []
+    for await (const part of await client().chat({ ...chat, stream: true })) parts.push(part)
+    expect(parts).toHaveLength(6)
+    expect(parts.slice(0, -1).every((p) => !p.done)).toBe(true)
+    expect(parts.map((p) => p.message.content).join("")).toBe(generatedText(5))
+    const last = parts.at(-1)!
+    expect(last).toMatchObject({ model: "llama3.2", done: true, done_reason: "stop", eval_count: 5, prompt_eval_count: expected.promptEvalCount })
+    expect(last.total_duration).toBe(expected.totalDuration)
+    expect(last.created_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$/)
+
+    const whole = await client().chat({ ...chat, stream: false })
+    expect(whole.message).toEqual({ role: "assistant", content: generatedText(5) })
+    expect(whole.eval_count).toBe(5)
+  })
+
+  it("generates, with the context and the six metrics on the last object", async () => {
+    fake.set({ tokens: 3 })
+    const parts = []
+    for await (const part of await client().generate({ model: "llama3.2", prompt: "Why is the sky blue?", stream: true })) parts.push(part)
+    const last = parts.at(-1)!
+    const expected = fake.expected("/api/generate", { prompt: "Why is the sky blue?" })
+    expect(expected.promptEvalCount).toBe(5)
+    expect(last.context).toHaveLength(expected.promptEvalCount + 3)
+    expect([last.total_duration, last.load_duration, last.prompt_eval_count, last.prompt_eval_duration, last.eval_count, last.eval_duration]).toEqual([
+      expected.totalDuration,
+      expected.loadDuration,
+      5,
+      expected.promptEvalDuration,
+      3,
+      expected.evalDuration
+    ])
+    const limited = await client().generate({ model: "llama3.2", prompt: "x", stream: false, options: { num_predict: 2 } })
+    expect([limited.response, limited.done_reason, limited.eval_count]).toEqual([generatedText(2), "length", 2])
+  })
+
+  it("pulls with progress, after which the model is on disk", async () => {
+    const progress = []
+    for await (const p of await client().pull({ model: "qwen3:0.6b", stream: true })) progress.push(p)
+    const statuses = progress.map((p) => p.status)
+    expect(statuses[0]).toBe("pulling manifest")
+    expect(statuses.slice(-3)).toEqual(["verifying sha256 digest", "writing manifest", "success"])
+    const layer = progress.filter((p) => p.status.startsWith("pulling ") && p.digest)
+    expect(layer[0]).not.toHaveProperty("completed")
+    expect(layer.some((p) => p.completed > 0 && p.completed < p.total)).toBe(true)
+    expect(layer.at(-1)!.completed).toBe(layer.at(-1)!.total)
+    expect(fake.models()).toContain("qwen3:0.6b")
+    await expect(client().pull({ model: "no-such-model", stream: true }).then(async (it) => { for await (const _ of it); })).rejects.toThrow(
+      "pull model manifest: file does not exist"
+    )
+  })
+
+  it("embeds deterministically, and counts the input tokens", async () => {
+    const answer = await client().embed({ model: "nomic-embed-text", input: ["hello", "hello world"] })
+    expect(answer.embeddings).toHaveLength(2)
+    // JSON carries float32 values in their shortest form: read back as float32 they are exact.
+    expect(answer.embeddings[0]!.map(Math.fround)).toEqual(Array.from(embeddingFor("hello", 768)))
+    expect(Math.hypot(...answer.embeddings[1]!)).toBeCloseTo(1, 5)
+    expect(answer.prompt_eval_count).toBe(expectedFigures("/api/embed", { input: ["hello", "hello world"] }).promptEvalCount)
+    const short = await client().embed({ model: "nomic-embed-text", input: "hello", dimensions: 8 })
+    expect(short.embeddings[0]).toHaveLength(8)
+  })
+
+  it("warms a model into /api/ps and unloads it", async () => {
+    const warm = await client().generate({ model: "llama3.2", prompt: "", keep_alive: -1 })
+    expect([warm.done, warm.done_reason]).toEqual([true, "load"])
+    const { models } = await client().ps()
+    expect(models.map((m) => m.name)).toEqual(["llama3.2:latest"])
+    expect(new Date(models[0]!.expires_at).getUTCFullYear()).toBeGreaterThan(2200)
+    expect(models[0]).toMatchObject({ size_vram: models[0]!.size, context_length: 4096 })
+    const unload = await client().generate({ model: "llama3.2", prompt: "", keep_alive: 0 })
+    expect(unload.done_reason).toBe("unload")
+    expect((await client().ps()).models).toEqual([])
+  })
+
+  it("refuses an embedding model on chat and an unknown model", async () => {
+    await expect(client().chat({ model: "nomic-embed-text", messages: [{ role: "user", content: "x" }] })).rejects.toThrow(
+      '"nomic-embed-text" does not support chat'
+    )
+    await expect(client().chat({ model: "nope", messages: [] })).rejects.toThrow("model 'nope' not found")
+  })
+})
+
+describe("with the openai client", () => {
+  const client = () => new OpenAI({ baseURL: `${fake.url}/v1`, apiKey: "x", maxRetries: 0 })
+
+  it("completes a chat whole, with usage", async () => {
+    const answer = await client().chat.completions.create({ model: "llama3.2", messages: chat.messages as never })
+    const expected = expectedFigures("/v1/chat/completions", chat)
+    expect(answer.object).toBe("chat.completion")
+    expect(answer.choices[0]!.message.content).toBe(generatedText(5))
+    expect(answer.choices[0]!.finish_reason).toBe("stop")
+    expect(answer.usage).toEqual(expected.usage)
+  })
+
+  it("streams a chat, with a usage chunk only when include_usage is asked", async () => {
+    const chunks = []
+    const stream = await client().chat.completions.create({
+      model: "llama3.2",
+      messages: chat.messages as never,
+      stream: true,
+      stream_options: { include_usage: true }
+    })
+    for await (const chunk of stream) chunks.push(chunk)
+    expect(chunks.map((c) => c.choices[0]?.delta.content ?? "").join("")).toBe(generatedText(5))
+    expect(chunks.at(-2)!.choices[0]!.finish_reason).toBe("stop")
+    expect(chunks.at(-1)!.choices).toEqual([])
+    expect(chunks.at(-1)!.usage).toEqual({ prompt_tokens: 4, completion_tokens: 5, total_tokens: 9 })
+
+    const plain = []
+    for await (const chunk of await client().chat.completions.create({ model: "llama3.2", messages: chat.messages as never, stream: true })) plain.push(chunk)
+    expect(plain.some((c) => c.usage)).toBe(false)
+    expect(plain).toHaveLength(6)
+  })
+
+  it("embeds (base64 by default in this SDK) to the same vectors as /api/embed", async () => {
+    const answer = await client().embeddings.create({ model: "nomic-embed-text", input: "hello" })
+    expect(answer.data[0]!.embedding).toEqual(Array.from(embeddingFor("hello", 768)))
+    expect(answer.usage).toEqual({ prompt_tokens: 2, total_tokens: 2 })
+    const floats = await client().embeddings.create({ model: "nomic-embed-text", input: ["a", "b"], encoding_format: "float" })
+    expect(floats.data.map((d) => d.index)).toEqual([0, 1])
+  })
+
+  it("lists and retrieves models, and errors in the OpenAI shape", async () => {
+    const ids = []
+    for await (const model of client().models.list()) ids.push(model.id)
+    expect(ids).toEqual(["llama3.2:latest", "nomic-embed-text:latest"])
+    expect(await client().models.retrieve("llama3.2")).toMatchObject({ id: "llama3.2", object: "model", owned_by: "library" })
+    await expect(client().models.retrieve("nope")).rejects.toMatchObject({ status: 404, type: "not_found_error" })
+  })
+})
+
+describe("on the wire", () => {
+  it("answers / and /api/version with Go's exact bytes", async () => {
+    const root = await raw(`${fake.url}/`)
+    expect([root.status, root.headers["content-type"], root.text]).toEqual([200, "text/plain; charset=utf-8", "Ollama is running"])
+    const head = await raw(`${fake.url}/`, { method: "HEAD" })
+    expect([head.status, head.headers["content-length"], head.body.length]).toEqual([200, "17", 0])
+    const version = await raw(`${fake.url}/api/version`)
+    expect([version.headers["content-type"], version.text]).toEqual(["application/json; charset=utf-8", '{"version":"0.32.15"}'])
+  })
+
+  it("lists no models as [], never null", async () => {
+    fake.set({ models: [] })
+    expect((await raw(`${fake.url}/api/tags`)).text).toBe('{"models":[]}')
+    expect((await raw(`${fake.url}/api/ps`)).text).toBe('{"models":[]}')
+  })
+
+  it("answers an unknown path 404 and a wrong method 405, in plain text", async () => {
+    const missing = await raw(`${fake.url}/api/nope`)
+    expect([missing.status, missing.headers["content-type"], missing.text]).toEqual([404, "text/plain", "404 page not found"])
+    const wrong = await raw(`${fake.url}/api/chat`)
+    expect([wrong.status, wrong.headers["content-type"], wrong.text]).toEqual([405, "text/plain", "405 method not allowed"])
+  })
+
+  it("copies and deletes with an empty 200, and 404s a model that is not there", async () => {
+    const copied = await post(`${fake.url}/api/copy`, { source: "llama3.2", destination: "mine" })
+    expect([copied.status, copied.headers["content-length"], copied.body.length, copied.headers["content-type"]]).toEqual([200, "0", 0, undefined])
+    expect(fake.models()).toContain("mine:latest")
+    const deleted = await raw(`${fake.url}/api/delete`, { method: "DELETE", body: JSON.stringify({ model: "mine" }) })
+    expect([deleted.status, deleted.body.length]).toEqual([200, 0])
+    const again = await raw(`${fake.url}/api/delete`, { method: "DELETE", body: JSON.stringify({ model: "mine" }) })
+    expect([again.status, again.text]).toEqual([404, `{"error":"model 'mine' not found"}`])
+  })
+
+  it("streams NDJSON, one line per write, each ended by a newline", async () => {
+    const res = await post(`${fake.url}/api/chat`, chat)
+    expect(res.headers["content-type"]).toBe("application/x-ndjson")
+    expect(res.headers["transfer-encoding"]).toBe("chunked")
+    expect(res.text.endsWith("}\n")).toBe(true)
+    expect(res.pieces.every((p) => p.toString().endsWith("\n"))).toBe(true)
+    const all = lines(res.text)
+    expect(all).toHaveLength(6)
+    expect(all.at(-1)).toMatchObject({ done: true, done_reason: "stop", eval_count: 5 })
+  })
+
+  it("answers single objects without a newline, /v1 and non-streamed pulls with one", async () => {
+    const whole = await post(`${fake.url}/api/chat`, { ...chat, stream: false })
+    expect([whole.headers["content-type"], whole.text.endsWith("}")]).toEqual(["application/json; charset=utf-8", true])
+    const v1 = await post(`${fake.url}/v1/chat/completions`, chat)
+    expect([v1.headers["content-type"], v1.text.endsWith("}\n")]).toEqual(["application/json", true])
+    const pulled = await post(`${fake.url}/api/pull`, { name: "all-minilm", stream: false })
+    expect([pulled.status, pulled.headers["content-type"], pulled.text]).toEqual([200, "application/json", '{"status":"success"}\n'])
+    const failed = await post(`${fake.url}/api/pull`, { model: "no-such", stream: false })
+    expect([failed.status, failed.text]).toEqual([500, '{"error":"pull model manifest: file does not exist"}\n'])
+    const streamedFail = await post(`${fake.url}/api/pull`, { model: "no-such" })
+    expect([streamedFail.status, streamedFail.text]).toEqual([
+      200,
+      '{"status":"pulling manifest"}\n{"error":"pull model manifest: file does not exist"}\n'
+    ])
+  })
+
+  it("streams SSE on /v1 when asked, ending with [DONE]", async () => {
+    const res = await post(`${fake.url}/v1/chat/completions`, { ...chat, stream: true, stream_options: { include_usage: true } })
+    expect(res.headers["content-type"]).toBe("text/event-stream")
+    expect(res.text.endsWith("data: [DONE]\n\n")).toBe(true)
+    const events = res.text.split("\n\n").filter(Boolean)
+    expect(events.every((e) => e.startsWith("data: "))).toBe(true)
+    const completions = await post(`${fake.url}/v1/completions`, { model: "llama3.2", prompt: "Hi", stream: true, stream_options: { include_usage: true } })
+    const chunks = completions.text
+      .split("\n\n")
+      .filter((e) => e.startsWith("data: {"))
+      .map((e) => JSON.parse(e.slice(6)))
+    expect(chunks.slice(0, -1).every((c) => c.usage.total_tokens === 0)).toBe(true)
+    expect(chunks.at(-1)).toMatchObject({ choices: [], usage: { prompt_tokens: 1, completion_tokens: 5, total_tokens: 6 } })
+  })
+
+  it("answers the errors of OLLAMA-API.md with their statuses and shapes", async () => {
+    const cases: Array<[string, string, number, string]> = [
+      ["/api/chat", "", 400, '{"error":"missing request body"}'],
+      ["/api/chat", "{nope", 400, `{"error":"invalid character 'n' looking for beginning of object key string"}`],
+      ["/api/generate", JSON.stringify({ model: "ghost", prompt: "x" }), 404, `{"error":"model 'ghost' not found"}`],
+      ["/api/generate", JSON.stringify({ model: "nomic-embed-text", prompt: "x" }), 400, '{"error":"\\"nomic-embed-text\\" does not support generate"}'],
+      ["/api/generate", JSON.stringify({ model: "llama3.2", keep_alive: "soon" }), 400, '{"error":"time: invalid duration \\"soon\\""}']
+    ]
+    for (const [path, body, status, text] of cases) {
+      const res = await post(`${fake.url}${path}`, body)
+      expect([path, res.status, res.headers["content-type"], res.text]).toEqual([path, status, "application/json; charset=utf-8", text])
+    }
+    fake.set({ busy: true })
+    const busy = await post(`${fake.url}/api/chat`, chat)
+    expect([busy.status, busy.text]).toEqual([503, JSON.stringify({ error: BUSY_ERROR })])
+    const v1busy = await post(`${fake.url}/v1/chat/completions`, chat)
+    expect([v1busy.status, v1busy.text]).toEqual([503, `${JSON.stringify({ error: { message: BUSY_ERROR, type: "api_error", param: null, code: null } })}\n`])
+    const v1bad = await post(`${fake.url}/v1/chat/completions`, { model: "llama3.2", messages: [] })
+    expect([v1bad.status, JSON.parse(v1bad.text)]).toEqual([400, { error: { message: "[] is too short - 'messages'", type: "invalid_request_error", param: null, code: null } }])
+  })
+
+  it("answers a warm-up with one object even when streaming, and marks the model loaded", async () => {
+    const res = await post(`${fake.url}/api/chat`, { model: "llama3.2", messages: [], keep_alive: "10m" })
+    expect(res.headers["content-type"]).toBe("application/json; charset=utf-8")
+    expect(JSON.parse(res.text)).toMatchObject({ model: "llama3.2", message: { role: "assistant", content: "" }, done: true, done_reason: "load" })
+    expect(fake.loaded()).toEqual(["llama3.2:latest"])
+    const expires = Date.parse(JSON.parse((await raw(`${fake.url}/api/ps`)).text).models[0].expires_at)
+    expect(expires - Date.now()).toBeGreaterThan(9 * 60_000)
+  })
+
+  it("refuses a non-local Host with an empty 403, and lets local names through", async () => {
+    const refused = await raw(`${fake.url}/api/tags`, { headers: { host: "api.example.com" } })
+    expect([refused.status, refused.headers["content-length"], refused.body.length]).toEqual([403, "0", 0])
+    for (const host of ["localhost:11434", "127.0.0.1", "10.1.2.3:80", "192.168.0.9", "[::1]:8080", "ollama.localhost", "box.local", "svc.internal:1", os.hostname()]) {
+      expect([host, (await raw(`${fake.url}/api/version`, { headers: { host } })).status]).toEqual([host, 200])
+    }
+    expect((await raw(`${fake.url}/api/version`, { headers: { host: "8.8.8.8" } })).status).toBe(403)
+  })
+
+  it("answers a CORS preflight 204, and refuses an origin it does not know", async () => {
+    const preflight = await raw(`${fake.url}/api/chat`, {
+      method: "OPTIONS",
+      headers: { origin: "http://localhost:3000", "access-control-request-method": "POST" }
+    })
+    expect([preflight.status, preflight.headers["access-control-allow-origin"]]).toEqual([204, "http://localhost:3000"])
+    expect(preflight.headers["access-control-allow-methods"]).toBe("GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS")
+    expect((await raw(`${fake.url}/api/tags`, { headers: { origin: "https://evil.example" } })).status).toBe(403)
+  })
+
+  it("stores blobs by verified digest", async () => {
+    const data = Buffer.from("a layer")
+    const digest = `sha256:${(await import("node:crypto")).createHash("sha256").update(data).digest("hex")}`
+    expect((await raw(`${fake.url}/api/blobs/${digest}`, { method: "HEAD" })).status).toBe(404)
+    const wrong = await raw(`${fake.url}/api/blobs/${digest}`, { method: "POST", body: "other bytes" })
+    expect(wrong.status).toBe(400)
+    expect(JSON.parse(wrong.text).error).toMatch(/^digest mismatch, expected "sha256:[0-9a-f]{64}", got "sha256:[0-9a-f]{64}"$/)
+    expect((await raw(`${fake.url}/api/blobs/${digest}`, { method: "POST", body: data })).status).toBe(201)
+    expect((await raw(`${fake.url}/api/blobs/${digest}`, { method: "POST", body: data })).status).toBe(200)
+    expect((await raw(`${fake.url}/api/blobs/${digest}`, { method: "HEAD" })).status).toBe(200)
+  })
+
+  it("speaks Anthropic on /v1/messages, usage in message_start and message_delta", async () => {
+    const body = { model: "llama3.2", max_tokens: 100, messages: [{ role: "user", content: "Hello there" }] }
+    const expected = expectedFigures("/v1/messages", body)
+    const streamed = await post(`${fake.url}/v1/messages`, { ...body, stream: true })
+    expect(streamed.headers["content-type"]).toBe("text/event-stream")
+    const events = streamed.text
+      .split("\n\n")
+      .filter(Boolean)
+      .map((e) => {
+        const [event, data] = e.split("\n")
+        return { event: event!.slice(7), data: JSON.parse(data!.slice(6)) }
+      })
+    expect(events.map((e) => e.event)).toEqual([
+      "message_start",
+      "content_block_start",
+      ...Array(5).fill("content_block_delta"),
+      "content_block_stop",
+      "message_delta",
+      "message_stop"
+    ])
+    expect(events[0]!.data.message.usage).toEqual({ input_tokens: expected.anthropicInputEstimate, output_tokens: 0 })
+    expect(events.at(-2)!.data.usage).toEqual({ input_tokens: expected.promptEvalCount, output_tokens: 5 })
+    const whole = JSON.parse((await post(`${fake.url}/v1/messages`, body)).text)
+    expect(whole).toMatchObject({ type: "message", stop_reason: "end_turn", usage: { input_tokens: expected.promptEvalCount, output_tokens: 5 } })
+  })
+})
+
+describe("knobs", () => {
+  it("splitWrites cuts lines across reads and merges others, and they still parse", async () => {
+    const plain = await post(`${fake.url}/api/generate`, { model: "llama3.2", prompt: "split" })
+    fake.set({ splitWrites: true, tokens: 40 })
+    const split = await post(`${fake.url}/api/generate`, { model: "llama3.2", prompt: "split" })
+    expect(split.pieces.some((p) => !p.toString("latin1").endsWith("\n"))).toBe(true)
+    expect(split.pieces.some((p) => p.toString("latin1").slice(0, -1).includes("\n"))).toBe(true)
+    const strip = (text: string) => lines(text).map(({ created_at: _, ...rest }) => rest)
+    expect(strip(split.text)).toHaveLength(41)
+    expect(strip(split.text).slice(0, 5)).toEqual(strip(plain.text).slice(0, 5))
+    const single = await post(`${fake.url}/api/chat`, { ...chat, stream: false })
+    expect(JSON.parse(single.text).done).toBe(true)
+  })
+
+  it("tokenDelayMs paces the stream, and a client abort is seen", async () => {
+    fake.set({ tokens: 100, tokenDelayMs: 20 })
+    const { req, res } = await open(`${fake.url}/api/generate`, { model: "llama3.2", prompt: "long" })
+    await once(res, "data")
+    expect(fake.requests[0]!.completed).toBe(false)
+    req.destroy()
+    const aborted = await fake.waitForAbort((r) => r.path === "/api/generate")
+    expect([aborted.aborted, aborted.completed]).toEqual([true, false])
+  })
+
+  it("errorAfterChunks ends the stream with an error line, status 200; at 0 it is a 500", async () => {
+    fake.set({ errorAfterChunks: 2 })
+    const res = await post(`${fake.url}/api/chat`, chat)
+    expect(res.status).toBe(200)
+    expect(lines(res.text)).toEqual([expect.objectContaining({ done: false }), expect.objectContaining({ done: false }), { error: MIDSTREAM_ERROR }])
+    fake.set({ errorAfterChunks: 0 })
+    const early = await post(`${fake.url}/api/chat`, chat)
+    expect([early.status, early.headers["content-type"], early.text]).toEqual([500, "application/json", JSON.stringify({ error: MIDSTREAM_ERROR })])
+  })
+
+  it("crashAfterChunks cuts the connection after N lines, which is not a client abort", async () => {
+    fake.set({ tokens: 20, crashAfterChunks: 3 })
+    const { res } = await open(`${fake.url}/api/chat`, chat)
+    const result = await readToEnd(res)
+    expect(result.complete).toBe(false)
+    expect(lines(result.text)).toHaveLength(3)
+    const seen = await fake.waitFor((r) => r.path === "/api/chat")
+    expect([seen.aborted, seen.completed]).toEqual([false, false])
+  })
+
+  it("pullFailTimes drops the first pulls, then they succeed", async () => {
+    fake.set({ pullFailTimes: 1, models: [] })
+    const client = new Ollama({ host: fake.url })
+    await expect(client.pull({ model: "llama3.2", stream: true }).then(async (it) => { for await (const _ of it); })).rejects.toThrow()
+    expect(fake.models()).toEqual([])
+    expect((await client.pull({ model: "llama3.2" })).status).toBe("success")
+    expect(fake.models()).toEqual(["llama3.2:latest"])
+  })
+
+  it("loadDelayMs holds the answer: the request is seen before it is answered", async () => {
+    fake.set({ loadDelayMs: 100 })
+    const answer = post(`${fake.url}/api/chat`, { ...chat, stream: false })
+    const seen = await fake.waitFor((r) => r.path === "/api/chat")
+    expect(seen.completed).toBe(false)
+    expect(JSON.parse((await answer).text).load_duration).toBe(101_000_000)
+    expect(seen.completed).toBe(true)
+    await expect(fake.waitFor((r) => r.path === "/never", 20)).rejects.toThrow("no request matched within 20 ms")
+  })
+})
+
+describe("parseOllamaHost, Ollama's OLLAMA_HOST rules", () => {
+  it.each([
+    ["", "127.0.0.1:11434"],
+    ["1.2.3.4", "1.2.3.4:11434"],
+    [":1234", ":1234"],
+    ["0.0.0.0:8080", "0.0.0.0:8080"],
+    ["[::1]", "[::1]:11434"],
+    ["http://host", "host:80"],
+    ["https://host", "host:443"],
+    ["https://host:8443/some/path", "host:8443"],
+    ["127.0.0.1:abc", "127.0.0.1:11434"],
+    ["localhost:99999", "localhost:11434"],
+    [' "127.0.0.1:5000" ', "127.0.0.1:5000"]
+  ])("%j listens on %s", (value, address) => {
+    expect(parseOllamaHost(value).address).toBe(address)
+  })
+})
+
+describe("the ollama CLI, as a child process", () => {
+  const freePort = async () => {
+    const server = net.createServer().listen(0, "127.0.0.1")
+    await once(server, "listening")
+    const { port } = server.address() as AddressInfo
+    await new Promise((resolve) => server.close(resolve))
+    return port
+  }
+
+  const spawnOllama = (env: Record<string, string>, args = ["serve"]) => {
+    const child: ChildProcess = spawn(BIN, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
+    const output = { stderr: "", stdout: "" }
+    const waiters: Array<() => void> = []
+    for (const name of ["stderr", "stdout"] as const) {
+      child[name]!.on("data", (d: Buffer) => {
+        output[name] += d.toString()
+        waiters.forEach((w) => w())
+      })
+    }
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on("exit", (code, signal) => resolve({ code, signal }))
+    )
+    /** The first match in that output, now or when it is written. */
+    const waitFor = (name: "stderr" | "stdout", pattern: RegExp) =>
+      new Promise<string>((resolve, reject) => {
+        const check = () => {
+          const match = pattern.exec(output[name])
+          if (match) resolve(match[0])
+        }
+        waiters.push(check)
+        check()
+        void exited.then(() => setTimeout(() => reject(new Error(`exited before ${pattern} on ${name}: ${output.stderr}`)), 50))
+      })
+    const waitForStderr = (pattern: RegExp) => waitFor("stderr", pattern)
+    return { child, exited, waitFor, waitForStderr, stderr: () => output.stderr, stdout: () => output.stdout }
+  }
+
+  it("logs where it listens before answering, serves, logs slog lines, and exits 0 on SIGTERM", async () => {
+    const port = await freePort()
+    const ollama = spawnOllama({ OLLAMA_HOST: `127.0.0.1:${port}`, FAKE_OLLAMA_STARTUP_DELAY_MS: "150" })
+    const listening = await ollama.waitForStderr(/^time=\S+ level=INFO source=\S+ msg="Listening on 127\.0\.0\.1:\d+ \(version 0\.32\.15\)"$/m)
+    expect(listening).toContain(`127.0.0.1:${port}`)
+    const asked = Date.now()
+    const root = await raw(`http://127.0.0.1:${port}/`)
+    expect([root.status, root.text]).toEqual([200, "Ollama is running"])
+    expect(Date.now() - asked).toBeGreaterThanOrEqual(100)
+    expect(ollama.stderr()).toMatch(/level=WARN /)
+    await ollama.waitFor("stdout", /^\[GIN\] \d{4}\/\d\d\/\d\d - \d\d:\d\d:\d\d \| 200 \| +\S+ \| +127\.0\.0\.1 \| GET +"\/"$/m)
+    ollama.child.kill("SIGTERM")
+    expect(await ollama.exited).toEqual({ code: 0, signal: null })
+  })
+
+  it("fails at once with Go's error when the port is taken", async () => {
+    const holder = net.createServer().listen(0, "127.0.0.1")
+    await once(holder, "listening")
+    const { port } = holder.address() as AddressInfo
+    try {
+      const ollama = spawnOllama({ OLLAMA_HOST: `127.0.0.1:${port}` })
+      expect((await ollama.exited).code).toBe(1)
+      expect(ollama.stderr()).toBe(`Error: listen tcp 127.0.0.1:${port}: bind: address already in use\n`)
+    } finally {
+      holder.close()
+    }
+  })
+
+  it("with FAKE_OLLAMA_IGNORE_SIGTERM survives SIGTERM until SIGKILL", async () => {
+    const port = await freePort()
+    const ollama = spawnOllama({ OLLAMA_HOST: `127.0.0.1:${port}`, FAKE_OLLAMA_IGNORE_SIGTERM: "1" })
+    await ollama.waitForStderr(/Listening on/)
+    ollama.child.kill("SIGTERM")
+    await ollama.waitForStderr(/ignoring SIGTERM/)
+    expect((await raw(`http://127.0.0.1:${port}/`)).status).toBe(200)
+    ollama.child.kill("SIGKILL")
+    expect(await ollama.exited).toEqual({ code: null, signal: "SIGKILL" })
+  })
+
+  it("records what it receives, and exits 1 when told to crash mid-stream", async () => {
+    const port = await freePort()
+    const record = path.join(mkdtempSync(path.join(os.tmpdir(), "fake-ollama-")), "requests.jsonl")
+    const ollama = spawnOllama({
+      OLLAMA_HOST: `127.0.0.1:${port}`,
+      FAKE_OLLAMA_RECORD_FILE: record,
+      FAKE_OLLAMA_CRASH_AFTER_CHUNKS: "2",
+      FAKE_OLLAMA_MODELS: "llama3.2"
+    })
+    await ollama.waitForStderr(/Listening on/)
+    const { res } = await open(`http://127.0.0.1:${port}/api/generate`, { model: "llama3.2", prompt: "x" })
+    const result = await readToEnd(res)
+    expect([result.complete, lines(result.text).length]).toEqual([false, 2])
+    expect((await ollama.exited).code).toBe(1)
+    const recorded = readFileSync(record, "utf8").trim().split("\n").map((l) => JSON.parse(l))
+    expect(recorded).toEqual([expect.objectContaining({ method: "POST", path: "/api/generate", body: '{"model":"llama3.2","prompt":"x"}' })])
+  })
+
+  it("prints its version, from the server when one runs", async () => {
+    const none = spawnOllama({ OLLAMA_HOST: `127.0.0.1:${await freePort()}` }, ["--version"])
+    expect((await none.exited).code).toBe(0)
+    expect(none.stdout()).toBe("Warning: could not connect to a running Ollama instance\nWarning: client version is 0.32.15\n")
+    const running = spawnOllama({ OLLAMA_HOST: fake.url }, ["-v"])
+    expect((await running.exited).code).toBe(0)
+    expect(running.stdout()).toBe("ollama version is 0.32.15\n")
+  })
+})

@@ -1,0 +1,170 @@
+/** Types of server.mjs: a fake `ollama serve` for tests. See README.md. */
+
+export type Capability = "completion" | "embedding" | "tools" | "thinking" | "insert" | "vision"
+
+/** A model on disk or pullable; a bare name takes its figures from the built-in catalog. */
+export interface ModelSpec {
+  /** `llama3.2` means `llama3.2:latest`, as in Ollama. */
+  name: string
+  /** Bytes on disk. */
+  size?: number | undefined
+  family?: string | undefined
+  /** e.g. `3.2B` */
+  parameterSize?: string | undefined
+  /** e.g. `Q4_K_M` */
+  quantization?: string | undefined
+  /** `["completion"]` (default) or `["embedding"]`; `tools`, `thinking` allow those requests. */
+  capabilities?: Capability[] | undefined
+  contextLength?: number | undefined
+  /** Length of the vectors /api/embed answers with (768 for nomic-embed-text). */
+  embeddingLength?: number | undefined
+}
+
+export type LogLevel = "DEBUG" | "INFO" | "WARN" | "ERROR"
+
+/** Knobs; all can be changed at runtime with `set`, except `host` and `port`. */
+export interface FakeOllamaOptions {
+  /** Bind address. Default `127.0.0.1`; `""`, `0.0.0.0` or `::` = all interfaces. */
+  host?: string | undefined
+  /** Default 0: a random free port. */
+  port?: number | undefined
+  /** Models on disk. Default `llama3.2:latest` (chat) and `nomic-embed-text:latest` (embedding). */
+  models?: Array<ModelSpec | string> | undefined
+  /** What /api/pull can fetch. Default `llama3.2`, `qwen3:0.6b`, `nomic-embed-text`, `all-minilm`. */
+  pullable?: Array<ModelSpec | string> | undefined
+  /** Content tokens per generation (eval_count). Default 5. */
+  tokens?: number | undefined
+  /** Delay between streamed chunks. Default 0. */
+  tokenDelayMs?: number | undefined
+  /** Cut every body into pieces at odd byte offsets and merge some lines, a tick between pieces. */
+  splitWrites?: boolean | undefined
+  /** After N content chunks: an `{"error":...}` line ends the stream (status stays 200). 0 = a 500 before any byte. */
+  errorAfterChunks?: number | undefined
+  /** After N content chunks: the socket is destroyed (the CLI exits 1 instead). */
+  crashAfterChunks?: number | undefined
+  /** Inference endpoints answer 503 `server busy, please try again.  maximum pending requests exceeded`. */
+  busy?: boolean | undefined
+  /** The next N pulls of a known model lose their connection after the first layer line. */
+  pullFailTimes?: number | undefined
+  /** Delay before each pull progress line. Default 0. */
+  pullDelayMs?: number | undefined
+  /** Delay before an inference request is answered, as a model load (every time). Default 0. */
+  loadDelayMs?: number | undefined
+  /** Refuse non-local Host headers with 403. Default: when bound to a loopback address. */
+  checkHost?: boolean | undefined
+  /** Default keep-alive of loaded models (OLLAMA_KEEP_ALIVE). Default `5m`. */
+  keepAlive?: string | number | undefined
+  /** Extra allowed CORS origins (OLLAMA_ORIGINS), `*` wildcards. */
+  origins?: string[] | undefined
+  /** Keep requests in `requests`. Default true. */
+  recordRequests?: boolean | undefined
+  /** Requests wait for this before being answered (the CLI's start-up delay). */
+  ready?: Promise<unknown> | undefined
+  /** Server log lines (model loads, injected failures), slog style. Default: none. */
+  log?: ((level: LogLevel, msg: string, attrs?: Record<string, unknown>, source?: string) => void) | undefined
+  /** Called once per request, when its body has arrived. */
+  onRequest?: ((request: RecordedRequest) => void) | undefined
+  /** Called once per request when its connection or response is done. */
+  onResponse?: ((request: RecordedRequest, latencyNs: number) => void) | undefined
+  /** Called after `crashAfterChunks` destroyed a socket. */
+  onCrash?: (() => void) | undefined
+}
+
+export interface RecordedRequest {
+  readonly id: number
+  readonly method: string
+  /** Path with query, as received. */
+  readonly path: string
+  /** Lower-case names, values as received; a repeated header is joined with ", ". */
+  readonly headers: Readonly<Record<string, string>>
+  /** name, value, name, value, ... as received. */
+  readonly rawHeaders: readonly string[]
+  readonly body: Buffer
+  /** The client went away before the response ended. */
+  aborted: boolean
+  /** The response was sent to its end. */
+  completed: boolean
+  status: number | undefined
+  readonly remoteAddress: string
+}
+
+export interface Figures {
+  promptEvalCount: number
+  evalCount: number
+  doneReason: string
+  /** The generated text. */
+  content: string
+  loadDuration: number
+  promptEvalDuration: number
+  evalDuration: number
+  totalDuration: number
+  /** OpenAI-style usage of the same figures (generations only). */
+  usage?: { prompt_tokens: number; completion_tokens: number; total_tokens: number }
+  /** /v1/messages only: the input_tokens of `message_start` (Ollama's len/4 estimate). */
+  anthropicInputEstimate?: number
+}
+
+export interface FakeOllama {
+  /** e.g. `http://127.0.0.1:40123` (127.0.0.1 when bound to all interfaces). */
+  readonly url: string
+  readonly port: number
+  /** The bound address. */
+  readonly host: string
+  /** Every request received, in order. Clear with `requests.length = 0`. */
+  readonly requests: RecordedRequest[]
+  /** The knobs in force (defaults filled in). */
+  readonly options: Readonly<FakeOllamaOptions>
+  /** Changes knobs; `undefined` restores a default. `models` replaces the disk, `pullFailTimes` re-arms. */
+  set(options: FakeOllamaOptions): void
+  /** The first request matching, now or when it arrives. */
+  waitFor(predicate?: (request: RecordedRequest) => boolean, timeoutMs?: number): Promise<RecordedRequest>
+  /** The first request matching that the client abandoned before the response ended. */
+  waitForAbort(predicate?: (request: RecordedRequest) => boolean, timeoutMs?: number): Promise<RecordedRequest>
+  /** Models on disk, as /api/tags names them. */
+  models(): string[]
+  /** Models loaded, as /api/ps names them. */
+  loaded(): string[]
+  /** The figures this server will report for a request, with its current knobs. */
+  expected(path: string, body: unknown): Figures
+  /** Stops listening and destroys every open connection. */
+  close(): Promise<void>
+}
+
+export function startFakeOllama(options?: FakeOllamaOptions): Promise<FakeOllama>
+
+/** The figures an endpoint reports for a request body (`tokens` default 5, `loadDelayMs` 0). */
+export function expectedFigures(path: string, body: unknown, options?: { tokens?: number; loadDelayMs?: number }): Figures
+
+export const VERSION: string
+export const BUSY_ERROR: string
+export const MIDSTREAM_ERROR: string
+export const PULL_MANIFEST_ERROR: string
+/** The tokens generations cycle through. */
+export const TOKEN_TEXTS: readonly string[]
+/** The i-th generated token (0-based). */
+export function tokenText(i: number): string
+/** The text of a generation of n tokens. */
+export function generatedText(n: number): string
+/** prompt_eval_count of a prompt text: ceil(UTF-8 bytes / 4), at least 1. */
+export function promptTokens(text: string): number
+/** The unit vector a text embeds to (before `dimensions`). */
+export function embeddingFor(text: string, length: number, dimensions?: number): Float32Array
+export function parseModelName(
+  name: string
+): { host: string; namespace: string; model: string; tag: string; key: string; display: string } | undefined
+
+export interface OllamaHost {
+  scheme: string
+  /** "" for all interfaces. */
+  host: string
+  port: string
+  /** What `ollama serve` passes to net.Listen: `127.0.0.1:11434`, `:1234`, `[::1]:11434`. */
+  address: string
+  url: string
+  /** The port text refused in favour of the default. */
+  invalidPort: string | undefined
+}
+/** Ollama's OLLAMA_HOST rules (envconfig.Host). */
+export function parseOllamaHost(value: string | undefined): OllamaHost
+/** What a loopback-bound Ollama does with a Host header: serve, answer an OPTIONS 204, or 403. */
+export function checkHostHeader(hostHeader: string | undefined, method: string): "next" | "no-content" | "forbidden"
