@@ -393,6 +393,35 @@ describe("the built service", () => {
     }
   })
 
+  it("on SIGTERM cuts a stream at the deadline, then delivers its record too", async () => {
+    own = await startWebhook()
+    fake.set({ tokens: 1000, tokenDelayMs: 50 })
+    const child = await spawnProxy({ ...proxyEnv(own.url), SHUTDOWN_TIMEOUT: "500ms" })
+    try {
+      await waitForReady(child.url)
+      const id = randomUUID()
+      const { req, res } = await open(`${child.url}/api/chat`, {
+        method: "POST",
+        headers: { ...auth, "x-request-id": id },
+        body: JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "A long story" }] })
+      })
+      req.on("error", () => {})
+      res.on("error", () => {})
+      await once(res, "data")
+      const started = performance.now()
+      const exit = await child.kill("SIGTERM")
+      expect(exit.code).toBe(0)
+      expect(performance.now() - started).toBeLessThan(3000)
+      const [record] = own.accepted()
+      expect(own.accepted()).toHaveLength(1)
+      expect(record!.request_id).toBe(id)
+      // The cut races the upstream pool's release: either side may be seen to go first.
+      expect(["client_aborted", "upstream_error"]).toContain(record!.outcome)
+    } finally {
+      await child.kill("SIGKILL")
+    }
+  })
+
   it("logs the whole record, at error level, when the webhook is down", async () => {
     const child = await spawnProxy({ ...proxyEnv(`http://127.0.0.1:${await deadPort()}/usage`), WEBHOOK_MAX_RETRY_TIME: "200ms" })
     try {

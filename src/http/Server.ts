@@ -56,6 +56,8 @@ const close = (server: NodeServer, deadline: Duration.Duration) =>
     server.close(() => resume(Effect.void))
     server.closeIdleConnections()
   }).pipe(
+    // Finalizers run uninterruptibly: without this the deadline could not cut the wait short.
+    Effect.interruptible,
     Effect.timeoutTo({ duration: deadline, onSuccess: () => true, onTimeout: () => false }),
     Effect.tap((drained) => drained ? Effect.void : Effect.logWarning("shutdown deadline reached, closing open connections")),
     Effect.ensuring(Effect.sync(() => server.closeAllConnections()))
