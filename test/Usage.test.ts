@@ -6,9 +6,11 @@ import { randomUUID } from "node:crypto"
 import { once } from "node:events"
 import { request as httpRequest, type IncomingMessage } from "node:http"
 import { createServer } from "node:net"
+import { Schema } from "effect"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
+import { UsageRecord } from "../src/usage/Record.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { open, raw } from "./support/http.js"
 import { spawnProxy, startProxy, type RunningProxy } from "./support/proxy.js"
@@ -65,6 +67,8 @@ const recordOf = async (requestId: string) => {
   await webhook.until((got) => got.some((g) => g.accepted && g.record.request_id === requestId))
   const records = webhook.accepted().filter((r) => r.request_id === requestId)
   expect(records).toHaveLength(1)
+  // The proxy sends records as it builds them: here each is held to the schema.
+  Schema.decodeUnknownSync(UsageRecord, { onExcessProperty: "error" })(records[0])
   return records[0]!
 }
 
