@@ -86,6 +86,8 @@ const isBlank = (bytes: Buffer, start = 0, end = bytes.length) => {
 
 /** The bytes of a line not ended yet; bounded: past the limit only its head and tail are kept. */
 class PendingLine {
+  /** A field, not a getter: it is read for every chunk. */
+  empty = true
   private parts: Array<Buffer> = []
   private size = 0
   private head: Buffer | undefined
@@ -94,6 +96,7 @@ class PendingLine {
 
   add(bytes: Buffer) {
     if (bytes.length === 0) return
+    this.empty = false
     if (this.head === undefined) {
       this.parts.push(bytes)
       this.size += bytes.length
@@ -113,10 +116,6 @@ class PendingLine {
     while (this.tailSize - this.tail[0]!.length >= SALVAGE_WINDOW) this.tailSize -= this.tail.shift()!.length
   }
 
-  get empty() {
-    return this.size === 0 && this.head === undefined
-  }
-
   /** The line so far (undefined when there is none), and a fresh start. */
   take(): Line | undefined {
     let line: Line | undefined
@@ -131,6 +130,7 @@ class PendingLine {
     this.head = undefined
     this.tail = []
     this.tailSize = 0
+    this.empty = true
     return line
   }
 }
@@ -142,16 +142,24 @@ class PendingLine {
  * comparison and an array push. Only a chunk that cuts a line is searched for newlines.
  */
 export class TailLines {
-  private readonly pieces: Array<Line> = []
+  /** The last `keep` pieces, oldest first from `next`. */
+  private readonly ring: Array<Line | undefined>
+  private next = 0
   private readonly pending = new PendingLine()
 
-  constructor(private readonly keep: number) {}
+  constructor(private readonly keep: number) {
+    this.ring = new Array<Line | undefined>(keep)
+  }
 
   push(chunk: Buffer): void {
     const length = chunk.length
     if (length === 0) return
     if (chunk[length - 1] === NEWLINE && this.pending.empty) {
-      this.remember(chunk)
+      // A chunk that starts with a non-blank byte is not blank: no need to look further.
+      const b = chunk[0]
+      if ((b === 32 || b === 9 || b === 13 || b === NEWLINE) && isBlank(chunk)) return
+      this.ring[this.next] = chunk
+      if (++this.next === this.keep) this.next = 0
       return
     }
     const first = chunk.indexOf(NEWLINE)
@@ -169,7 +177,9 @@ export class TailLines {
   /** The complete lines kept, in order, then the line the body ended without a newline. */
   end(): Array<Line> {
     const lines: Array<Line> = []
-    for (const piece of this.pieces) {
+    for (let i = 0; i < this.keep; i++) {
+      const piece = this.ring[(this.next + i) % this.keep]
+      if (piece === undefined) continue
       if (isLong(piece)) {
         lines.push(piece)
         continue
@@ -190,8 +200,8 @@ export class TailLines {
   private remember(piece: Line) {
     // A piece of blank lines must not push out the line before it.
     if (Buffer.isBuffer(piece) && isBlank(piece)) return
-    this.pieces.push(piece)
-    if (this.pieces.length > this.keep) this.pieces.shift()
+    this.ring[this.next] = piece
+    if (++this.next === this.keep) this.next = 0
   }
 }
 
@@ -389,14 +399,17 @@ export class ExchangeMeter {
     else this.tail = new TailLines(SSE_PIECES_KEPT)
   }
 
-  push(chunk: Buffer): void {
-    if (this.firstChunkAt === null) {
-      this.firstChunkAt = performance.now()
-      const match = MODEL.exec(chunk.toString("utf8", 0, Math.min(chunk.length, 4096)))
-      if (match !== null) this.firstModel = jsonString(match[1]!) ?? null
-    }
+  /** Every body chunk; a bound field, so the proxy's tap can hand it over without a wrapper. */
+  readonly push = (chunk: Buffer): void => {
+    if (this.firstChunkAt === null) this.first(chunk)
     if (this.tail !== undefined) this.tail.push(chunk)
     else this.lines?.push(chunk)
+  }
+
+  private first(chunk: Buffer) {
+    this.firstChunkAt = performance.now()
+    const match = MODEL.exec(chunk.toString("utf8", 0, Math.min(chunk.length, 4096)))
+    if (match !== null) this.firstModel = jsonString(match[1]!) ?? null
   }
 
   /** The body ended (or was cut off): read what is left. */

@@ -129,7 +129,7 @@ export const makeUsageTap = (deliver: (record: UsageRecord) => void): ExchangeTa
   return {
     rewrite,
     onResponseStart: (status, headers) => meter.responseStart(status, headers),
-    onData: (chunk) => meter.push(chunk),
+    onData: meter.push,
     onEnd: (exchangeOutcome) => {
       // Ollama never got the request: nothing was used.
       if (exchangeOutcome === "unavailable") return
