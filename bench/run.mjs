@@ -11,9 +11,13 @@
 // Variants of the proxy under test. Each one is started as its own `node dist/main.js` process with the
 // base env (PORT, HOST, OLLAMA_MANAGED=false, OLLAMA_HOST, AUTHORIZATION_APIKEY, AUTHORIZATION_LOG_LEVEL)
 // plus `env`. Add entries here, e.g. { name: "proxy, metering off", env: { SOME_SWITCH: "false" } }.
+// `{WEBHOOK_URL}` in a value is the bench's own usage webhook (bench/webhook.mjs, started when used).
+// `compareTo` names another variant this one is measured against, with `goal` as the least ratio.
 // ---------------------------------------------------------------------------------------------------
 const VARIANTS = [
+  // No webhook URL: no usage tap at all (metering off).
   { name: "proxy", env: {} },
+  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, compareTo: "proxy", goal: 0.95 },
 ]
 
 // Targets from the issue, as a fraction of the baseline's throughput.
@@ -335,10 +339,29 @@ const proxyCommand = (port, upstreamPort) => {
   return { cmd: process.execPath, args: [path.join(ROOT, "dist", "main.js")] }
 }
 
+// The usage webhook the variants post records to, started on first use.
+let webhook
+const startWebhook = async () => {
+  if (webhook) return webhook
+  const child = startChild("webhook", process.execPath, [path.join(BENCH, "webhook.mjs"), "0"])
+  const [, port] = await waitForLine(child, /listening (\d+)/, 10000)
+  webhook = { child, port: Number(port), url: `http://127.0.0.1:${port}/` }
+  return webhook
+}
+const webhookStats = async () => {
+  if (!webhook) return undefined
+  const res = await request({ port: webhook.port, path: "/stats" }).catch(() => undefined)
+  return res?.status === 200 ? JSON.parse(res.body.toString()) : undefined
+}
+
 const startVariant = async (variant, upstreamPort) => {
   const port = await freePort()
   const { cmd, args } = proxyCommand(port, upstreamPort)
-  const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, variant.env) })
+  const env = { ...variant.env }
+  for (const [k, v] of Object.entries(env)) {
+    if (v.includes("{WEBHOOK_URL}")) env[k] = v.replaceAll("{WEBHOOK_URL}", (await startWebhook()).url)
+  }
+  const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, env) })
   await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
   const extra = Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(" ")
   return { name: variant.name, kind: "proxy", port, child, note: (process.env.BENCH_PROXY_CMD ? `BENCH_PROXY_CMD ` : "dist/main.js ") + (extra || "(default env)") }
@@ -577,7 +600,26 @@ const main = async () => {
   console.log(`  ${pinNote}.`)
   console.log("  Figures are noisy on a shared 2-core machine: compare ratios measured in the same run, not runs.")
 
-  const failed = rows.some((r) => r.verdict && Object.values(r.verdict).includes("FAIL"))
+  // Variants measured against another variant (e.g. a feature on vs off), same run, same stat.
+  const comparisons = []
+  for (const row of rows) {
+    const variant = VARIANTS.find((v) => v.name === row.target.name && v.compareTo)
+    const other = variant && rows.find((r) => r.target.name === variant.compareTo)
+    if (!other) continue
+    const ratios = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, row.s[sc.id].rps / other.s[sc.id].rps]))
+    const verdicts = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, row.s[sc.id].valid && other.s[sc.id].valid && ratios[sc.id] >= variant.goal ? "PASS" : "FAIL"]))
+    comparisons.push({ name: row.target.name, compareTo: variant.compareTo, goal: variant.goal, ratios, verdicts })
+    console.log(`  ${row.target.name} vs ${variant.compareTo}: ` +
+      SCENARIOS.map((sc) => `${sc.id} ${ratios[sc.id].toFixed(3)} ${verdicts[sc.id]}`).join(", ") + ` (goal >= ${variant.goal})`)
+  }
+  const usage = await webhookStats()
+  if (usage) {
+    console.log(`  usage webhook received ${fmt(usage.records)} records (${Object.entries(usage.outcomes).map(([k, v]) => `${k} ${fmt(v)}`).join(", ")}; ` +
+      `${fmt(usage.withCounts)} with token counts${usage.invalid ? `; ${usage.invalid} not JSON` : ""})`)
+  }
+
+  const failed = rows.some((r) => r.verdict && Object.values(r.verdict).includes("FAIL")) ||
+    comparisons.some((c) => Object.values(c.verdicts).includes("FAIL"))
   const json = {
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg() },
@@ -593,6 +635,8 @@ const main = async () => {
       ratioToLimit: { tags: row.s.tags.rps / summary(limit, "tags").rps, stream: row.s.stream.rps / summary(limit, "stream").rps },
       memory: row.target.memory, preflight: row.target.preflight
     })),
+    comparisons,
+    usageWebhook: usage,
     pass: !failed
   }
   mkdirSync(path.join(BENCH, "results"), { recursive: true })
