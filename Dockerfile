@@ -39,7 +39,8 @@ ENV PORT=80 \
     OLLAMA_BIN=/bin/ollama \
     NODE_ENV=production
 EXPOSE 80
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+# Healthy means ready (200): pulling and loading models may take minutes, hence the start period.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10m --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT_HEALTH||process.env.PORT||80)+'/ping').then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))"]
 # Root, as in the Ollama image: GPU device nodes, RunPod's root-owned network volume and
 # Ollama's $HOME/.ollama all expect it. See README "Running as another user".

@@ -2,9 +2,11 @@
 // fake upstream itself. See bench/README.md. Run with `npm run bench` (builds first) or `node bench/run.mjs`.
 //
 //   node bench/run.mjs [--quick] [--rounds N] [--duration S] [--warmup S] [--initial-warmup S]
-//                      [--stat best|median] [--only name,name] [--no-nginx] [--pin target|split|off] [--strict]
+//                      [--stat best|median] [--only name,name] [--no-nginx] [--pin target|split|off]
+//                      [--retries N] [--strict]
 //
-// Env: BENCH_DURATION, BENCH_ROUNDS, BENCH_WARMUP, BENCH_INITIAL_WARMUP, BENCH_PIN (same as the flags),
+// Env: BENCH_DURATION, BENCH_ROUNDS, BENCH_WARMUP, BENCH_INITIAL_WARMUP, BENCH_PIN, BENCH_RETRIES (same as
+// the flags), BENCH_MAX_FOREIGN (cores other processes may use during a measurement before a retry),
 // BENCH_PROXY_CMD (replaces `node dist/main.js`; placeholders {PORT} {UPSTREAM_PORT} {KEY}).
 
 // ---------------------------------------------------------------------------------------------------
@@ -48,7 +50,7 @@ const SCENARIOS = [
 const parseArgs = (argv) => {
   const opts = {
     quick: false, rounds: undefined, duration: undefined, warmup: undefined, initialWarmup: undefined, stat: "best",
-    only: undefined, nginx: true, pin: undefined, strict: false
+    only: undefined, nginx: true, pin: undefined, retries: undefined, strict: false
   }
   for (let i = 0; i < argv.length; i++) {
     let [flag, value] = argv[i].split(/=(.*)/s, 2)
@@ -65,8 +67,9 @@ const parseArgs = (argv) => {
       case "--no-pin": opts.pin = "off"; break
       case "--pin": opts.pin = take(); break
       case "--strict": opts.strict = true; break
+      case "--retries": opts.retries = Number(take()); break
       case "-h": case "--help":
-        console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(0, 9).map((l) => l.replace(/^\/\/ ?/, "")).join("\n"))
+        console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(0, 10).map((l) => l.replace(/^\/\/ ?/, "")).join("\n"))
         process.exit(0)
       default: throw new Fatal(`unknown option ${argv[i]} (see --help)`)
     }
@@ -76,8 +79,10 @@ const parseArgs = (argv) => {
   opts.duration ??= env("BENCH_DURATION") ?? (opts.quick ? 1 : 3)
   opts.warmup ??= env("BENCH_WARMUP") ?? 1
   opts.initialWarmup ??= env("BENCH_INITIAL_WARMUP") ?? (opts.quick ? 2 : 4)
-  for (const k of ["rounds", "duration", "warmup", "initialWarmup"]) {
-    const min = k === "rounds" || k === "duration" ? 1 : 0
+  opts.retries ??= env("BENCH_RETRIES") ?? (opts.quick ? 0 : 2)
+  opts.maxForeign = env("BENCH_MAX_FOREIGN") ?? 0.2
+  for (const k of ["rounds", "duration", "warmup", "initialWarmup", "retries"]) {
+    const min = k === "rounds" || k === "duration" ? 1 : 0 // warm-ups and retries may be 0
     if (!Number.isInteger(opts[k]) || opts[k] < min) throw new Fatal(`--${k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} must be a whole number >= ${min} (wrk takes whole seconds), got ${opts[k]}`)
   }
   opts.pin ??= process.env.BENCH_PIN === "0" ? "off" : process.env.BENCH_PIN || "target"
@@ -93,13 +98,17 @@ class Fatal extends Error {}
 // ---------------------------------------------------------------------------------------------------
 const children = new Set()
 
-// A watchdog process that outlives us if we are SIGKILLed: it reads the pids we start on its stdin and,
-// when that pipe closes without a final "done" (our death), kills them all.
-const REAPER = `let pids = new Set(), done = false, buf = ""
+// A watchdog process that outlives us if we are SIGKILLed: it reads the pids (and temp dirs) we create on
+// its stdin and, when that pipe closes without a final "done" (our death), kills and removes them all.
+const REAPER = `let pids = new Set(), dirs = [], done = false, buf = ""
 process.stdin.setEncoding("utf8").on("data", (d) => {
   buf += d; const lines = buf.split("\\n"); buf = lines.pop()
-  for (const l of lines) { if (l === "done") done = true; else if (l) pids.add(Number(l)) }
-}).on("end", () => { if (!done) for (const p of pids) { try { process.kill(p, "SIGKILL") } catch {} } process.exit(0) })`
+  for (const l of lines) { if (l === "done") done = true; else if (l.startsWith("dir:")) dirs.push(l.slice(4)); else if (l) pids.add(Number(l)) }
+}).on("end", () => {
+  if (!done) for (const p of pids) { try { process.kill(p, "SIGKILL") } catch {} }
+  if (!done) setTimeout(() => { for (const d of dirs) require("fs").rmSync(d, { recursive: true, force: true }); process.exit(0) }, 200)
+  else process.exit(0)
+})`
 const reaper = spawn(process.execPath, ["-e", REAPER], { stdio: ["pipe", "ignore", "ignore"] })
 reaper.stdin.on("error", () => {})
 const watch = (...pids) => { for (const pid of pids) if (pid) reaper.stdin.write(`${pid}\n`) }
@@ -253,6 +262,7 @@ const startNginx = async (upstreamPort) => {
   if (!nginx) return { skipped: "nginx not found on PATH (apt-get install -y nginx-light)" }
   const dir = mkdtempSync(path.join(os.tmpdir(), "bench-nginx-"))
   tmpDirs.push(dir)
+  reaper.stdin.write(`dir:${dir}\n`)
   chmodSync(dir, 0o755) // workers may run as an unprivileged user when started as root
   const port = await freePort()
   const conf = `
@@ -390,12 +400,14 @@ const preflight = async (target) => {
 // ---------------------------------------------------------------------------------------------------
 // CPU placement. With three busy processes (wrk, upstream, proxy) on two cores, where the scheduler puts
 // them decides the figure: unpinned, the same baseline measured 490-940 streams/s from one run to the
-// next (the proxy and the upstream sharing a core turn big reads into many small ones). So while a target
-// is measured, all its threads are pinned to the last allowed CPU and everything else (wrk, the
-// upstream, idle targets) to the others: each figure is "what this target does with one core of its
-// own" (measured spread then: +-5%). --no-pin / BENCH_PIN=0 turns it off.
+// next (the proxy and the upstream sharing a core turn big reads into many small ones). So, by default
+// (--pin target), while a target is measured all its threads are pinned to the last allowed CPU, and
+// everything else floats: each figure is "what this target does with at most one core" (spread on a
+// quiet machine then: +-5%). --pin split also confines wrk, the upstream and idle targets to the other
+// CPUs (steady too, but on 2 cores wrk and the upstream then share one core, which can cap fast targets).
+// --pin off / --no-pin / BENCH_PIN=0: no pinning.
 // ---------------------------------------------------------------------------------------------------
-let pinning // { taskset, cpu, rest, all } when active
+let pinning // { mode, taskset, cpu, rest, all } when active
 const allowedCpus = () => {
   // The CPUs this process may use (a container or cgroup may allow fewer than os.cpus() reports).
   const list = readFileSync("/proc/self/status", "utf8").match(/^Cpus_allowed_list:\s*(\S+)/m)?.[1] ?? ""
@@ -461,6 +473,62 @@ const runWrk = async (target, scenario, seconds, targets) => {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Other people's load. The machine may be shared (tests running next to the bench): during every
+// measurement, the CPU time the kernel counted on all CPUs minus the CPU time of this process tree is
+// what others used. Above BENCH_MAX_FOREIGN cores (default 0.2) the measurement is retried after a
+// short pause (up to --retries times, and at most half as many retries as measurements in the whole
+// run, so a busy machine costs at most +50% time) and the least disturbed attempt is kept. Linux only.
+// ---------------------------------------------------------------------------------------------------
+const CLK_TCK = (() => {
+  try { return Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100 } catch { return 100 }
+})()
+const procTicks = (pid) => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ") // f[11..14] = utime stime cutime cstime
+    return Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
+  } catch { return 0 }
+}
+const busyTicks = () => {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number)
+  return f[0] + f[1] + f[2] + f[5] + f[6] + f[7] // user nice system irq softirq steal
+}
+const ourTicks = () => {
+  let ticks = procTicks("self") // includes wrk and taskset runs once they are reaped (cutime/cstime)
+  for (const c of children) for (const pid of [c.pid, ...childPids(c.pid)]) ticks += procTicks(pid)
+  return ticks
+}
+const cpuSnapshot = () => {
+  if (process.platform !== "linux") return undefined
+  try { return { at: process.hrtime.bigint(), busy: busyTicks(), ours: ourTicks() } } catch { return undefined }
+}
+const foreignCores = (before) => {
+  const after = cpuSnapshot()
+  if (!before || !after) return undefined
+  const seconds = Number(after.at - before.at) / 1e9
+  return Math.max(0, (after.busy - before.busy - (after.ours - before.ours)) / CLK_TCK / seconds)
+}
+
+let retryBudget = 0
+const measure = async (target, scenario, opts, targets) => {
+  let kept
+  for (let attempt = 0; ; attempt++) {
+    const before = cpuSnapshot()
+    const r = await runWrk(target, scenario, opts.duration, targets)
+    r.foreignCores = foreignCores(before)
+    r.attempts = attempt + 1
+    if (!kept || (r.foreignCores ?? 0) < (kept.foreignCores ?? 0)) kept = { ...r, attempts: attempt + 1 }
+    if (r.foreignCores === undefined || r.foreignCores <= opts.maxForeign) break
+    if (attempt >= opts.retries || retryBudget <= 0) break
+    retryBudget--
+    console.log(`    ${target.name} ${scenario.id}: other processes used ${r.foreignCores.toFixed(2)} cores meanwhile (${fmt(r.rps)} /s): retrying`)
+    await sleep(2000)
+  }
+  kept.disturbed = kept.foreignCores !== undefined && kept.foreignCores > opts.maxForeign
+  return kept
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Report helpers
 // ---------------------------------------------------------------------------------------------------
 const pad = (s, n) => String(s).padEnd(n)
@@ -486,6 +554,8 @@ const main = async () => {
     throw new Fatal(`${path.join(ROOT, "dist", "main.js")} not found: build first (\`npm run build\`; \`npm run bench\` does it), or set BENCH_PROXY_CMD`)
   }
   const variants = VARIANTS.filter((v) => !opts.only || opts.only.includes(v.name))
+  const unknown = (opts.only ?? []).filter((n) => n !== "nginx" && !VARIANTS.some((v) => v.name === n))
+  if (unknown.length) throw new Fatal(`--only: no variant named ${unknown.join(", ")} (variants: ${VARIANTS.map((v) => v.name).join(", ")}, nginx)`)
 
   const loadAtStart = os.loadavg()
   console.log(`bench: ${os.cpus().length} CPUs, load average ${loadAtStart.map((l) => l.toFixed(2)).join(" ")}, node ${process.version}`)
@@ -508,6 +578,7 @@ const main = async () => {
   for (const t of targets) await preflight(t)
 
   const measurements = SCENARIOS.length * targets.length * opts.rounds
+  retryBudget = Math.ceil(measurements / 2)
   const estimate = measurements * (opts.duration + opts.warmup) + SCENARIOS.length * targets.length * opts.initialWarmup
   console.log(`measuring: ${targets.length} targets x ${SCENARIOS.length} scenarios x ${opts.rounds} round(s), ` +
     `${opts.warmup} s warm-up + ${opts.duration} s each, after a ${opts.initialWarmup} s JIT warm-up of each: about ${Math.ceil(estimate / 60 * 10) / 10} min`)
@@ -525,11 +596,12 @@ const main = async () => {
       const order = targets.map((_, i) => targets[(i + round) % targets.length])
       for (const target of order) {
         if (opts.warmup > 0) await runWrk(target, scenario, opts.warmup, targets)
-        const r = await runWrk(target, scenario, opts.duration, targets)
+        const r = await measure(target, scenario, opts, targets)
         results.get(target)[scenario.id].push(r)
         const errs = r.non2xx || r.socketErrors ? `  !! ${r.non2xx} non-2xx, socket errors ${JSON.stringify(r.errors)}` : ""
+        const others = r.foreignCores === undefined ? "" : `  others ${r.foreignCores.toFixed(2)} cores${r.disturbed ? " (busy)" : ""}`
         console.log(`  round ${round + 1}/${opts.rounds}  ${pad(scenario.id, 6)}  ${pad(target.name, 22)} ${lpad(fmt(r.rps), 8)} /s  ` +
-          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${errs}`)
+          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${others}${errs}`)
       }
     }
   }
@@ -557,7 +629,9 @@ const main = async () => {
     if (socketErrors) problems.push(`${socketErrors} socket errors`)
     if (short) problems.push(`short responses (${fmt(bytes)} B vs ${fmt(refBytes)} B direct)`)
     return { rps: value, best: Math.max(...rps), median: median(rps), rounds: rps, bytesPerResponse: bytes, non2xx, socketErrors, problems, valid: problems.length === 0,
-      latencyMs: runs.map((r) => r.latencyMs) }
+      latencyMs: runs.map((r) => r.latencyMs), otherProcessesCores: runs.map((r) => r.foreignCores), attempts: runs.map((r) => r.attempts),
+      disturbedRounds: runs.filter((r) => r.disturbed).length,
+      reportedDisturbed: runs.find((r) => r.rps === value)?.disturbed ?? runs.some((r) => r.disturbed) }
   }
   const rows = targets.map((t) => {
     const s = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, summary(t, sc.id)]))
@@ -580,7 +654,7 @@ const main = async () => {
   console.log(line(cols.map((c) => "-".repeat(c[1]))))
   for (const row of rows) {
     const t = row.target
-    const flag = (id) => (row.s[id].valid ? "" : " !")
+    const flag = (id) => (row.s[id].valid ? "" : " !") + (row.s[id].reportedDisturbed ? "*" : "")
     console.log(line([
       t.name, t.kind === "limit" ? "-" : t.auth ? "yes" : "NO",
       fmt(row.s.tags.rps) + flag("tags"), ratioCell(row, "tags"),
@@ -598,6 +672,8 @@ const main = async () => {
   if (nginxNote) console.log(`  ${nginxNote.split("\n")[0]}`)
   console.log("  peak RSS = VmHWM of the process (nginx: largest of master and worker) over the whole run.")
   console.log(`  ${pinNote}.`)
+  const disturbed = rows.reduce((a, row) => a + SCENARIOS.reduce((b, sc) => b + row.s[sc.id].disturbedRounds, 0), 0)
+  if (disturbed) console.log(`  * ${disturbed} measurement(s) ran while other processes used > ${opts.maxForeign} cores (retries exhausted); * marks a reported figure that is one of them.`)
   console.log("  Figures are noisy on a shared 2-core machine: compare ratios measured in the same run, not runs.")
 
   // Variants measured against another variant (e.g. a feature on vs off), same run, same stat.
@@ -623,7 +699,7 @@ const main = async () => {
   const json = {
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg() },
-    settings: { rounds: opts.rounds, durationSeconds: opts.duration, warmupSeconds: opts.warmup, initialWarmupSeconds: opts.initialWarmup, cpuPlacement: pinNote, stat: opts.stat, goals: GOALS,
+    settings: { rounds: opts.rounds, durationSeconds: opts.duration, warmupSeconds: opts.warmup, initialWarmupSeconds: opts.initialWarmup, retries: opts.retries, maxForeignCores: opts.maxForeign, cpuPlacement: pinNote, stat: opts.stat, goals: GOALS,
       proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js", streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
       scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p })) },
     skipped: nginxNote,

@@ -19,20 +19,12 @@ const freePort = () =>
   })
 
 const ollamaHost = realOllama ? "127.0.0.1:11434" : `127.0.0.1:${await freePort()}`
-const children = []
+let proxyExited = false
 const stop = () => {
-  for (const child of children) if (child.exitCode === null) child.kill("SIGTERM")
+  if (!proxyExited) proxy.kill("SIGTERM")
 }
 process.on("SIGINT", stop)
 process.on("SIGTERM", stop)
-
-if (!realOllama) {
-  const fake = spawn(`${root}test/fake-ollama/bin/ollama`, ["serve"], {
-    env: { ...process.env, OLLAMA_HOST: ollamaHost, FAKE_OLLAMA_TOKEN_DELAY_MS: "60", FAKE_OLLAMA_TOKENS: "12" },
-    stdio: ["ignore", "ignore", "ignore"]
-  })
-  children.push(fake)
-}
 
 const proxy = spawn(process.execPath, [`${root}dist/main.js`], {
   env: {
@@ -40,19 +32,23 @@ const proxy = spawn(process.execPath, [`${root}dist/main.js`], {
     PORT: String(port),
     HOST: "127.0.0.1",
     OLLAMA_HOST: ollamaHost,
-    OLLAMA_MANAGED: "false",
+    // The proxy starts and supervises Ollama itself: the real one, or the fake executable.
+    OLLAMA_BIN: realOllama || `${root}test/fake-ollama/bin/ollama`,
+    // With the fake, preload a model as a worker would; a real Ollama downloads only when asked.
+    ...(realOllama ? {} : { PRELOAD_MODEL: "llama3.2", FAKE_OLLAMA_TOKEN_DELAY_MS: "60", FAKE_OLLAMA_TOKENS: "12" }),
     AUTHORIZATION_APIKEY_DEMO: key
   },
-  stdio: ["ignore", "inherit", "inherit"]
+  stdio: ["ignore", "inherit", "inherit"],
+  // Its own process group: Ctrl-C reaches it once, through stop(), not twice.
+  detached: true
 })
-children.push(proxy)
 proxy.on("exit", (code) => {
-  stop()
+  proxyExited = true
   process.exitCode = code ?? 0
 })
 
 const base = `http://127.0.0.1:${port}`
-for (let i = 0; i < 200; i++) {
+for (let i = 0; i < 600; i++) {
   const status = await fetch(`${base}/ping`).then((r) => r.status, () => 0)
   if (status === 200) break
   await new Promise((r) => setTimeout(r, 50))

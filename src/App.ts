@@ -1,18 +1,32 @@
 /**
  * The whole service as one layer, from an environment: what main runs and what tests start.
- *
- * Layers are released in the reverse order of their building, which gives the shutdown order:
- * the Server stops accepting and drains in-flight responses, then the usage webhook flushes the
- * records those responses produced.
  */
 import { Effect, Layer } from "effect"
 import { AppConfig, Environment } from "./Config.js"
 import { ExchangeTaps } from "./http/Exchange.js"
 import { Server } from "./http/Server.js"
+import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"
 import { UsageTap } from "./usage/Tap.js"
 
-const TapsLive = Layer.effect(
+/**
+ * The service, with the taps that watch its traffic (usage metering, telemetry).
+ *
+ * Layers are released in the reverse order of their construction, and that order is the shutdown
+ * sequence: the Server drains first, then the taps flush (the usage webhook delivers the records
+ * of the exchanges just drained), and Ollama, built before them all (the Server's own dependency
+ * on it reuses this instance), is stopped last.
+ */
+export const appWith = <E, R>(taps: Layer.Layer<ExchangeTaps, E, R>) =>
+  Server.Default.pipe(
+    Layer.provide(taps),
+    Layer.provide(OllamaProcess.Default),
+    Layer.provide(LoggingLive),
+    Layer.provide(AppConfig.layer)
+  )
+
+/** Usage metering; without a webhook URL there is no tap (nothing would receive the records). */
+export const TapsLive = Layer.effect(
   ExchangeTaps,
   Effect.gen(function*() {
     const usage = yield* UsageTap
@@ -20,10 +34,6 @@ const TapsLive = Layer.effect(
   })
 ).pipe(Layer.provide(UsageTap.Default))
 
-export const AppLive = Server.Default.pipe(
-  Layer.provide(TapsLive),
-  Layer.provide(LoggingLive),
-  Layer.provide(AppConfig.layer)
-)
+export const AppLive = appWith(TapsLive)
 
 export const appFromEnv = (env: Record<string, string | undefined>) => AppLive.pipe(Layer.provide(Environment.layer(env)))

@@ -28,6 +28,7 @@ let proxy: RunningProxy
 const FAKE_DEFAULTS = { tokens: 5, tokenDelayMs: 0, splitWrites: false, errorAfterChunks: undefined, crashAfterChunks: undefined }
 
 const proxyEnv = (webhookUrl: string) => ({
+  OLLAMA_MANAGED: "false",
   OLLAMA_HOST: fake.url,
   AUTHORIZATION_APIKEY_ALICE: KEY,
   USER_MODEL_METRICS_WEBHOOK_URL: webhookUrl,

@@ -14,6 +14,8 @@ import { writeJsonError } from "./Errors.js"
 import { ExchangeTaps, observe } from "./Exchange.js"
 import { requestIdOf } from "./Headers.js"
 import { OllamaHealth } from "../ollama/Health.js"
+import { Preloader } from "../ollama/Preloader.js"
+import { OllamaProcess } from "../ollama/Process.js"
 import { ping } from "./Ping.js"
 import { Proxy } from "./Proxy.js"
 
@@ -53,18 +55,35 @@ const listen = (server: NodeServer, port: number, host: string) =>
 /** Stop accepting, let in-flight exchanges finish within the deadline, then cut what is left. */
 const close = (server: NodeServer, deadline: Duration.Duration) =>
   Effect.async<void>((resume) => {
-    server.close(() => resume(Effect.void))
+    // A finished exchange leaves its kept-alive connection open, and server.close waits for it:
+    // close connections as they fall idle, not only those idle now.
+    const timer = setInterval(() => server.closeIdleConnections(), 100)
+    server.close(() => {
+      clearInterval(timer)
+      resume(Effect.void)
+    })
     server.closeIdleConnections()
+    return Effect.sync(() => clearInterval(timer))
   }).pipe(
-    // Finalizers run uninterruptibly: without this the deadline could not cut the wait short.
+    // This runs as a finalizer, where everything is uninterruptible: without this the timeout
+    // could not cut the wait and a kept-alive client would hold shutdown for ever.
     Effect.interruptible,
     Effect.timeoutTo({ duration: deadline, onSuccess: () => true, onTimeout: () => false }),
-    Effect.tap((drained) => drained ? Effect.void : Effect.logWarning("shutdown deadline reached, closing open connections")),
+    Effect.tap((drained) =>
+      drained
+        ? Effect.logDebug("listener closed")
+        : Effect.logWarning("shutdown deadline reached, closing open connections")
+    ),
     Effect.ensuring(Effect.sync(() => server.closeAllConnections()))
   )
 
 const makeServer = (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
-  const server = createServer({ keepAliveTimeout: 65_000 }, handler)
+  const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
+    // A request on a kept-alive connection still arrives after server.close(): serve it, and
+    // have the client close that connection after it.
+    if (!server.listening) res.setHeader("connection", "close")
+    handler(req, res)
+  })
   // Uploads of hundreds of MB may take longer than Node's default 5-minute request timeout.
   server.requestTimeout = 0
   return server
@@ -100,7 +119,12 @@ export class Server extends Effect.Service<Server>()("app/Server", {
 
     const main = makeServer(onRequest)
     const port = yield* listen(main, config.port, config.host)
-    yield* Effect.addFinalizer(() => close(main, config.shutdownTimeout))
+    yield* Effect.addFinalizer(() =>
+      Effect.logInfo("shutting down: no new connections, finishing the requests in flight").pipe(
+        Effect.annotateLogs({ timeout_ms: Duration.toMillis(config.shutdownTimeout) }),
+        Effect.zipRight(close(main, config.shutdownTimeout))
+      )
+    )
 
     let healthPort = port
     if (config.healthPort !== config.port) {
@@ -114,5 +138,5 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     )
     return { port, healthPort } as const
   }),
-  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default]
+  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default, Preloader.Default, OllamaProcess.Default]
 }) {}

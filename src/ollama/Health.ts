@@ -1,10 +1,11 @@
 /**
  * OllamaHealth: whether Ollama answers, as a state that /ping and the proxy read for free.
- * A background loop probes `GET /`; the proxy reports connection failures so a dead Ollama is
- * noticed at once, not at the next probe.
+ * A background loop probes `GET /`; the proxy reports connection failures, and in managed mode
+ * the process supervisor reports exits, so a dead Ollama is noticed at once, not at the next probe.
  */
-import { Duration, Effect, Queue, Runtime, Schedule, SubscriptionRef } from "effect"
+import { Duration, Effect, Queue, Runtime, Schedule, Stream, SubscriptionRef } from "effect"
 import { OllamaClient } from "./Client.js"
+import { OllamaProcess } from "./Process.js"
 
 export type OllamaState =
   /** Never answered yet. */
@@ -21,11 +22,13 @@ export interface HealthSnapshot {
 
 const PROBE_TIMEOUT = Duration.seconds(2)
 const INTERVAL_UP = Duration.seconds(1)
+/** `ollama serve` logs "Listening" before it answers; poll often so readiness is seen at once. */
 const INTERVAL_NOT_UP = Duration.millis(100)
 
 export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHealth", {
   scoped: Effect.gen(function*() {
     const client = yield* OllamaClient
+    const ollamaProcess = yield* OllamaProcess
     const changes = yield* SubscriptionRef.make<HealthSnapshot>({ state: "starting", since: Date.now() })
     let current: HealthSnapshot = { state: "starting", since: Date.now() }
     const nudges = yield* Queue.sliding<void>(1)
@@ -37,18 +40,30 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
         const previous = current.state
         current = version === undefined ? { state, since: Date.now() } : { state, since: Date.now(), version }
         const log = state === "up"
-          ? Effect.logInfo("ollama is up")
+          ? Effect.logInfo("ollama is up").pipe(Effect.annotateLogs(version === undefined ? {} : { version }))
           : previous === "up"
           ? Effect.logWarning("ollama stopped answering")
           : Effect.void
-        return SubscriptionRef.set(changes, current).pipe(Effect.zipRight(log))
+        return SubscriptionRef.set(changes, current).pipe(
+          Effect.zipRight(log.pipe(Effect.annotateLogs({ service: "OllamaHealth" })))
+        )
       })
+
+    // An answer from a child the supervisor already saw exit (a probe in flight at the crash, a
+    // stray server on the port) must not mark Ollama up.
+    const childRunning = () => {
+      const tag = ollamaProcess.current()._tag
+      return tag === "Unmanaged" || tag === "Running"
+    }
 
     const probe = client.ping(PROBE_TIMEOUT).pipe(
       Effect.zipRight(client.version.pipe(Effect.option)),
       Effect.matchEffect({
         onFailure: () => set(current.state === "starting" ? "starting" : "down"),
-        onSuccess: (version) => current.state === "up" ? Effect.void : set("up", version._tag === "Some" ? version.value : undefined)
+        onSuccess: (version) =>
+          current.state === "up" || !childRunning()
+            ? Effect.void
+            : set("up", version._tag === "Some" ? version.value : undefined)
       })
     )
 
@@ -58,11 +73,31 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
     )
     yield* probe.pipe(Effect.zipRight(waitNext), Effect.repeat(Schedule.forever), Effect.forkScoped)
 
+    yield* ollamaProcess.changes.changes.pipe(
+      Stream.runForEach((process) => {
+        switch (process._tag) {
+          case "Exited":
+            return set(current.state === "starting" ? "starting" : "down")
+          case "Running":
+            return Queue.offer(nudges, undefined)
+          default:
+            return Effect.void
+        }
+      }),
+      Effect.forkScoped
+    )
+
     return {
       /** The state now; a plain read, cheap enough for every request. */
       snapshot: (): HealthSnapshot => current,
       isUp: (): boolean => current.state === "up",
       changes,
+      /** Waits until Ollama answers (at once if it does now). */
+      awaitUp: changes.changes.pipe(
+        Stream.filter((s) => s.state === "up"),
+        Stream.take(1),
+        Stream.runDrain
+      ),
       /** The proxy could not reach Ollama: mark it down now and probe again at once. */
       reportUnreachable: (): void => {
         if (current.state === "up") {
@@ -73,5 +108,5 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
       set
     } as const
   }),
-  dependencies: [OllamaClient.Default]
+  dependencies: [OllamaClient.Default, OllamaProcess.Default]
 }) {}

@@ -1,0 +1,67 @@
+/**
+ * The shutdown sequence comes from the order the layers are built in: the listeners drain, then
+ * the taps (usage records) flush, then Ollama is stopped.
+ */
+import { createServer } from "node:net"
+import { afterEach, describe, expect, it, vi } from "vitest"
+import { Effect, Layer, ManagedRuntime } from "effect"
+import { appWith } from "../src/App.js"
+import { Environment } from "../src/Config.js"
+import { ExchangeTaps } from "../src/http/Exchange.js"
+import { Server } from "../src/http/Server.js"
+import { FAKE_OLLAMA_BIN } from "./support/proxy.js"
+import { waitGone } from "./support/processes.js"
+
+const freePort = () =>
+  new Promise<number>((resolve) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+
+afterEach(() => {
+  vi.restoreAllMocks()
+})
+
+describe("the composed app", () => {
+  it("drains, then flushes the taps, then stops Ollama", async () => {
+    const events: Array<Record<string, unknown>> = []
+    // The app's own JSON log lines, read where they are written.
+    vi.spyOn(process.stdout, "write").mockImplementation((chunk: string | Uint8Array) => {
+      for (const line of String(chunk).split("\n").filter(Boolean)) events.push(JSON.parse(line))
+      return true
+    })
+    const taps = Layer.scoped(
+      ExchangeTaps,
+      Effect.acquireRelease(Effect.succeed([]), () => Effect.sync(() => events.push({ msg: "taps flushed" })))
+    )
+    const runtime = ManagedRuntime.make(
+      appWith(taps).pipe(Layer.provide(Environment.layer({
+        ...process.env,
+        PORT: "0",
+        HOST: "127.0.0.1",
+        AUTHORIZATION_LOG_JSON: "true",
+        OLLAMA_BIN: FAKE_OLLAMA_BIN,
+        OLLAMA_HOST: `127.0.0.1:${await freePort()}`
+      })))
+    )
+    await runtime.runPromise(Server)
+    await runtime.dispose()
+    vi.restoreAllMocks()
+
+    const order = events.map((e) => String(e.msg)).filter((m) =>
+      ["ollama started", "listening", "taps flushed", "stopping ollama", "ollama stopped"].includes(m) ||
+      m.startsWith("shutting down")
+    )
+    expect(order).toEqual([
+      "ollama started",
+      "listening",
+      "shutting down: no new connections, finishing the requests in flight",
+      "taps flushed",
+      "stopping ollama",
+      "ollama stopped"
+    ])
+    expect(await waitGone(Number(events.find((e) => e.msg === "ollama started")!.pid))).toBe(true)
+  })
+})
