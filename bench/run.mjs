@@ -14,12 +14,14 @@
 // base env (PORT, HOST, OLLAMA_MANAGED=false, OLLAMA_HOST, AUTHORIZATION_APIKEY, AUTHORIZATION_LOG_LEVEL)
 // plus `env`. Add entries here, e.g. { name: "proxy, metering off", env: { SOME_SWITCH: "false" } }.
 // `{WEBHOOK_URL}` in a value is the bench's own usage webhook (bench/webhook.mjs, started when used).
-// `compareTo` names another variant this one is measured against, with `goal` as the least ratio.
+// `compareTo` names another variant this one is measured against, with `goal` as the least ratio
+// (in the scenarios of `goalOn`, default all; the others are shown for information).
 // ---------------------------------------------------------------------------------------------------
 const VARIANTS = [
   // No webhook URL: no usage tap at all (metering off).
   { name: "proxy", env: {} },
-  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, compareTo: "proxy", goal: 0.95 },
+  // Only the stream scenario produces records (GET /api/tags is not metered): the goal is on it.
+  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, compareTo: "proxy", goal: 0.95, goalOn: ["stream"] },
 ]
 
 // Targets from the issue, as a fraction of the baseline's throughput.
@@ -683,10 +685,12 @@ const main = async () => {
     const other = variant && rows.find((r) => r.target.name === variant.compareTo)
     if (!other) continue
     const ratios = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, row.s[sc.id].rps / other.s[sc.id].rps]))
-    const verdicts = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, row.s[sc.id].valid && other.s[sc.id].valid && ratios[sc.id] >= variant.goal ? "PASS" : "FAIL"]))
+    const judged = SCENARIOS.filter((sc) => !variant.goalOn || variant.goalOn.includes(sc.id))
+    const verdicts = Object.fromEntries(judged.map((sc) => [sc.id, row.s[sc.id].valid && other.s[sc.id].valid && ratios[sc.id] >= variant.goal ? "PASS" : "FAIL"]))
     comparisons.push({ name: row.target.name, compareTo: variant.compareTo, goal: variant.goal, ratios, verdicts })
     console.log(`  ${row.target.name} vs ${variant.compareTo}: ` +
-      SCENARIOS.map((sc) => `${sc.id} ${ratios[sc.id].toFixed(3)} ${verdicts[sc.id]}`).join(", ") + ` (goal >= ${variant.goal})`)
+      SCENARIOS.map((sc) => `${sc.id} ${ratios[sc.id].toFixed(3)}${verdicts[sc.id] ? ` ${verdicts[sc.id]}` : " (no goal)"}`).join(", ") +
+      ` (goal >= ${variant.goal}${variant.goalOn ? ` on ${variant.goalOn.join(", ")}` : ""})`)
   }
   const usage = await webhookStats()
   if (usage) {
