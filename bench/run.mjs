@@ -15,12 +15,17 @@
 // plus `env`. Add entries here, e.g. { name: "proxy, metering off", env: { SOME_SWITCH: "false" } }.
 // `{OTLP_SINK}` in a value is replaced by the URL of bench/otlp-sink.mjs, started when a variant uses it.
 // `vs` names another variant: its figures are also given as a ratio to that one, against `goals`.
+// `{WEBHOOK_URL}` in a value is the bench's own usage webhook (bench/webhook.mjs, started when used).
 // ---------------------------------------------------------------------------------------------------
 const VARIANTS = [
+  // No webhook URL: no usage tap at all (metering off).
   { name: "proxy", env: {} },
   // Issue 5: exporting every span (a server span per request, a GenAI span per generation) costs at
   // most 10% of the stream relay.
   { name: "proxy, tracing on", env: { OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}" }, vs: "proxy", goals: { stream: 0.9 } },
+  // Issue 4: metering every inference response and posting its record costs at most 5% of the
+  // stream relay (GET /api/tags is not metered: its ratio is for information).
+  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy", goals: { stream: 0.95 } },
 ]
 
 // Targets from the issue, as a fraction of the baseline's throughput.
@@ -350,6 +355,21 @@ const proxyCommand = (port, upstreamPort) => {
   return { cmd: process.execPath, args: [path.join(ROOT, "dist", "main.js")] }
 }
 
+// The usage webhook the variants post records to, started on first use.
+let webhook
+const startWebhook = async () => {
+  if (webhook) return webhook
+  const child = startChild("webhook", process.execPath, [path.join(BENCH, "webhook.mjs"), "0"])
+  const [, port] = await waitForLine(child, /listening (\d+)/, 10000)
+  webhook = { child, port: Number(port), url: `http://127.0.0.1:${port}/` }
+  return webhook
+}
+const webhookStats = async () => {
+  if (!webhook) return undefined
+  const res = await request({ port: webhook.port, path: "/stats" }).catch(() => undefined)
+  return res?.status === 200 ? JSON.parse(res.body.toString()) : undefined
+}
+
 const startOtlpSink = async () => {
   const child = startChild("otlp-sink", process.execPath, [path.join(BENCH, "otlp-sink.mjs"), "0"])
   const [, port] = await waitForLine(child, /listening (\d+)/, 10000)
@@ -365,6 +385,9 @@ const startVariant = async (variant, upstreamPort, sink) => {
   const port = await freePort()
   const { cmd, args } = proxyCommand(port, upstreamPort)
   const env = Object.fromEntries(Object.entries(variant.env).map(([k, v]) => [k, sink ? v.replaceAll("{OTLP_SINK}", sink.url) : v]))
+  for (const [k, v] of Object.entries(env)) {
+    if (v.includes("{WEBHOOK_URL}")) env[k] = v.replaceAll("{WEBHOOK_URL}", (await startWebhook()).url)
+  }
   const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, env) })
   await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
   const extra = Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(" ")
@@ -694,6 +717,12 @@ const main = async () => {
     console.log(`  otlp sink received: ${parts.length ? parts.join("; ") : "nothing"}`)
     if (stats) versus.otlpSink = stats
   }
+  const usage = await webhookStats()
+  if (usage) {
+    console.log(`  usage webhook received ${fmt(usage.records)} records (${Object.entries(usage.outcomes).map(([k, v]) => `${k} ${fmt(v)}`).join(", ")}; ` +
+      `${fmt(usage.withCounts)} with token counts${usage.invalid ? `; ${usage.invalid} not JSON` : ""})`)
+  }
+
 
   const failed = rows.some((r) => r.verdict && Object.values(r.verdict).includes("FAIL")) ||
     versus.some((v) => Object.values(v.verdict).includes("FAIL"))
@@ -714,6 +743,8 @@ const main = async () => {
       ratioToLimit: { tags: row.s.tags.rps / summary(limit, "tags").rps, stream: row.s.stream.rps / summary(limit, "stream").rps },
       memory: row.target.memory, preflight: row.target.preflight
     })),
+    comparisons,
+    usageWebhook: usage,
     pass: !failed
   }
   mkdirSync(path.join(BENCH, "results"), { recursive: true })

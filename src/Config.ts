@@ -43,6 +43,8 @@ export interface AppConfigShape {
   readonly webhookApiKey: Option.Option<Redacted.Redacted<string>>
   readonly webhookQueueSize: number
   readonly webhookMaxRetryTime: Duration.Duration
+  /** The first retry's delay; each later one doubles it, up to a minute. */
+  readonly webhookRetryDelay: Duration.Duration
   readonly metricsPublic: boolean
   readonly otel: OtelConfig
 }
@@ -284,6 +286,7 @@ const fromConfig = Config.all({
   webhookApiKey: optional("USER_MODEL_METRICS_WEBHOOK_API_KEY", (raw) => Either.right(Redacted.make(raw.trim()))),
   webhookQueueSize: withDefault("WEBHOOK_QUEUE_SIZE", parsePositiveInt, 10_000),
   webhookMaxRetryTime: withDefault("WEBHOOK_MAX_RETRY_TIME", parseDuration, Duration.minutes(10)),
+  webhookRetryDelay: withDefault("WEBHOOK_RETRY_DELAY", parseDuration, Duration.seconds(1)),
   metricsPublic: withDefault("METRICS_PUBLIC", parseBoolean, false),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
@@ -379,6 +382,7 @@ export const loadAppConfig = Effect.gen(function*() {
     webhookApiKey: raw.webhookApiKey,
     webhookQueueSize: raw.webhookQueueSize,
     webhookMaxRetryTime: raw.webhookMaxRetryTime,
+    webhookRetryDelay: raw.webhookRetryDelay,
     metricsPublic: raw.metricsPublic,
     otel: otelConfig(raw)
   }

@@ -34,8 +34,32 @@ export interface ExchangeObserver {
   /** A chunk of the request body, as it is sent to Ollama. */
   onRequestData?(chunk: Buffer): void
   onResponseStart?(status: number, headers: IncomingHttpHeaders): void
+  /** Every body chunk as Ollama sent it, before any rewrite. */
   onData?(chunk: Buffer): void
   onEnd?(outcome: Outcome, error?: Error): void
+  /** Set by the rare observer that must also change the bytes of its exchange. */
+  readonly rewrite?: ExchangeRewrite | undefined
+}
+
+/**
+ * A change to the bytes of one exchange (e.g. asking Ollama for usage the client did not ask for,
+ * and hiding it again). Exchanges without one take the plain pass-through path.
+ */
+export interface ExchangeRewrite {
+  /** Largest request body buffered for `request`; a larger one streams through unchanged. */
+  readonly maxRequestBody: number
+  /** The whole request body; returns the body to send instead, or undefined to send it unchanged. */
+  request(body: Buffer): Buffer | undefined
+  /** Called at the response head; a filter for the body, or undefined to relay it unchanged. */
+  response(status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined
+}
+
+/** Turns the response body into what the client receives, chunk by chunk. */
+export interface ChunkFilter {
+  /** The bytes to relay now for this chunk; empty to relay nothing yet. */
+  push(chunk: Buffer): Buffer
+  /** The bytes still held back when the body ends. */
+  end(): Buffer
 }
 
 /** Makes the observer of one exchange, or undefined when it has nothing to watch there. */
@@ -56,7 +80,10 @@ export const observe = (taps: ReadonlyArray<ExchangeTap>, context: ExchangeConte
   }
   if (observers.length <= 1) return observers[0]
   // Only the hooks some observer has: the proxy skips work (a body listener) nobody asked for.
-  const merged: ExchangeObserver = {}
+  const merged: { -readonly [K in keyof ExchangeObserver]: ExchangeObserver[K] } = {
+    // Two rewrites of one exchange would have to agree on the bytes: the first one wins.
+    rewrite: observers.find((o) => o.rewrite !== undefined)?.rewrite
+  }
   if (observers.some((o) => o.onUpstreamRequest)) {
     merged.onUpstreamRequest = (headers) => observers.forEach((o) => o.onUpstreamRequest?.(headers))
   }

@@ -7,12 +7,13 @@
  * (DESIGN.md, "What speed costs here").
  */
 import type { IncomingMessage, ServerResponse } from "node:http"
+import { Readable } from "node:stream"
 import { Effect } from "effect"
 import { Pool, type Dispatcher } from "undici"
 import { AppConfig } from "../Config.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { writeJsonError, writeOllamaUnavailable } from "./Errors.js"
-import type { ExchangeObserver, Outcome } from "./Exchange.js"
+import type { ChunkFilter, ExchangeObserver, Outcome } from "./Exchange.js"
 import { clientResponseHeaders, upstreamRequestHeaders } from "./Headers.js"
 
 export interface Exchange {
@@ -53,6 +54,46 @@ const hasBody = (req: IncomingMessage) => {
   return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")
 }
 
+type UpstreamBody = Buffer | Readable | null
+
+async function* replay(chunks: ReadonlyArray<Buffer>, rest: IncomingMessage): AsyncIterable<Buffer> {
+  yield* chunks
+  yield* rest
+}
+
+/**
+ * Reads a request body of at most `limit` bytes whole. A larger one is handed on unread: the
+ * bytes read so far, then the rest of the stream (an upload must not be held in memory).
+ */
+const readBody = (
+  req: IncomingMessage,
+  limit: number,
+  done: (body: { readonly whole: Buffer } | { readonly stream: Readable }) => void
+) => {
+  const chunks: Array<Buffer> = []
+  let size = 0
+  const onData = (chunk: Buffer) => {
+    chunks.push(chunk)
+    size += chunk.length
+    if (size > limit) {
+      stop()
+      req.pause()
+      done({ stream: Readable.from(replay(chunks, req), { objectMode: false }) })
+    }
+  }
+  const onEnd = () => {
+    stop()
+    done({ whole: Buffer.concat(chunks, size) })
+  }
+  // A client that goes away mid-body is noticed by the response's close handler.
+  const stop = () => {
+    req.off("data", onData)
+    req.off("end", onEnd)
+  }
+  req.on("data", onData)
+  req.on("end", onEnd)
+}
+
 export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
@@ -73,6 +114,7 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
 
     const forward = (req: IncomingMessage, res: ServerResponse, exchange: Exchange): void => {
       const { requestId, observer } = exchange
+      const rewrite = observer?.rewrite
       if (!health.isUp()) {
         writeOllamaUnavailable(res, requestId)
         observer?.onEnd?.("unavailable")
@@ -80,6 +122,7 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
       }
 
       let controller: Dispatcher.DispatchController | undefined
+      let filter: ChunkFilter | undefined
       let finished = false
       let waitingForDrain = false
       const finish = (outcome: Outcome, error?: Error) => {
@@ -100,7 +143,7 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
 
       const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress: req.socket.remoteAddress, requestId })
       observer?.onUpstreamRequest?.(headers)
-      const body = hasBody(req) ? req : null
+      let body: UpstreamBody = hasBody(req) ? req : null
 
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
@@ -111,26 +154,32 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
           }
           // undici attaches its own 'data' listener synchronously after this call, so both see
           // every chunk and its pause() still holds the body back for backpressure.
-          if (body !== null && observer?.onRequestData !== undefined) {
-            const onRequestData = observer.onRequestData
-            body.on("data", (chunk: Buffer) => onRequestData(chunk))
-          }
+          const onRequestData = observer?.onRequestData
+          if (onRequestData === undefined || body === null) return
+          if (Buffer.isBuffer(body)) onRequestData(body)
+          else body.on("data", (chunk: Buffer) => onRequestData(chunk))
         },
         onResponseStart(_c, status, headers) {
           if (status < 200) return // 1xx interim answers stay between us and Ollama
           res.writeHead(status, clientResponseHeaders(headers, requestId))
+          // A filter may change the body's length: only a body without a declared one is filtered.
+          if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response(status, headers)
           observer?.onResponseStart?.(status, headers)
           if (headers["content-length"] === undefined) res.flushHeaders()
         },
         onResponseData(c, chunk) {
           observer?.onData?.(chunk)
-          if (!res.write(chunk) && !waitingForDrain) {
+          const out = filter === undefined ? chunk : filter.push(chunk)
+          if (out.length === 0) return
+          if (!res.write(out) && !waitingForDrain) {
             waitingForDrain = true
             c.pause()
             res.once("drain", resume)
           }
         },
         onResponseEnd() {
+          const held = filter?.end()
+          if (held !== undefined && held.length > 0) res.write(held)
           res.end()
           finish("completed")
         },
@@ -157,7 +206,20 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
         }
       }
 
-      pool.dispatch({ method: req.method ?? "GET", path: req.url ?? "/", headers, body }, handler)
+      const dispatch = () => pool.dispatch({ method: req.method ?? "GET", path: req.url ?? "/", headers, body }, handler)
+      if (rewrite === undefined || body === null) return void dispatch()
+      readBody(req, rewrite.maxRequestBody, (read) => {
+        if (finished) return
+        if ("whole" in read) {
+          body = rewrite.request(read.whole) ?? read.whole
+          // A rewritten body has its own length; a chunked upload read whole now has one.
+          headers["content-length"] = String(body.length)
+          delete headers["transfer-encoding"]
+        } else {
+          body = read.stream
+        }
+        dispatch()
+      })
     }
 
     return { forward } as const

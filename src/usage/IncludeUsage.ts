@@ -1,0 +1,179 @@
+/**
+ * OpenAI streams report usage only when the request asks for it
+ * (`stream_options.include_usage`). For a streamed /v1/chat/completions or /v1/completions request
+ * that does not ask, the proxy asks on the client's behalf, meters the usage event, and removes
+ * it again, so the client receives exactly the bytes Ollama would have sent it.
+ */
+import type { IncomingHttpHeaders } from "node:http"
+import type { ChunkFilter } from "../http/Exchange.js"
+
+export const INCLUDE_USAGE_ENDPOINTS: ReadonlySet<string> = new Set(["/v1/chat/completions", "/v1/completions"])
+
+/**
+ * Request bodies read whole to add include_usage. Above RunPod's 30 MB payload limit, so on RunPod
+ * every body fits; a larger one streams through unchanged (and its stream goes unmetered).
+ */
+export const MAX_REQUEST_BODY = 32 * 1024 * 1024
+
+/** What the proxy learnt from an OpenAI request body. */
+export interface OpenAiRequest {
+  readonly model: string | null
+  readonly stream: boolean
+  /** The body to send instead (with include_usage), or undefined to send it as it came. */
+  readonly body: Buffer | undefined
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+const INSERTED = Buffer.from(`"stream_options":{"include_usage":true},`)
+
+/**
+ * Reads the request and, when it streams without asking for usage, adds the request for it.
+ * Without `stream_options` the member is spliced in after the opening brace, so every other byte
+ * (and every number, whatever its size) reaches Ollama as the client wrote it.
+ */
+export const includeUsage = (body: Buffer): OpenAiRequest => {
+  let request: unknown
+  try {
+    request = JSON.parse(body.toString("utf8"))
+  } catch {
+    return { model: null, stream: false, body: undefined }
+  }
+  if (!isObject(request)) return { model: null, stream: false, body: undefined }
+  const model = typeof request.model === "string" ? request.model : null
+  const stream = request.stream === true
+  const options = request.stream_options
+  if (!stream || (isObject(options) && options.include_usage === true)) return { model, stream, body: undefined }
+  if (options === undefined) {
+    const brace = body.indexOf("{")
+    return { model, stream, body: Buffer.concat([body.subarray(0, brace + 1), INSERTED, body.subarray(brace + 1)]) }
+  }
+  // Anything but an object (or null) is the client's error to receive from Ollama as it is.
+  if (options !== null && !isObject(options)) return { model, stream, body: undefined }
+  const rewritten = { ...request, stream_options: { ...options, include_usage: true } }
+  return { model, stream, body: Buffer.from(JSON.stringify(rewritten)) }
+}
+
+const EVENT_END = Buffer.from("\n\n")
+const EMPTY_CHOICES = Buffer.from(`"choices":[]`)
+const USAGE = Buffer.from(`"usage":{`)
+const DATA_OBJECT = Buffer.from("data: {")
+const ZERO_USAGE = /^"usage":\{"[a-z_]+":0(?:,"[a-z_]+":0)*\}$/
+/** An event longer than this is relayed as it comes: usage events are small. */
+const MAX_HELD_EVENT = 1024 * 1024
+const NOTHING = Buffer.alloc(0)
+
+/**
+ * Removes what include_usage added to an SSE stream: the usage event (`choices:[]` with `usage`)
+ * and, on /v1/completions, the zero `usage` Ollama then puts in every other chunk.
+ * Complete events are relayed at once; only an event split across chunks is held until its end.
+ */
+export class UsageEventFilter implements ChunkFilter {
+  private held: Array<Buffer> = []
+  private heldSize = 0
+  /** Inside an event too long to hold, relayed untouched until its end. */
+  private passing = false
+  private endedWithNewline = false
+
+  constructor(private readonly stripZeroUsage: boolean) {}
+
+  push(chunk: Buffer): Buffer {
+    const length = chunk.length
+    if (length === 0) return chunk
+    // The common chunk: whole events, none with usage. One search, no copy.
+    if (this.heldSize === 0 && !this.passing && chunk[length - 1] === 10 && chunk[length - 2] === 10 && chunk.indexOf(USAGE) < 0) {
+      return chunk
+    }
+    const out: Array<Buffer> = []
+    let start = 0
+    let changed = false
+    if (this.passing || this.heldSize > 0) {
+      changed = true
+      const end = this.endOfEventInProgress(chunk)
+      if (end < 0) {
+        if (this.passing) out.push(chunk)
+        else this.hold(chunk, out)
+        this.endedWithNewline = chunk[chunk.length - 1] === 10
+        return join(out)
+      }
+      if (this.passing) {
+        this.passing = false
+        out.push(chunk.subarray(0, end))
+      } else {
+        const event = Buffer.concat([...this.held, chunk.subarray(0, end)], this.heldSize + end)
+        this.held = []
+        this.heldSize = 0
+        const kept = this.filterEvent(event)
+        if (kept.length > 0) out.push(kept)
+      }
+      start = end
+    }
+    let end: number
+    while ((end = chunk.indexOf(EVENT_END, start)) >= 0) {
+      const event = chunk.subarray(start, end + 2)
+      const kept = this.filterEvent(event)
+      if (kept !== event) changed = true
+      if (kept.length > 0) out.push(kept)
+      start = end + 2
+    }
+    if (start < chunk.length) {
+      changed = true
+      this.hold(chunk.subarray(start), out)
+      this.endedWithNewline = chunk[chunk.length - 1] === 10
+    }
+    return changed ? join(out) : chunk
+  }
+
+  end(): Buffer {
+    const rest = this.heldSize > 0 ? Buffer.concat(this.held, this.heldSize) : NOTHING
+    this.held = []
+    this.heldSize = 0
+    return rest
+  }
+
+  /** Just past the blank line that ends the event begun in an earlier chunk, or -1. */
+  private endOfEventInProgress(chunk: Buffer): number {
+    if (this.endedWithNewline && chunk[0] === 10) return 1
+    const at = chunk.indexOf(EVENT_END)
+    return at < 0 ? -1 : at + 2
+  }
+
+  private hold(bytes: Buffer, out: Array<Buffer>) {
+    this.held.push(bytes)
+    this.heldSize += bytes.length
+    if (this.heldSize > MAX_HELD_EVENT) {
+      out.push(...this.held)
+      this.held = []
+      this.heldSize = 0
+      this.passing = true
+    }
+  }
+
+  private filterEvent(event: Buffer): Buffer {
+    if (event.indexOf(DATA_OBJECT) !== 0) return event
+    const usageAt = event.indexOf(USAGE)
+    if (usageAt < 0) return event
+    if (event.indexOf(EMPTY_CHOICES) >= 0) return NOTHING
+    return this.stripZeroUsage ? withoutZeroUsage(event, usageAt) : event
+  }
+}
+
+const join = (parts: ReadonlyArray<Buffer>): Buffer =>
+  parts.length === 0 ? NOTHING : parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+
+/** The event without its `"usage":{...zeros}` member, or the event itself if the usage is not all zero. */
+const withoutZeroUsage = (event: Buffer, usageAt: number): Buffer => {
+  const close = event.indexOf("}", usageAt)
+  if (close < 0 || !ZERO_USAGE.test(event.toString("latin1", usageAt, close + 1))) return event
+  // Remove the member with the comma that joined it to its neighbour.
+  if (event[usageAt - 1] === 44) return Buffer.concat([event.subarray(0, usageAt - 1), event.subarray(close + 1)])
+  if (event[close + 1] === 44) return Buffer.concat([event.subarray(0, usageAt), event.subarray(close + 2)])
+  return event
+}
+
+/** The filter for a response to a request the proxy added include_usage to. */
+export const usageEventFilter = (path: string, status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined =>
+  status === 200 && (headers["content-type"] ?? "").startsWith("text/event-stream")
+    ? new UsageEventFilter(path === "/v1/completions")
+    : undefined

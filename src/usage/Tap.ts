@@ -1,0 +1,173 @@
+/**
+ * UsageTap: the proxy tap that meters every inference exchange and hands its usage record to the
+ * webhook, once, when the exchange ends. Everything here runs synchronously on the hot path;
+ * other requests (model lists, pulls, uploads) get no observer at all.
+ */
+import { randomUUID } from "node:crypto"
+import type { IncomingHttpHeaders } from "node:http"
+import { Effect } from "effect"
+import type { ExchangeRewrite, ExchangeTap, Outcome as ExchangeOutcome } from "../http/Exchange.js"
+import { includeUsage, INCLUDE_USAGE_ENDPOINTS, MAX_REQUEST_BODY, usageEventFilter } from "./IncludeUsage.js"
+import { apiKindOf, ExchangeMeter } from "./Meter.js"
+import type { Outcome, UsageRecord } from "./Record.js"
+import { UsageWebhook } from "./Webhook.js"
+
+export interface Who {
+  user_id: string | null
+  user_name: string | null
+  user_email: string | null
+  user_role: string | null
+  chat_id: string | null
+}
+
+const WHO_HEADERS: ReadonlyArray<readonly [suffix: string, field: keyof Who]> = [
+  ["-user-id", "user_id"],
+  ["-user-name", "user_name"],
+  ["-user-email", "user_email"],
+  ["-user-role", "user_role"],
+  ["-chat-id", "chat_id"]
+]
+
+const percentDecoded = (value: string) => {
+  try {
+    return decodeURIComponent(value)
+  } catch {
+    return value
+  }
+}
+
+/**
+ * Who the request is for, as a front end forwards it: headers ending in -user-id, -user-name,
+ * -user-email, -user-role and -chat-id, whatever their prefix (Open WebUI sends
+ * X-OpenWebUI-User-*; Node gives header names in lower case). Open WebUI percent-encodes names.
+ */
+export const whoFrom = (headers: IncomingHttpHeaders): Who => {
+  const who: Who = { user_id: null, user_name: null, user_email: null, user_role: null, chat_id: null }
+  for (const name in headers) {
+    for (const [suffix, field] of WHO_HEADERS) {
+      if (who[field] !== null || !name.endsWith(suffix)) continue
+      const value = headers[name]
+      const first = Array.isArray(value) ? value[0] : value
+      if (first !== undefined && first !== "") who[field] = first
+    }
+  }
+  if (who.user_name !== null) who.user_name = percentDecoded(who.user_name)
+  return who
+}
+
+const pathOf = (url: string | undefined) => {
+  const u = url ?? "/"
+  const q = u.indexOf("?")
+  return q < 0 ? u : u.slice(0, q)
+}
+
+const millis = (ms: number) => Math.round(ms * 1000) / 1000
+
+const outcomeOf = (outcome: Exclude<ExchangeOutcome, "unavailable" | "rejected">, meter: ExchangeMeter): Outcome => {
+  // A 200 whose body ends in an error object failed mid-response, even though it ended cleanly.
+  if (outcome === "completed" && meter.failed && meter.status !== null && meter.status < 300) return "upstream_error"
+  return outcome
+}
+
+/** What the proxy read in the request body, where it reads one. */
+interface RequestSeen {
+  model: string | null
+  stream: boolean | null
+}
+
+/**
+ * The rewrite for the two OpenAI endpoints: read the body (to add include_usage, and for the
+ * model), then hide the usage event again when the proxy was the one asking.
+ */
+const includeUsageRewrite = (path: string, seen: RequestSeen): ExchangeRewrite => {
+  let injected = false
+  return {
+    maxRequestBody: MAX_REQUEST_BODY,
+    request: (body) => {
+      const request = includeUsage(body)
+      seen.model = request.model
+      seen.stream = request.stream
+      injected = request.body !== undefined
+      return request.body
+    },
+    response: (status, headers) => (injected ? usageEventFilter(path, status, headers) : undefined)
+  }
+}
+
+const modelIn = (body: Buffer): string | null => {
+  try {
+    const request: unknown = JSON.parse(body.toString("utf8"))
+    return typeof request === "object" && request !== null && "model" in request && typeof request.model === "string"
+      ? request.model
+      : null
+  } catch {
+    return null
+  }
+}
+
+/** Legacy /api/embeddings answers `{"embedding":[...]}` only: the model is in the request alone. */
+const modelFromRequest = (seen: RequestSeen): ExchangeRewrite => ({
+  maxRequestBody: MAX_REQUEST_BODY,
+  request: (body) => {
+    seen.model = modelIn(body)
+    return undefined
+  },
+  response: () => undefined
+})
+
+export const makeUsageTap = (deliver: (record: UsageRecord) => void): ExchangeTap => (context) => {
+  const path = pathOf(context.req.url)
+  const kind = apiKindOf(context.req.method, path)
+  if (kind === undefined) return undefined
+  const meter = new ExchangeMeter(kind)
+  const seen: RequestSeen = { model: null, stream: null }
+  const rewrite = INCLUDE_USAGE_ENDPOINTS.has(path)
+    ? includeUsageRewrite(path, seen)
+    : path === "/api/embeddings"
+    ? modelFromRequest(seen)
+    : undefined
+  return {
+    rewrite,
+    onResponseStart: (status, headers) => meter.responseStart(status, headers),
+    onData: meter.push,
+    onEnd: (exchangeOutcome) => {
+      // Ollama never got the request: nothing was used.
+      if (exchangeOutcome === "unavailable" || exchangeOutcome === "rejected") return
+      meter.end()
+      if (meter.loadOnly) return
+      const outcome = outcomeOf(exchangeOutcome, meter)
+      const u = meter.usage
+      deliver({
+        id: randomUUID(),
+        request_id: context.requestId,
+        created_at: u.createdAt ?? new Date().toISOString(),
+        endpoint: path,
+        model: u.model ?? seen.model ?? meter.firstModel,
+        api_key_name: context.keyName,
+        ...whoFrom(context.req.headers),
+        status: meter.status,
+        outcome,
+        stream: meter.stream ?? seen.stream,
+        done_reason: u.doneReason,
+        total_duration: u.totalDuration,
+        load_duration: u.loadDuration,
+        prompt_eval_count: u.promptEvalCount,
+        prompt_eval_duration: u.promptEvalDuration,
+        eval_count: u.evalCount,
+        eval_duration: u.evalDuration,
+        time_to_first_chunk_ms: meter.firstChunkAt === null ? null : millis(meter.firstChunkAt - context.startedAt),
+        duration_ms: millis(performance.now() - context.startedAt)
+      })
+    }
+  }
+}
+
+export class UsageTap extends Effect.Service<UsageTap>()("app/UsageTap", {
+  effect: Effect.gen(function*() {
+    const webhook = yield* UsageWebhook
+    // Without a webhook no record has anywhere to go: the proxy then meters nothing.
+    const tap: ExchangeTap | undefined = webhook.enabled ? makeUsageTap(webhook.offer) : undefined
+    return { tap } as const
+  }),
+  dependencies: [UsageWebhook.Default]
+}) {}

@@ -1,0 +1,255 @@
+import { randomUUID } from "node:crypto"
+import { createServer } from "node:net"
+import { afterEach, describe, expect, it } from "@effect/vitest"
+import { Chunk, Duration, Effect, Layer, Logger, LogLevel, Schedule } from "effect"
+import { AppConfig } from "../src/Config.js"
+import { makeLogger } from "../src/telemetry/Logging.js"
+import type { UsageRecord } from "../src/usage/Record.js"
+import { parseRetryAfter, retrySchedule, UsageWebhook, WebhookRejected, WebhookUnreachable } from "../src/usage/Webhook.js"
+import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
+
+const KEY = "whk-secret-8d1f0c2e"
+
+const record = (n = 0): UsageRecord => ({
+  id: randomUUID(),
+  request_id: `req-${n}`,
+  created_at: "2026-08-20T10:00:01.123456789Z",
+  endpoint: "/api/chat",
+  model: "llama3.2",
+  api_key_name: "alice",
+  user_id: "u-1",
+  user_name: "Zoë",
+  user_email: "zoe@example.com",
+  user_role: "user",
+  chat_id: null,
+  status: 200,
+  outcome: "completed",
+  stream: true,
+  done_reason: "stop",
+  total_duration: 10706818083,
+  load_duration: 6338219291,
+  prompt_eval_count: 26,
+  prompt_eval_duration: 130079000,
+  eval_count: 259,
+  eval_duration: 4232710000,
+  time_to_first_chunk_ms: 12.5,
+  duration_ms: 4300.25
+})
+
+/** Log lines of every webhook run in this file, to check the key never appears. */
+const allLogs: Array<string> = []
+
+/**
+ * Runs `use` with a UsageWebhook configured by `env`, then releases it (which flushes), and
+ * returns the JSON log lines written meanwhile.
+ */
+const withWebhook = async (
+  env: Record<string, string>,
+  use: (webhook: UsageWebhook) => Promise<void> | void
+): Promise<Array<Record<string, any>>> => {
+  const lines: Array<string> = []
+  const logger = Logger.replace(Logger.defaultLogger, makeLogger(true, (line) => {
+    lines.push(line)
+    allLogs.push(line)
+  }))
+  const layer = UsageWebhook.Default.pipe(
+    Layer.provide(AppConfig.fromEnv({ AUTHORIZATION_LOG_LEVEL: "debug", WEBHOOK_RETRY_DELAY: "10ms", ...env })),
+    Layer.provide(Layer.merge(logger, Logger.minimumLogLevel(LogLevel.Debug)))
+  )
+  await Effect.gen(function*() {
+    const webhook = yield* UsageWebhook
+    yield* Effect.promise(async () => use(webhook))
+  }).pipe(Effect.provide(layer), Effect.runPromise)
+  return lines.map((l) => JSON.parse(l))
+}
+
+const undelivered = (logs: ReadonlyArray<Record<string, any>>) => logs.filter((l) => l.msg === "usage record not delivered")
+
+let receiver: WebhookReceiver | undefined
+afterEach(async () => {
+  await receiver?.close()
+  receiver = undefined
+})
+
+/** A port nothing listens on. */
+const deadPort = () =>
+  new Promise<number>((resolve) => {
+    const server = createServer()
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+
+describe("UsageWebhook delivery", () => {
+  it("POSTs the record as JSON with the key, an Idempotency-Key and a User-Agent", async () => {
+    receiver = await startWebhook()
+    const r = record()
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, USER_MODEL_METRICS_WEBHOOK_API_KEY: KEY }, async (w) => {
+      w.offer(r)
+      await receiver!.until((got) => got.length === 1)
+    })
+    const [got] = receiver.received
+    expect(got!.record).toEqual(r)
+    expect(got!.headers["content-type"]).toBe("application/json")
+    expect(got!.headers.authorization).toBe(`Bearer ${KEY}`)
+    expect(got!.headers["idempotency-key"]).toBe(r.id)
+    expect(got!.headers["user-agent"]).toMatch(/^ollama-authentication-proxy\/\S+$/)
+    expect(undelivered(logs)).toEqual([])
+  })
+
+  it("sends no Authorization header without a key", async () => {
+    receiver = await startWebhook()
+    await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url }, async (w) => {
+      w.offer(record())
+      await receiver!.until((got) => got.length === 1)
+    })
+    expect(receiver.received[0]!.headers.authorization).toBeUndefined()
+  })
+
+  it("is disabled without a URL", async () => {
+    await withWebhook({}, (w) => {
+      expect(w.enabled).toBe(false)
+      w.offer(record())
+    })
+  })
+
+  it("retries a webhook that fails three times, then delivers the record once, same id", async () => {
+    receiver = await startWebhook((n) => (n < 3 ? { status: n === 1 ? 429 : 503 } : { status: 200 }))
+    const r = record()
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url }, async (w) => {
+      w.offer(r)
+      await receiver!.until((got) => got.some((g) => g.accepted))
+    })
+    expect(receiver.received.map((g) => g.headers["idempotency-key"])).toEqual([r.id, r.id, r.id, r.id])
+    expect(receiver.accepted()).toEqual([r])
+    expect(logs.filter((l) => l.msg === "usage webhook attempt failed").map((l) => l.reason)).toEqual([
+      "the webhook answered HTTP 503",
+      "the webhook answered HTTP 429",
+      "the webhook answered HTTP 503"
+    ])
+    expect(undelivered(logs)).toEqual([])
+  })
+
+  it("does not retry a 4xx other than 408 and 429, and logs the whole record", async () => {
+    receiver = await startWebhook(() => ({ status: 422 }))
+    const r = record()
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url }, async (w) => {
+      w.offer(r)
+      await receiver!.until((got) => got.length === 1)
+    })
+    expect(receiver.received).toHaveLength(1)
+    const [line] = undelivered(logs)
+    expect(line).toMatchObject({ level: "error", reason: "the webhook answered HTTP 422", record: r })
+  })
+
+  it("gives up after WEBHOOK_MAX_RETRY_TIME on a webhook that is down, and logs the record", async () => {
+    const url = `http://127.0.0.1:${await deadPort()}/usage`
+    const r = record()
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: url, WEBHOOK_MAX_RETRY_TIME: "300ms" }, (w) => {
+      w.offer(r)
+    })
+    const [line] = undelivered(logs)
+    expect(line!.record).toEqual(r)
+    expect(line!.reason).toMatch(/^gave up retrying: the webhook did not answer: .*ECONNREFUSED/)
+    expect(logs.filter((l) => l.msg === "usage webhook attempt failed").length).toBeGreaterThan(2)
+  })
+
+  it("logs a record the full queue cannot take, and delivers the rest", async () => {
+    // The first four requests keep the four senders busy while the queue (2) fills up.
+    receiver = await startWebhook((n) => ({ status: 204, delayMs: n < 4 ? 300 : 0 }))
+    const records = Array.from({ length: 7 }, (_, i) => record(i))
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, WEBHOOK_QUEUE_SIZE: "2" }, async (w) => {
+      // One at a time, so each is taken by a sender, not left in the small queue.
+      for (const [i, r] of records.slice(0, 4).entries()) {
+        w.offer(r)
+        await receiver!.until((got) => got.length === i + 1)
+      }
+      for (const r of records.slice(4)) w.offer(r)
+    })
+    const lost = undelivered(logs)
+    expect(lost).toHaveLength(1)
+    expect(lost[0]!.reason).toBe("queue full (2 records)")
+    expect(lost[0]!.record).toEqual(records[6])
+    expect(receiver.accepted().map((r) => r.request_id).sort()).toEqual(["req-0", "req-1", "req-2", "req-3", "req-4", "req-5"])
+  })
+})
+
+describe("UsageWebhook shutdown", () => {
+  it("delivers every queued record before its scope closes", async () => {
+    receiver = await startWebhook(() => ({ status: 200, delayMs: 20 }))
+    const records = Array.from({ length: 20 }, (_, i) => record(i))
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url }, (w) => {
+      for (const r of records) w.offer(r)
+    })
+    expect(receiver.accepted().map((r) => r.id).sort()).toEqual(records.map((r) => r.id).sort())
+    expect(logs.some((l) => l.msg === "delivering queued usage records" && l.records === 20)).toBe(true)
+    expect(undelivered(logs)).toEqual([])
+  })
+
+  it("logs every record still undelivered at the shutdown deadline", async () => {
+    receiver = await startWebhook(() => "hang")
+    const records = Array.from({ length: 6 }, (_, i) => record(i))
+    const started = Date.now()
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, SHUTDOWN_TIMEOUT: "300ms" }, (w) => {
+      for (const r of records) w.offer(r)
+    })
+    expect(Date.now() - started).toBeLessThan(3000)
+    const lost = undelivered(logs)
+    expect(lost.map((l) => l.reason)).toEqual(Array(6).fill("shutdown deadline reached"))
+    expect(lost.map((l) => l.record.id).sort()).toEqual(records.map((r) => r.id).sort())
+  })
+
+  it("never writes the webhook key to the log", () => {
+    expect(allLogs.length).toBeGreaterThan(10)
+    expect(allLogs.join("\n")).not.toContain(KEY)
+  })
+})
+
+describe("retrySchedule", () => {
+  /** The delays before each retry, for a run of failures (the final step, which stops, is dropped). */
+  const delays = (errors: ReadonlyArray<WebhookRejected | WebhookUnreachable>, maxRetryTime = Duration.minutes(10)) =>
+    Schedule.run(Schedule.delays(retrySchedule(Duration.seconds(1), maxRetryTime)), 0, errors).pipe(
+      Effect.map((chunk) => Chunk.toArray(chunk).map(Duration.toMillis).slice(0, -1))
+    )
+  const down = Array.from({ length: 100 }, () => new WebhookUnreachable({ reason: "down" }))
+
+  it.effect("starts at the first delay, doubles with jitter, caps at a minute, stops at the deadline", () =>
+    Effect.gen(function*() {
+      const gaps = yield* delays(down)
+      const doubling = [1000, 2000, 4000, 8000, 16000, 32000]
+      doubling.forEach((expected, i) => {
+        expect(gaps[i]).toBeGreaterThanOrEqual(expected * 0.8)
+        expect(gaps[i]).toBeLessThanOrEqual(expected * 1.2)
+      })
+      for (const gap of gaps.slice(doubling.length, -1)) {
+        expect(gap).toBeGreaterThanOrEqual(48_000)
+        expect(gap).toBeLessThanOrEqual(72_000)
+      }
+      // The last attempt is made at the deadline, not after it, and is the last.
+      expect(gaps.reduce((a, b) => a + b, 0)).toBeCloseTo(600_000, 3)
+      expect(gaps.length).toBeLessThan(20)
+    }))
+
+  it.effect("waits as long as Retry-After says", () =>
+    Effect.gen(function*() {
+      const busy = Array.from({ length: 10 }, () => new WebhookRejected({ status: 503, retryAfter: Duration.seconds(30) }))
+      expect(yield* delays(busy, Duration.seconds(100))).toEqual([30_000, 30_000, 30_000, 10_000])
+    }))
+
+  it.effect("does not retry a refused record", () =>
+    Effect.gen(function*() {
+      expect(yield* delays([new WebhookRejected({ status: 400, retryAfter: undefined })])).toEqual([])
+      // A 408 is retried; the 400 that answers the retry is not.
+      const timeout = new WebhookRejected({ status: 408, retryAfter: undefined })
+      expect(yield* delays([timeout, new WebhookRejected({ status: 400, retryAfter: undefined })])).toHaveLength(1)
+    }))
+
+  it("reads Retry-After as seconds or as a date", () => {
+    const now = Date.parse("2026-08-20T10:00:00Z")
+    expect(parseRetryAfter("120", now)).toEqual(Duration.seconds(120))
+    expect(parseRetryAfter("Thu, 20 Aug 2026 10:00:30 GMT", now)).toEqual(Duration.millis(30_000))
+    expect(parseRetryAfter("soon", now)).toBeUndefined()
+    expect(parseRetryAfter(undefined, now)).toBeUndefined()
+  })
+})

@@ -1,0 +1,97 @@
+/**
+ * A real usage webhook for tests: a node:http server that records every POST it receives and
+ * answers as the test tells it to (fail, hang, be slow, accept).
+ */
+import { createServer, type IncomingHttpHeaders } from "node:http"
+import type { AddressInfo } from "node:net"
+
+export interface Received {
+  readonly headers: IncomingHttpHeaders
+  readonly body: string
+  readonly record: Record<string, unknown>
+  /** Whether the receiver answered 2xx to this one. */
+  accepted: boolean
+}
+
+export type Answer =
+  | { readonly status: number; readonly headers?: Record<string, string>; readonly delayMs?: number }
+  /** Never answers (until the receiver closes). */
+  | "hang"
+
+export interface WebhookReceiver {
+  readonly url: string
+  /** Every POST, in arrival order, accepted or not. */
+  readonly received: Array<Received>
+  /** The records answered with 2xx. */
+  readonly accepted: () => Array<Record<string, unknown>>
+  /** Decides the answer to the n-th request (0-based); 204 by default. */
+  answer: (n: number, received: Received) => Answer
+  /** Resolves once `predicate` holds for what was received. */
+  readonly until: (predicate: (received: ReadonlyArray<Received>) => boolean, timeoutMs?: number) => Promise<void>
+  readonly close: () => Promise<void>
+}
+
+export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ status: 204 })): Promise<WebhookReceiver> => {
+  const received: Array<Received> = []
+  const waiters = new Set<() => void>()
+  const notify = () => waiters.forEach((w) => w())
+  const server = createServer((req, res) => {
+    const chunks: Array<Buffer> = []
+    req.on("data", (c: Buffer) => chunks.push(c))
+    req.on("end", () => {
+      const body = Buffer.concat(chunks).toString()
+      let record: Record<string, unknown> = {}
+      try {
+        record = JSON.parse(body)
+      } catch {
+        // kept as received; the test will see an empty record
+      }
+      const entry: Received = { headers: req.headers, body, record, accepted: false }
+      const n = received.length
+      received.push(entry)
+      const reply = receiver.answer(n, entry)
+      notify()
+      if (reply === "hang") return
+      const send = () => {
+        entry.accepted = reply.status >= 200 && reply.status < 300
+        res.writeHead(reply.status, { "content-type": "text/plain", ...reply.headers })
+        res.end(entry.accepted ? "" : "no")
+        notify()
+      }
+      if (reply.delayMs) setTimeout(send, reply.delayMs)
+      else send()
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const port = (server.address() as AddressInfo).port
+  const receiver: WebhookReceiver = {
+    url: `http://127.0.0.1:${port}/usage`,
+    received,
+    accepted: () => received.filter((r) => r.accepted).map((r) => r.record),
+    answer,
+    until: (predicate, timeoutMs = 10_000) =>
+      new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (!predicate(received)) return
+          cleanup()
+          resolve()
+        }
+        const timer = setTimeout(() => {
+          cleanup()
+          reject(new Error(`webhook: condition not met in ${timeoutMs} ms; received ${JSON.stringify(received.map((r) => r.record))}`))
+        }, timeoutMs)
+        const cleanup = () => {
+          clearTimeout(timer)
+          waiters.delete(check)
+        }
+        waiters.add(check)
+        check()
+      }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      })
+  }
+  return receiver
+}
