@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url"
 import { Layer, ManagedRuntime } from "effect"
 import { appFromEnv } from "../../src/App.js"
 import { Server } from "../../src/http/Server.js"
+import { makeSignal } from "./signal.js"
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url))
 export const BUNDLE = fileURLToPath(new URL("../../dist/main.js", import.meta.url))
@@ -64,7 +65,7 @@ export const spawnProxy = async (
     stdio: ["ignore", "pipe", "pipe"]
   })
   const lines: Array<Record<string, unknown>> = []
-  const waiters = new Set<() => void>()
+  const changed = makeSignal()
   let stderr = ""
   let buffered = ""
   child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
@@ -79,7 +80,7 @@ export const spawnProxy = async (
         lines.push({ text })
       }
     }
-    waiters.forEach((w) => w())
+    changed.notify()
   })
   child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
     stderr += chunk
@@ -87,33 +88,20 @@ export const spawnProxy = async (
   let hasExited = false
   const exited = once(child, "exit").then(([code, signal]) => {
     hasExited = true
-    waiters.forEach((w) => w())
+    changed.notify()
     return { code: code as number | null, signal: signal as NodeJS.Signals | null }
   })
 
   const waitForLine = (predicate: (line: Record<string, unknown>) => boolean, timeoutMs = 15_000) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const check = () => {
+    changed.until(
+      () => {
         const found = lines.find(predicate)
-        if (found) {
-          cleanup()
-          resolve(found)
-        } else if (hasExited) {
-          cleanup()
-          reject(new Error(`proxy exited before the expected log line; stderr: ${stderr}`))
-        }
-      }
-      const timer = setTimeout(() => {
-        cleanup()
-        reject(new Error(`timed out waiting for a log line; stderr: ${stderr}\nlines: ${JSON.stringify(lines)}`))
-      }, timeoutMs)
-      const cleanup = () => {
-        clearTimeout(timer)
-        waiters.delete(check)
-      }
-      waiters.add(check)
-      check()
-    })
+        if (found === undefined && hasExited) throw new Error(`proxy exited before the expected log line; stderr: ${stderr}`)
+        return found
+      },
+      timeoutMs,
+      () => `timed out waiting for a log line; stderr: ${stderr}\nlines: ${JSON.stringify(lines)}`
+    )
 
   let port = 0
   if (options.waitForListening !== false) {

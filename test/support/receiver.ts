@@ -4,6 +4,7 @@
  */
 import { createServer, type IncomingHttpHeaders } from "node:http"
 import type { AddressInfo } from "node:net"
+import { makeSignal } from "./signal.js"
 
 export interface Received {
   readonly method: string
@@ -14,7 +15,7 @@ export interface Received {
 
 export const startReceiver = async () => {
   const received: Array<Received> = []
-  const waiters = new Set<() => void>()
+  const signal = makeSignal()
   const server = createServer((req, res) => {
     const chunks: Array<Buffer> = []
     req.on("data", (c: Buffer) => chunks.push(c))
@@ -23,32 +24,18 @@ export const startReceiver = async () => {
       // An empty OTLP success answer is valid in JSON and protobuf alike.
       res.writeHead(200, { "content-type": req.headers["content-type"] ?? "application/json" })
       res.end()
-      waiters.forEach((w) => w())
+      signal.notify()
     })
   })
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
   const port = (server.address() as AddressInfo).port
 
   const waitFor = (predicate: (r: Received) => boolean, timeoutMs = 15_000) =>
-    new Promise<Received>((resolve, reject) => {
-      const check = () => {
-        const found = received.find(predicate)
-        if (found) {
-          cleanup()
-          resolve(found)
-        }
-      }
-      const timer = setTimeout(() => {
-        cleanup()
-        reject(new Error(`nothing matching arrived; got ${received.map((r) => `${r.method} ${r.path}`).join(", ") || "nothing"}`))
-      }, timeoutMs)
-      const cleanup = () => {
-        clearTimeout(timer)
-        waiters.delete(check)
-      }
-      waiters.add(check)
-      check()
-    })
+    signal.until(
+      () => received.find(predicate),
+      timeoutMs,
+      () => `nothing matching arrived; got ${received.map((r) => `${r.method} ${r.path}`).join(", ") || "nothing"}`
+    )
 
   return {
     url: `http://127.0.0.1:${port}`,

@@ -4,6 +4,7 @@
  */
 import { createServer, type IncomingHttpHeaders } from "node:http"
 import type { AddressInfo } from "node:net"
+import { makeSignal } from "./signal.js"
 
 export interface Received {
   readonly headers: IncomingHttpHeaders
@@ -33,8 +34,8 @@ export interface WebhookReceiver {
 
 export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ status: 204 })): Promise<WebhookReceiver> => {
   const received: Array<Received> = []
-  const waiters = new Set<() => void>()
-  const notify = () => waiters.forEach((w) => w())
+  const signal = makeSignal()
+  const notify = signal.notify
   const server = createServer((req, res) => {
     const chunks: Array<Buffer> = []
     req.on("data", (c: Buffer) => chunks.push(c))
@@ -70,23 +71,11 @@ export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ 
     accepted: () => received.filter((r) => r.accepted).map((r) => r.record),
     answer,
     until: (predicate, timeoutMs = 10_000) =>
-      new Promise<void>((resolve, reject) => {
-        const check = () => {
-          if (!predicate(received)) return
-          cleanup()
-          resolve()
-        }
-        const timer = setTimeout(() => {
-          cleanup()
-          reject(new Error(`webhook: condition not met in ${timeoutMs} ms; received ${JSON.stringify(received.map((r) => r.record))}`))
-        }, timeoutMs)
-        const cleanup = () => {
-          clearTimeout(timer)
-          waiters.delete(check)
-        }
-        waiters.add(check)
-        check()
-      }),
+      signal.until(
+        () => (predicate(received) ? true : undefined),
+        timeoutMs,
+        () => `webhook: condition not met in ${timeoutMs} ms; received ${JSON.stringify(received.map((r) => r.record))}`
+      ).then(() => undefined),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections()
