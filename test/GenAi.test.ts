@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { classify, RequestScanner, ResponseReader } from "../src/telemetry/GenAi.js"
+import { classify, responseUsage } from "../src/telemetry/GenAi.js"
+import { ExchangeMeter, RequestScanner } from "../src/usage/Meter.js"
 
 /** Feeds `text` in pieces of `size` bytes, the way a socket may cut it. */
 const pieces = (text: string | Buffer, size: number) => {
@@ -15,10 +16,16 @@ const scan = (body: string, size = 1 << 20) => {
   return { model: scanner.model, stream: scanner.stream }
 }
 
-const read = (format: "ndjson" | "sse" | "json", body: string | Buffer, size = 1 << 20) => {
-  const reader = new ResponseReader(format)
-  for (const piece of pieces(body, size)) reader.write(piece)
-  return reader.finish()
+const CONTENT_TYPES = { ndjson: "application/x-ndjson", sse: "text/event-stream", json: "application/json; charset=utf-8" }
+
+/** The GenAI view of what the exchange's meter read of `body`, answered on `path`. */
+const read = (path: string, format: keyof typeof CONTENT_TYPES, body: string | Buffer, size = 1 << 20) => {
+  const endpoint = classify("POST", path)
+  const meter = new ExchangeMeter(endpoint.kind!)
+  meter.responseStart(200, { "content-type": CONTENT_TYPES[format] })
+  for (const piece of pieces(body, size)) meter.push(piece)
+  meter.end()
+  return responseUsage(meter, endpoint.operation!)
 }
 
 describe("classify", () => {
@@ -69,7 +76,7 @@ describe("RequestScanner", () => {
   })
 })
 
-describe("ResponseReader", () => {
+describe("responseUsage: the meter's figures in GenAI terms", () => {
   const chatStream = [
     `{"model":"llama3.2","created_at":"t","message":{"role":"assistant","content":"Hi"},"done":false}`,
     `{"model":"llama3.2","created_at":"t","message":{"role":"assistant","content":" there"},"done":false}`,
@@ -78,18 +85,18 @@ describe("ResponseReader", () => {
 
   it("reads Ollama's final NDJSON object, however the stream is cut", () => {
     for (const size of [1, 5, 40, 1 << 20]) {
-      expect(read("ndjson", chatStream, size)).toEqual({ model: "llama3.2", inputTokens: 26, outputTokens: 259, finishReasons: ["stop"] })
+      expect(read("/api/chat", "ndjson", chatStream, size)).toEqual({ model: "llama3.2", inputTokens: 26, outputTokens: 259, finishReasons: ["stop"] })
     }
   })
 
   it("counts omitted counters as zero and keeps a final line without newline", () => {
     const body = `{"model":"m","response":"x","done":false}\n{"model":"m","response":"","done":true,"done_reason":"length"}`
-    expect(read("ndjson", body, 3)).toEqual({ model: "m", inputTokens: 0, outputTokens: 0, finishReasons: ["length"] })
+    expect(read("/api/generate", "ndjson", body, 3)).toEqual({ model: "m", inputTokens: 0, outputTokens: 0, finishReasons: ["length"] })
   })
 
   it("reports an error line that ends a stream", () => {
     const body = `{"model":"m","response":"x","done":false}\n{"error":"model runner has unexpectedly stopped"}\n`
-    expect(read("ndjson", body).error).toBe("model runner has unexpectedly stopped")
+    expect(read("/api/generate", "ndjson", body)?.error).toBe("model runner has unexpectedly stopped")
   })
 
   it("reads OpenAI SSE with include_usage", () => {
@@ -102,7 +109,7 @@ describe("ResponseReader", () => {
     ]
     const body = events.map((e) => `data: ${e}\n\n`).join("")
     for (const size of [7, 1 << 20]) {
-      expect(read("sse", body, size)).toEqual({ model: "llama3.2", inputTokens: 26, outputTokens: 2, finishReasons: ["stop"] })
+      expect(read("/v1/chat/completions", "sse", body, size)).toEqual({ model: "llama3.2", inputTokens: 26, outputTokens: 2, finishReasons: ["stop"] })
     }
   })
 
@@ -114,23 +121,23 @@ describe("ResponseReader", () => {
       `event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":20}}`,
       `event: message_stop\ndata: {"type":"message_stop"}`
     ].join("\n\n") + "\n\n"
-    expect(read("sse", body, 9)).toEqual({ model: "llama3.2", inputTokens: 12, outputTokens: 20, finishReasons: ["end_turn"] })
+    expect(read("/v1/messages", "sse", body, 9)).toEqual({ model: "llama3.2", inputTokens: 12, outputTokens: 20, finishReasons: ["end_turn"] })
   })
 
   it("reads single JSON bodies: native, OpenAI, embeddings", () => {
-    expect(read("json", `{"model":"m","message":{"role":"assistant","content":"\\"eval_count\\":9"},"done":true,"done_reason":"stop","prompt_eval_count":3,"eval_count":4}`, 4))
+    expect(read("/api/chat", "json", `{"model":"m","message":{"role":"assistant","content":"\\"eval_count\\":9"},"done":true,"done_reason":"stop","prompt_eval_count":3,"eval_count":4}`, 4))
       .toEqual({ model: "m", inputTokens: 3, outputTokens: 4, finishReasons: ["stop"] })
-    expect(read("json", `{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":6}}\n`))
+    expect(read("/v1/chat/completions", "json", `{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":6}}\n`))
       .toEqual({ model: "m", inputTokens: 5, outputTokens: 6, finishReasons: ["length"] })
-    expect(read("json", `{"model":"e","embeddings":[[0.1,0.2]],"total_duration":1,"prompt_eval_count":7}`))
+    expect(read("/api/embed", "json", `{"model":"e","embeddings":[[0.1,0.2]],"total_duration":1,"prompt_eval_count":7}`))
       .toEqual({ model: "e", inputTokens: 7 })
-    expect(read("json", `{"error":"model 'x' not found"}`)).toEqual({ error: "model 'x' not found" })
+    expect(read("/api/chat", "json", `{"error":"model 'x' not found"}`)).toEqual({ error: "model 'x' not found" })
   })
 
   it("reads the figures of a body too large to parse from its edges", () => {
     const vector = Array.from({ length: 200_000 }, (_, i) => (i % 7) / 7).join(",")
     const body = `{"model":"nomic-embed-text","embeddings":[[${vector}]],"total_duration":5,"load_duration":1,"prompt_eval_count":42}`
     expect(body.length).toBeGreaterThan(1 << 20)
-    expect(read("json", body, 65536)).toEqual({ model: "nomic-embed-text", inputTokens: 42 })
+    expect(read("/api/embed", "json", body, 65536)).toEqual({ model: "nomic-embed-text", inputTokens: 42 })
   })
 })

@@ -1,13 +1,15 @@
 /**
  * The telemetry tap: for every proxied exchange, the server and GenAI spans (when tracing is
  * on), the request and GenAI metrics, and the access log line. It runs inside the proxy's
- * callbacks, so it only counts and keeps references while bytes flow; parsing and the span,
- * metric and log work happen once, at the end.
+ * callbacks, so it only counts while bytes flow; parsing and the span, metric and log work happen
+ * once, at the end. The bytes of an inference exchange are read by its shared ExchangeMeter,
+ * which this tap feeds when it is the first to ask for it (the usage tap then only reads it).
  */
 import type { IncomingMessage } from "node:http"
 import { Effect, LogLevel } from "effect"
 import type { ExchangeTap, Outcome } from "../http/Exchange.js"
-import { classify, formatOf, RequestScanner, ResponseReader, type ResponseUsage } from "./GenAi.js"
+import { readingOf } from "../usage/Meter.js"
+import { classify, type ResponseUsage, responseUsage } from "./GenAi.js"
 import { makeLineLogger } from "./Logging.js"
 import {
   activeRequests,
@@ -63,7 +65,8 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
   const log = yield* makeLineLogger
   const accessLog = log.enabled(LogLevel.Info)
 
-  return ({ keyName, req, requestId, res, startedAt }) => {
+  return (context) => {
+    const { keyName, req, requestId, res, startedAt } = context
     const method = req.method ?? "GET"
     const path = pathOf(req.url)
     const endpoint = classify(method, path)
@@ -82,13 +85,13 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
     })
     if (trace !== undefined) rememberExchangeTrace(req, trace)
 
-    const scanner = operation === undefined ? undefined : new RequestScanner()
+    const meter = endpoint.kind === undefined ? undefined : readingOf(context, endpoint.kind)
+    const feeds = meter?.claim() === true
     let bytesIn = 0
     let bytesOut = 0
     let status = 0
     let upstreamAt: number | undefined
     let firstChunkAt: number | undefined
-    let reader: ResponseReader | undefined
 
     return {
       onUpstreamRequest: (headers) => {
@@ -97,19 +100,16 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
       },
       onRequestData: (chunk) => {
         bytesIn += chunk.length
-        scanner?.write(chunk)
+        if (feeds) meter!.requestData(chunk)
       },
       onResponseStart: (s, headers) => {
         status = s
-        if (operation !== undefined && s >= 200 && s < 300) {
-          const format = formatOf(headers["content-type"])
-          if (format !== undefined) reader = new ResponseReader(format)
-        }
+        if (feeds) meter!.responseStart(s, headers)
       },
       onData: (chunk) => {
         firstChunkAt ??= performance.now()
         bytesOut += chunk.length
-        reader?.write(chunk)
+        if (feeds) meter!.push(chunk)
       },
       onEnd: (outcome, error) => {
         const end = performance.now()
@@ -120,10 +120,13 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
           bytesOut += res.headersSent ? Number(res.getHeader("content-length") ?? 0) : 0
         }
         let usage: ResponseUsage | undefined
-        try {
-          usage = reader?.finish()
-        } catch {
-          usage = undefined
+        if (meter !== undefined && operation !== undefined && outcome !== "rejected" && outcome !== "unavailable") {
+          try {
+            meter.end()
+            usage = responseUsage(meter, operation)
+          } catch {
+            usage = undefined
+          }
         }
         const errorType = errorTypeOf(outcome, status, usage)
         const statusText = String(status)
@@ -131,7 +134,7 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
         requests.unsafeUpdate(1, requestLabels(endpoint.route, method, statusText, outcome, keyName ?? ""))
         requestDuration.unsafeUpdate(seconds, requestDurationLabels(method, endpoint.route, statusText))
 
-        const requestModel = scanner?.model
+        const requestModel = meter?.request.model
         const sinceUpstream = upstreamAt ?? startedAt
         const ttfc = firstChunkAt === undefined ? undefined : (firstChunkAt - sinceUpstream) / 1000
         if (operation !== undefined && outcome !== "rejected") {
@@ -155,7 +158,7 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
           bytesIn,
           bytesOut,
           requestModel,
-          requestStream: operation === undefined ? undefined : scanner?.stream ?? (upstreamAt === undefined ? undefined : endpoint.streamsByDefault),
+          requestStream: operation === undefined ? undefined : meter?.request.stream ?? (upstreamAt === undefined ? undefined : endpoint.streamsByDefault),
           usage,
           timeToFirstChunk: ttfc,
           errorType

@@ -1,6 +1,10 @@
 /**
- * UsageMeter's readers: they watch a response body as Ollama sends it and find the usage figures,
- * without holding the body and without slowing the relay. They run synchronously inside the
+ * The reader of inference exchanges, shared by the usage and the telemetry taps: each exchange is
+ * read once, by one ExchangeMeter (see `readingOf`), whichever taps are installed.
+ *
+ * The request body is scanned for its top-level `model` and `stream` without being buffered.
+ * The response readers watch a body as Ollama sends it and find the usage figures, without
+ * holding the body and without slowing the relay. They run synchronously inside the
  * proxy's data callback, so the rules are: scan for newlines with indexOf on the Buffers, parse
  * only the few lines that carry usage, and hold at most a bounded piece of one line.
  *
@@ -21,21 +25,39 @@ const SALVAGE_WINDOW = 64 * 1024
 /** The API families Ollama answers, each with its own place for the usage. */
 export type ApiKind = "native" | "openai" | "anthropic" | "responses"
 
-const INFERENCE_ENDPOINTS: ReadonlyMap<string, ApiKind> = new Map<string, ApiKind>([
-  ["/api/chat", "native"],
-  ["/api/generate", "native"],
-  ["/api/embed", "native"],
-  ["/api/embeddings", "native"],
-  ["/v1/chat/completions", "openai"],
-  ["/v1/completions", "openai"],
-  ["/v1/embeddings", "openai"],
-  ["/v1/messages", "anthropic"],
-  ["/v1/responses", "responses"]
+/** The GenAI operation of an inference endpoint (`gen_ai.operation.name`). */
+export type OperationName = "chat" | "text_completion" | "embeddings"
+
+/** What the proxy knows of an inference endpoint before reading a byte of it. */
+export interface InferenceEndpoint {
+  readonly kind: ApiKind
+  readonly operation: OperationName
+  /** Whether the endpoint streams when the request does not say (`"stream"` absent). */
+  readonly streamsByDefault: boolean
+}
+
+const inference = (kind: ApiKind, operation: OperationName, streamsByDefault = false): InferenceEndpoint => ({
+  kind,
+  operation,
+  streamsByDefault
+})
+
+/** The inference endpoints, the one list both the usage and the telemetry taps go by. */
+export const INFERENCE_ENDPOINTS: ReadonlyMap<string, InferenceEndpoint> = new Map<string, InferenceEndpoint>([
+  ["/api/chat", inference("native", "chat", true)],
+  ["/api/generate", inference("native", "text_completion", true)],
+  ["/api/embed", inference("native", "embeddings")],
+  ["/api/embeddings", inference("native", "embeddings")],
+  ["/v1/chat/completions", inference("openai", "chat")],
+  ["/v1/completions", inference("openai", "text_completion")],
+  ["/v1/embeddings", inference("openai", "embeddings")],
+  ["/v1/messages", inference("anthropic", "chat")],
+  ["/v1/responses", inference("responses", "chat")]
 ])
 
 /** The API family of an inference request, or undefined for everything that is not metered. */
 export const apiKindOf = (method: string | undefined, path: string): ApiKind | undefined =>
-  method === "POST" ? INFERENCE_ENDPOINTS.get(path) : undefined
+  method === "POST" ? INFERENCE_ENDPOINTS.get(path)?.kind : undefined
 
 /** The figures of one exchange; null where the answer did not say. */
 export interface Usage {
@@ -335,6 +357,140 @@ const count = (value: unknown): number | null =>
 const text = (value: unknown): string | null => (typeof value === "string" ? value : null)
 
 // ---------------------------------------------------------------------------------------------
+// The request body: top-level "model" and "stream", found without buffering the body.
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const MAX_KEY = 32
+const MAX_MODEL = 256
+
+/**
+ * A streaming scanner for the top level of a JSON object. Strings are skipped with indexOf, so
+ * a body of base64 images costs a few native searches, not a loop over its bytes.
+ */
+export class RequestScanner {
+  model: string | undefined
+  stream: boolean | undefined
+  private depth = 0
+  private inString = false
+  /** Backslashes just before the chunk boundary, inside a string. */
+  private escaped = false
+  private expectingKey = false
+  private key: string | undefined
+  private capture: Array<number> | undefined
+  private captureIsKey = false
+  private literal = ""
+  private done = false
+
+  write(chunk: Uint8Array): void {
+    if (this.done) return
+    let i = 0
+    const n = chunk.length
+    while (i < n) {
+      if (this.inString) {
+        i = this.scanString(chunk, i)
+        continue
+      }
+      const c = chunk[i]!
+      if (this.literal !== "") {
+        if (c >= 0x61 && c <= 0x7a) {
+          this.literal += String.fromCharCode(c)
+          i++
+          continue
+        }
+        if (this.literal === "true" || this.literal === "false") this.stream = this.literal === "true"
+        this.literal = ""
+      } else if (this.depth === 1 && !this.expectingKey && this.key === "stream" && (c === 0x74 || c === 0x66)) {
+        this.literal = String.fromCharCode(c) // the start of true or false
+        i++
+        continue
+      }
+      switch (c) {
+        case QUOTE:
+          this.inString = true
+          if (this.depth === 1 && (this.expectingKey || this.key === "model")) {
+            this.capture = []
+            this.captureIsKey = this.expectingKey
+          }
+          break
+        case 0x7b: // {
+        case 0x5b: // [
+          this.depth++
+          if (this.depth === 1) this.expectingKey = c === 0x7b
+          break
+        case 0x7d: // }
+        case 0x5d: // ]
+          this.depth--
+          if (this.depth <= 0) this.done = true
+          break
+        case 0x3a: // :
+          if (this.depth === 1) this.expectingKey = false
+          break
+        case 0x2c: // ,
+          if (this.depth === 1) {
+            this.expectingKey = true
+            this.key = undefined
+          }
+          break
+      }
+      i++
+      if (this.done || (this.model !== undefined && this.stream !== undefined)) {
+        this.done = true
+        return
+      }
+    }
+  }
+
+  private scanString(chunk: Uint8Array, start: number): number {
+    let i = start
+    if (this.escaped) {
+      // the character after a backslash that ended the previous chunk
+      this.escaped = false
+      this.captureByte(chunk[i]!)
+      i++
+    }
+    for (;;) {
+      const q = chunk.indexOf(QUOTE, i)
+      const end = q < 0 ? chunk.length : q
+      let backslashes = 0
+      for (let j = end - 1; j >= i && chunk[j] === BACKSLASH; j--) backslashes++
+      if (this.capture !== undefined) for (let j = i; j < end; j++) this.captureByte(chunk[j]!)
+      if (q < 0) {
+        this.escaped = backslashes % 2 === 1
+        return chunk.length
+      }
+      if (backslashes % 2 === 1) {
+        this.captureByte(QUOTE)
+        i = q + 1
+        continue
+      }
+      this.inString = false
+      this.endCapture()
+      return q + 1
+    }
+  }
+
+  private captureByte(b: number) {
+    if (this.capture !== undefined && this.capture.length < (this.captureIsKey ? MAX_KEY : MAX_MODEL)) this.capture.push(b)
+  }
+
+  private endCapture() {
+    if (this.capture === undefined) return
+    const raw = Buffer.from(this.capture).toString("utf8")
+    this.capture = undefined
+    let text = raw
+    try {
+      // the bytes still hold JSON escapes
+      if (raw.includes("\\")) text = JSON.parse(`"${raw}"`)
+    } catch {
+      // a cut escape at the length cap: keep the raw text
+    }
+    if (this.captureIsKey) this.key = text
+    else if (this.key === "model") this.model = text
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // One exchange
 
 const DATA = Buffer.from("data:")
@@ -360,18 +516,23 @@ const ssePayload = (line: Line): Line | undefined => {
 }
 
 /**
- * Meters one response: the proxy tap creates it per inference request and feeds it the response
- * head, every chunk, and the end.
+ * The one reading of an inference exchange: the request's model and stream flag, and the
+ * response's figures. The first tap that asks for it (`readingOf`) creates it and feeds it the
+ * request body, the response head, every chunk and the end; every tap reads the same result.
  */
 export class ExchangeMeter {
   readonly usage: Usage = emptyUsage()
+  /** The top-level `model` and `stream` of the request body. */
+  readonly request = new RequestScanner()
   status: number | null = null
   /** Whether the answer streams (NDJSON or SSE); null until the response head says. */
   stream: boolean | null = null
   /** performance.now() of the first body chunk. */
   firstChunkAt: number | null = null
-  /** Ollama reported an error in a 2xx body (a mid-stream failure). */
+  /** Ollama reported an error in a 2xx body (a mid-stream failure), or a stream stopped short. */
   failed = false
+  /** The message of an error object in the body (`{"error":...}`, an SSE error event). */
+  error: string | null = null
   /** Usage figures were found (a done object, a `usage`...). */
   measured = false
   /** The model named in the first chunk: for answers cut off before their figures. */
@@ -385,8 +546,19 @@ export class ExchangeMeter {
   /** OpenAI streams: the last line with `usage` (with include_usage every /v1/completions
    *  chunk carries a zero usage: only the last one counts). */
   private usageLine: Line | undefined
+  private claimed = false
+  private ended = false
 
   constructor(readonly kind: ApiKind) {}
+
+  /** true the first time only: the tap that gets true feeds the meter, the others just read it. */
+  claim(): boolean {
+    if (this.claimed) return false
+    return (this.claimed = true)
+  }
+
+  /** Every request body chunk, as sent to Ollama; bound, like `push`. */
+  readonly requestData = (chunk: Buffer): void => this.request.write(chunk)
 
   responseStart(status: number, headers: IncomingHttpHeaders): void {
     this.status = status
@@ -412,8 +584,10 @@ export class ExchangeMeter {
     if (match !== null) this.firstModel = jsonString(match[1]!) ?? null
   }
 
-  /** The body ended (or was cut off): read what is left. */
+  /** The body ended (or was cut off): read what is left. Only the first call does anything. */
   end(): void {
+    if (this.ended) return
+    this.ended = true
     if (this.tail !== undefined) {
       const lines = this.tail.end()
       if (this.sse) {
@@ -478,10 +652,16 @@ export class ExchangeMeter {
     }
   }
 
+  private fail(value: Json): void {
+    this.failed = true
+    const error = value.error
+    this.error = text(error) ?? (isObject(error) ? text(error.message) : null) ?? text(value.message) ?? "error"
+  }
+
   private applyNative(value: Json): void {
     const figures = NUMBER_FIELDS.some((name) => name in value)
     if (value.done !== true && !figures) {
-      if ("error" in value) this.failed = true
+      if ("error" in value) this.fail(value)
       return
     }
     this.measured = true
@@ -500,7 +680,7 @@ export class ExchangeMeter {
 
   private applyOpenAi(value: Json): void {
     if (value.error !== undefined && value.error !== null) {
-      this.failed = true
+      this.fail(value)
       return
     }
     const u = this.usage
@@ -518,7 +698,7 @@ export class ExchangeMeter {
     const u = this.usage
     switch (value.type) {
       case "error":
-        this.failed = true
+        this.fail(value)
         return
       case "message_start":
         if (isObject(value.message)) this.applyAnthropic(value.message)
@@ -540,7 +720,7 @@ export class ExchangeMeter {
 
   private applyResponses(value: Json): void {
     if (value.type === "error") {
-      this.failed = true
+      this.fail(value)
       return
     }
     const response = typeof value.type === "string" && isObject(value.response) ? value.response : value
@@ -555,3 +735,16 @@ export class ExchangeMeter {
     }
   }
 }
+
+/** The reading rides on the exchange's context, the one object every tap of the exchange gets. */
+const READING = Symbol("app/ExchangeReading")
+interface WithReading {
+  [READING]?: ExchangeMeter
+}
+
+/**
+ * The reading of this exchange, created by the first tap that asks. That tap's `claim()` is
+ * true: it feeds the meter; the others only read it, after calling `end()` (which runs once).
+ */
+export const readingOf = (context: object, kind: ApiKind): ExchangeMeter =>
+  ((context as WithReading)[READING] ??= new ExchangeMeter(kind))

@@ -8,7 +8,7 @@ import type { IncomingHttpHeaders } from "node:http"
 import { Effect } from "effect"
 import type { ExchangeRewrite, ExchangeTap, Outcome as ExchangeOutcome } from "../http/Exchange.js"
 import { includeUsage, INCLUDE_USAGE_ENDPOINTS, MAX_REQUEST_BODY, usageEventFilter } from "./IncludeUsage.js"
-import { apiKindOf, ExchangeMeter } from "./Meter.js"
+import { apiKindOf, type ExchangeMeter, readingOf } from "./Meter.js"
 import type { Outcome, UsageRecord } from "./Record.js"
 import { UsageWebhook } from "./Webhook.js"
 
@@ -69,24 +69,16 @@ const outcomeOf = (outcome: Exclude<ExchangeOutcome, "unavailable" | "rejected">
   return outcome
 }
 
-/** What the proxy read in the request body, where it reads one. */
-interface RequestSeen {
-  model: string | null
-  stream: boolean | null
-}
-
 /**
- * The rewrite for the two OpenAI endpoints: read the body (to add include_usage, and for the
- * model), then hide the usage event again when the proxy was the one asking.
+ * The rewrite for the two OpenAI endpoints: add include_usage to a streamed request, then hide the
+ * usage event again when the proxy was the one asking.
  */
-const includeUsageRewrite = (path: string, seen: RequestSeen): ExchangeRewrite => {
+const includeUsageRewrite = (path: string): ExchangeRewrite => {
   let injected = false
   return {
     maxRequestBody: MAX_REQUEST_BODY,
     request: (body) => {
       const request = includeUsage(body)
-      seen.model = request.model
-      seen.stream = request.stream
       injected = request.body !== undefined
       return request.body
     },
@@ -94,42 +86,30 @@ const includeUsageRewrite = (path: string, seen: RequestSeen): ExchangeRewrite =
   }
 }
 
-const modelIn = (body: Buffer): string | null => {
-  try {
-    const request: unknown = JSON.parse(body.toString("utf8"))
-    return typeof request === "object" && request !== null && "model" in request && typeof request.model === "string"
-      ? request.model
-      : null
-  } catch {
-    return null
-  }
-}
-
-/** Legacy /api/embeddings answers `{"embedding":[...]}` only: the model is in the request alone. */
-const modelFromRequest = (seen: RequestSeen): ExchangeRewrite => ({
-  maxRequestBody: MAX_REQUEST_BODY,
-  request: (body) => {
-    seen.model = modelIn(body)
-    return undefined
-  },
-  response: () => undefined
-})
+/**
+ * Where the record falls back to the model the request named: the OpenAI endpoints (for answers
+ * that never said), and legacy /api/embeddings, which answers `{"embedding":[...]}` only. Native
+ * answers otherwise name the model that answered, or none (a 404 for an unknown model).
+ */
+const REQUEST_MODEL_ENDPOINTS: ReadonlySet<string> = new Set([...INCLUDE_USAGE_ENDPOINTS, "/api/embeddings"])
 
 export const makeUsageTap = (deliver: (record: UsageRecord) => void): ExchangeTap => (context) => {
   const path = pathOf(context.req.url)
   const kind = apiKindOf(context.req.method, path)
   if (kind === undefined) return undefined
-  const meter = new ExchangeMeter(kind)
-  const seen: RequestSeen = { model: null, stream: null }
-  const rewrite = INCLUDE_USAGE_ENDPOINTS.has(path)
-    ? includeUsageRewrite(path, seen)
-    : path === "/api/embeddings"
-    ? modelFromRequest(seen)
-    : undefined
+  // The exchange's one reading: fed here unless another tap (telemetry) asked for it first.
+  const meter = readingOf(context, kind)
+  const feeds = meter.claim()
+  const rewrite = INCLUDE_USAGE_ENDPOINTS.has(path) ? includeUsageRewrite(path) : undefined
   return {
     rewrite,
-    onResponseStart: (status, headers) => meter.responseStart(status, headers),
-    onData: meter.push,
+    ...(feeds
+      ? {
+        onRequestData: meter.requestData,
+        onResponseStart: (status: number, headers: IncomingHttpHeaders) => meter.responseStart(status, headers),
+        onData: meter.push
+      }
+      : {}),
     onEnd: (exchangeOutcome) => {
       // Ollama never got the request: nothing was used.
       if (exchangeOutcome === "unavailable" || exchangeOutcome === "rejected") return
@@ -142,12 +122,12 @@ export const makeUsageTap = (deliver: (record: UsageRecord) => void): ExchangeTa
         request_id: context.requestId,
         created_at: u.createdAt ?? new Date().toISOString(),
         endpoint: path,
-        model: u.model ?? seen.model ?? meter.firstModel,
+        model: u.model ?? (REQUEST_MODEL_ENDPOINTS.has(path) ? meter.request.model ?? null : null) ?? meter.firstModel,
         api_key_name: context.keyName,
         ...whoFrom(context.req.headers),
         status: meter.status,
         outcome,
-        stream: meter.stream ?? seen.stream,
+        stream: meter.stream ?? meter.request.stream ?? null,
         done_reason: u.doneReason,
         total_duration: u.totalDuration,
         load_duration: u.loadDuration,
