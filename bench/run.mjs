@@ -743,7 +743,6 @@ const main = async () => {
       ratioToLimit: { tags: row.s.tags.rps / summary(limit, "tags").rps, stream: row.s.stream.rps / summary(limit, "stream").rps },
       memory: row.target.memory, preflight: row.target.preflight
     })),
-    comparisons,
     usageWebhook: usage,
     pass: !failed
   }
