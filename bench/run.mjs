@@ -457,6 +457,12 @@ const place = (measured, targets) => {
       if (r.status !== 0 && t === measured) console.warn(`  warning: could not pin ${t.name} (pid ${pid}) with taskset`)
     }
   }
+  // The usage webhook stands for a service on another machine: its work (a POST per streamed
+  // response) must not land on the measured target's CPU.
+  if (webhook && !webhook.placed) {
+    webhook.placed = true
+    spawnSync(pinning.taskset, ["-a", "-p", "-c", pinning.rest, String(webhook.child.pid)], { stdio: "ignore" })
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -200,6 +200,18 @@ describe("UsageWebhook shutdown", () => {
     expect(lost.map((l) => l.record.id).sort()).toEqual(records.map((r) => r.id).sort())
   })
 
+  it("logs a record still being retried at the shutdown deadline once", async () => {
+    receiver = await startWebhook(() => ({ status: 503 }))
+    const records = [record(0), record(1)]
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, SHUTDOWN_TIMEOUT: "300ms" }, async (w) => {
+      for (const r of records) w.offer(r)
+      await receiver!.until((got) => got.length >= 6)
+    })
+    const lost = undelivered(logs)
+    expect(lost.map((l) => l.reason)).toEqual(["shutdown deadline reached", "shutdown deadline reached"])
+    expect(lost.map((l) => l.record.id).sort()).toEqual(records.map((r) => r.id).sort())
+  })
+
   it("never writes the webhook key to the log", () => {
     expect(allLogs.length).toBeGreaterThan(10)
     expect(allLogs.join("\n")).not.toContain(KEY)

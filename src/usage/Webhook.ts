@@ -1,13 +1,13 @@
 /**
  * UsageWebhook: delivers every usage record to USER_MODEL_METRICS_WEBHOOK_URL, at least once.
  *
- * The proxy hands a record over synchronously (one queue offer per exchange, no fiber); four
- * sender fibers POST the records, retrying transient failures with exponential backoff, so a slow
- * or failing webhook never touches a client's response. On shutdown the queue is flushed within
+ * The proxy hands a record over synchronously, once per exchange: it is POSTed at once when one
+ * of four connections is free, else queued (bounded); a failed POST is retried with exponential
+ * backoff, so a slow or failing webhook never touches a client's response. On shutdown the queue is flushed within
  * SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
  * shutdown deadline) is logged whole, at error level, for an operator to replay.
  */
-import { Data, Duration, Effect, Either, Fiber, Option, Queue, Redacted, Runtime, Schedule } from "effect"
+import { Data, Duration, Effect, Either, Fiber, MutableQueue, Option, Redacted, Runtime, Schedule } from "effect"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
 import { USER_AGENT } from "../Version.js"
@@ -92,6 +92,15 @@ export interface UsageWebhookShape {
   readonly offer: (record: UsageRecord) => void
 }
 
+/** A record on its way: the JSON is made once, when the record is handed over. */
+interface Outgoing {
+  readonly id: string
+  readonly body: string
+}
+
+/** What a POST came to: undefined when the webhook took the record. */
+type Sent = (error: DeliveryError | undefined) => void
+
 export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebhook", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
@@ -100,120 +109,147 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     }
     const url = config.webhookUrl.value
     const apiKey = config.webhookApiKey
-    // undici directly, not the platform HttpClient: every inference exchange sends a record, and
-    // measured, a record cost ~300 us of CPU through HttpClient (an Effect timeout, an AbortSignal,
-    // a response stream, schema encoding, a span) against ~35 us with `post` and `deliver` below.
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() => new Pool(url.origin, { connections: SENDERS, connectTimeout: ATTEMPT_TIMEOUT_MS, keepAliveTimeout: 30_000 })),
       (pool) => Effect.promise(() => pool.destroy())
     )
     const path = `${url.pathname}${url.search}`
-    const queue = yield* Queue.dropping<UsageRecord>(config.webhookQueueSize)
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const runtime = yield* Effect.runtime<never>()
+    const runFork = Runtime.runFork(runtime)
 
-    /** Records taken in but not yet delivered or given up; the flush waits for zero. */
+    // Every inference exchange hands over a record, so the way to the webhook is plain callbacks:
+    // measured under the stream benchmark, a record cost ~300 us of the proxy's CPU through the
+    // platform HttpClient (an Effect timeout, an AbortSignal, a response stream, schema encoding,
+    // a span) and still ~65 us through a queue and sender fibers. Effect takes over for the few
+    // records whose first POST fails: retries on the Schedule, spans, logs.
+    const waiting = MutableQueue.bounded<Outgoing>(config.webhookQueueSize)
+    /** POSTs and retries under way; at most SENDERS. */
+    let active = 0
+    /** Records taken in but not yet delivered or given up: active + waiting. The flush waits for 0. */
     let outstanding = 0
     const idle = yield* Effect.makeLatch(true)
+    /** Shutdown has begun: new records are refused. */
     let closing = false
+    /** The shutdown deadline has passed: what is still under way is logged, not retried. */
+    let stopped = false
+    const inFlight = new Map<Outgoing, Dispatcher.DispatchController | undefined>()
+    const retrying = new Set<Fiber.RuntimeFiber<void>>()
 
-    const undelivered = (record: UsageRecord, reason: string) =>
-      Effect.logError("usage record not delivered").pipe(Effect.annotateLogs({ reason, record }))
-
-    const offer = (record: UsageRecord): void => {
-      if (!closing && queue.unsafeOffer(record)) {
-        if (outstanding++ === 0) idle.unsafeClose()
-        return
-      }
-      runFork(undelivered(record, closing ? "offered after shutdown began" : `queue full (${config.webhookQueueSize} records)`))
-    }
+    const undelivered = (item: Outgoing | UsageRecord, reason: string) =>
+      Effect.logError("usage record not delivered").pipe(
+        Effect.annotateLogs({ reason, record: "body" in item ? JSON.parse(item.body) : item })
+      )
 
     /** One POST, on undici's dispatch callbacks: no response stream object, no AbortSignal. */
-    const post = (record: UsageRecord) =>
-      Effect.async<void, DeliveryError>((resume) => {
-        const headers: Record<string, string> = {
-          "content-type": "application/json",
-          "user-agent": USER_AGENT,
-          "idempotency-key": record.id
-        }
-        if (Option.isSome(apiKey)) headers.authorization = `Bearer ${Redacted.value(apiKey.value)}`
-        let controller: Dispatcher.DispatchController | undefined
-        let status = 0
-        let retryAfter: string | undefined
-        pool.dispatch(
-          {
-            method: "POST",
-            path,
-            headers,
-            // Built to its schema (the tests decode what the webhook receives): not validated again.
-            body: JSON.stringify(record),
-            headersTimeout: ATTEMPT_TIMEOUT_MS,
-            bodyTimeout: ATTEMPT_TIMEOUT_MS
+    const send = (item: Outgoing, sent: Sent) => {
+      const headers: Record<string, string> = {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "idempotency-key": item.id
+      }
+      if (Option.isSome(apiKey)) headers.authorization = `Bearer ${Redacted.value(apiKey.value)}`
+      let status = 0
+      let retryAfter: string | undefined
+      inFlight.set(item, undefined)
+      const settle = (error: DeliveryError | undefined) => {
+        inFlight.delete(item)
+        if (!stopped) sent(error)
+      }
+      pool.dispatch(
+        { method: "POST", path, headers, body: item.body, headersTimeout: ATTEMPT_TIMEOUT_MS, bodyTimeout: ATTEMPT_TIMEOUT_MS },
+        {
+          onRequestStart: (controller) => {
+            if (inFlight.has(item)) inFlight.set(item, controller)
+            else controller.abort(new Error("usage webhook: delivery cancelled"))
           },
-          {
-            onRequestStart: (c) => {
-              controller = c
-            },
-            onResponseStart: (_c, statusCode, responseHeaders) => {
-              if (statusCode < 200) return
-              status = statusCode
-              const value = responseHeaders["retry-after"]
-              retryAfter = Array.isArray(value) ? value[0] : value
-            },
-            onResponseData: () => {},
-            onResponseEnd: () =>
-              resume(
-                status >= 200 && status < 300
-                  ? Effect.void
-                  : Effect.fail(new WebhookRejected({ status, retryAfter: parseRetryAfter(retryAfter, Date.now()) }))
-              ),
-            onResponseError: (_c, error) => resume(Effect.fail(new WebhookUnreachable({ reason: transportReason(error) })))
-          }
-        )
-        return Effect.sync(() => controller?.abort(new Error("usage webhook shutting down")))
+          onResponseStart: (_c, statusCode, responseHeaders) => {
+            if (statusCode < 200) return
+            status = statusCode
+            const value = responseHeaders["retry-after"]
+            retryAfter = Array.isArray(value) ? value[0] : value
+          },
+          onResponseData: () => {},
+          onResponseEnd: () =>
+            settle(
+              status >= 200 && status < 300
+                ? undefined
+                : new WebhookRejected({ status, retryAfter: parseRetryAfter(retryAfter, Date.now()) })
+            ),
+          onResponseError: (_c, error) => settle(new WebhookUnreachable({ reason: transportReason(error) }))
+        }
+      )
+    }
+
+    /** A POST as an Effect, for retries: interrupting it cuts the request. */
+    const post = (item: Outgoing) =>
+      Effect.async<void, DeliveryError>((resume) => {
+        send(item, (error) => resume(error === undefined ? Effect.void : Effect.fail(error)))
+        return Effect.sync(() => {
+          const controller = inFlight.get(item)
+          inFlight.delete(item)
+          controller?.abort(new Error("usage webhook shutting down"))
+        })
       })
 
-    const attemptFailed = (record: UsageRecord, error: DeliveryError) =>
-      Effect.logWarning("usage webhook attempt failed").pipe(Effect.annotateLogs({ record_id: record.id, reason: error.message }))
+    const attemptFailed = (item: Outgoing, error: DeliveryError) =>
+      Effect.logWarning("usage webhook attempt failed").pipe(Effect.annotateLogs({ record_id: item.id, reason: error.message }))
 
     const schedule = retrySchedule(config.webhookRetryDelay, config.webhookMaxRetryTime)
 
-    /** After a failed first attempt: retry on the schedule, or give the record to the log. */
-    const retry = Effect.fn("UsageWebhook.retry")(function*(record: UsageRecord, first: DeliveryError) {
-      yield* Effect.annotateCurrentSpan({ "usage.record_id": record.id, "usage.request_id": record.request_id })
-      yield* attemptFailed(record, first)
+    /** After a failed first POST: retry on the schedule, or give the record to the log. */
+    const retry = Effect.fn("UsageWebhook.retry")(function*(item: Outgoing, first: DeliveryError) {
+      yield* Effect.annotateCurrentSpan({ "usage.record_id": item.id })
+      yield* attemptFailed(item, first)
       const driver = yield* Schedule.driver(schedule)
       let error = first
       while (isRetryable(error)) {
         // Sleeps until the next try; fails once the schedule is done (out of time).
         if (Either.isLeft(yield* Effect.either(driver.next(error)))) {
-          return yield* undelivered(record, `gave up retrying: ${error.message}`)
+          return yield* undelivered(item, `gave up retrying: ${error.message}`)
         }
-        const result = yield* Effect.either(post(record))
+        const result = yield* Effect.either(post(item))
         if (Either.isRight(result)) return
         error = result.left
-        yield* attemptFailed(record, error)
+        yield* attemptFailed(item, error)
       }
-      yield* undelivered(record, error.message)
-    })
+      yield* undelivered(item, error.message)
+    }, (effect, item) => Effect.onInterrupt(effect, () => undelivered(item, "shutdown deadline reached")))
 
-    // Nearly every record goes out on its first try: only the others pay for a span, log lines
-    // and the schedule (a span per record cost more than the POST itself).
-    const deliver = (record: UsageRecord) =>
-      post(record).pipe(
-        Effect.catchAll((error) => retry(record, error)),
-        Effect.onInterrupt(() => undelivered(record, "shutdown deadline reached"))
-      )
-
-    const settle = Effect.sync(() => {
+    const finished = () => {
+      active--
       if (--outstanding === 0) idle.unsafeOpen()
-    })
-    const sender = Queue.take(queue).pipe(
-      Effect.flatMap((record) => deliver(record).pipe(Effect.ensuring(settle))),
-      Effect.forever
-    )
-    const senders = yield* Effect.forEach(Array.from({ length: SENDERS }), () => Effect.forkScoped(sender))
+      const next = MutableQueue.poll(waiting, undefined)
+      if (next !== undefined) start(next)
+    }
 
-    // Added after the senders were forked, so it runs before the scope interrupts them.
+    const start = (item: Outgoing) => {
+      active++
+      send(item, (error) => {
+        if (error === undefined) return finished()
+        const fiber = runFork(retry(item, error))
+        retrying.add(fiber)
+        fiber.addObserver(() => {
+          retrying.delete(fiber)
+          if (!stopped) finished()
+        })
+      })
+    }
+
+    const offer = (record: UsageRecord): void => {
+      if (closing) {
+        runFork(undelivered(record, "offered after shutdown began"))
+        return
+      }
+      // Built to its schema (the tests decode what the webhook receives): not validated again.
+      const item: Outgoing = { id: record.id, body: JSON.stringify(record) }
+      if (active >= SENDERS && !MutableQueue.offer(waiting, item)) {
+        runFork(undelivered(record, `queue full (${config.webhookQueueSize} records)`))
+        return
+      }
+      if (outstanding++ === 0) idle.unsafeClose()
+      if (active < SENDERS) start(item)
+    }
+
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         closing = true
@@ -222,9 +258,18 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
         }
         // Finalizers run uninterruptibly: without `interruptible` the wait would outlast its deadline.
         yield* idle.await.pipe(Effect.interruptible, Effect.timeoutTo({ duration: config.shutdownTimeout, onSuccess: () => true, onTimeout: () => false }))
-        // Senders still retrying log their record as they are interrupted; then what was never taken.
-        yield* Fiber.interruptAll(senders)
-        for (const record of yield* Queue.takeAll(queue)) yield* undelivered(record, "shutdown deadline reached")
+        stopped = true
+        // Out of time: retries log their record as they are interrupted, POSTs under way are cut
+        // and logged, and so is every record still waiting.
+        yield* Fiber.interruptAll(retrying)
+        for (const [item, controller] of inFlight) {
+          controller?.abort(new Error("usage webhook shutting down"))
+          yield* undelivered(item, "shutdown deadline reached")
+        }
+        inFlight.clear()
+        for (let item = MutableQueue.poll(waiting, undefined); item !== undefined; item = MutableQueue.poll(waiting, undefined)) {
+          yield* undelivered(item, "shutdown deadline reached")
+        }
       }).pipe(Effect.withSpan("UsageWebhook.flush"))
     )
 
