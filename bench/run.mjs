@@ -22,7 +22,7 @@ const VARIANTS = [
   { name: "proxy", env: {} },
   // Issue 5: exporting every span (a server span per request, a GenAI span per generation) costs at
   // most 10% of the stream relay.
-  { name: "proxy, tracing on", env: { OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}" }, vs: "proxy", goals: { stream: 0.9 } },
+  { name: "proxy + tracing", env: { OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}" }, vs: "proxy", goals: { stream: 0.9 } },
   // Issue 4: metering every inference response and posting its record costs at most 5% of the
   // stream relay (GET /api/tags is not metered: its ratio is for information).
   { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy", goals: { stream: 0.95 } },
