@@ -442,3 +442,23 @@ describe("the built service", () => {
     }
   })
 })
+
+describe("the webhook in the exchange's trace and in the metrics", () => {
+  it("POSTs the record with the caller's trace, and /metrics counts it delivered", async () => {
+    const traceId = "4bf92f3577b34da6a3ce929d0e0e4736"
+    const requestId = randomUUID()
+    await post(`${proxy.url}/api/generate`, { model: "llama3.2", prompt: "trace me", stream: false }, {
+      ...auth,
+      "x-request-id": requestId,
+      traceparent: `00-${traceId}-00f067aa0ba902b7-01`
+    })
+    await recordOf(requestId)
+    const received = webhook.received.find((r) => r.record.request_id === requestId)!
+    expect(received.headers.traceparent).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`))
+
+    const metrics = (await raw(`${proxy.url}/metrics`, { headers: auth })).text
+    const delivered = /^usage_webhook_records_total\{[^}]*outcome="delivered"[^}]*\} (\d+)/m.exec(metrics)
+    expect(Number(delivered?.[1])).toBeGreaterThan(0)
+    expect(metrics).toMatch(/^usage_webhook_queue_depth(\{[^}]*\})? 0$/m)
+  })
+})

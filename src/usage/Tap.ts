@@ -8,6 +8,8 @@ import type { IncomingHttpHeaders } from "node:http"
 import { Effect } from "effect"
 import type { ExchangeRewrite, ExchangeTap, Outcome as ExchangeOutcome } from "../http/Exchange.js"
 import { includeUsage, INCLUDE_USAGE_ENDPOINTS, MAX_REQUEST_BODY, usageEventFilter } from "./IncludeUsage.js"
+import type { Tracer } from "effect"
+import { exchangeParentSpan } from "../telemetry/Tracing.js"
 import { apiKindOf, type ExchangeMeter, readingOf } from "./Meter.js"
 import type { Outcome, UsageRecord } from "./Record.js"
 import { UsageWebhook } from "./Webhook.js"
@@ -93,7 +95,7 @@ const includeUsageRewrite = (path: string): ExchangeRewrite => {
  */
 const REQUEST_MODEL_ENDPOINTS: ReadonlySet<string> = new Set([...INCLUDE_USAGE_ENDPOINTS, "/api/embeddings"])
 
-export const makeUsageTap = (deliver: (record: UsageRecord) => void): ExchangeTap => (context) => {
+export const makeUsageTap = (deliver: (record: UsageRecord, parent: Tracer.ExternalSpan | undefined) => void): ExchangeTap => (context) => {
   const path = pathOf(context.req.url)
   const kind = apiKindOf(context.req.method, path)
   if (kind === undefined) return undefined
@@ -137,7 +139,7 @@ export const makeUsageTap = (deliver: (record: UsageRecord) => void): ExchangeTa
         eval_duration: u.evalDuration,
         time_to_first_chunk_ms: meter.firstChunkAt === null ? null : millis(meter.firstChunkAt - context.startedAt),
         duration_ms: millis(performance.now() - context.startedAt)
-      })
+      }, exchangeParentSpan(context.req))
     }
   }
 }

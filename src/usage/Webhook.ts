@@ -7,9 +7,10 @@
  * SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
  * shutdown deadline) is logged whole, at error level, for an operator to replay.
  */
-import { Data, Duration, Effect, Either, Fiber, MutableQueue, Option, Redacted, Runtime, Schedule } from "effect"
+import { Data, Duration, Effect, Either, Fiber, identity, MutableQueue, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
+import { NO_LABELS, webhookQueueDepth, webhookRecordLabels, webhookRecords, webhookRetries } from "../telemetry/Metrics.js"
 import { USER_AGENT } from "../Version.js"
 import type { UsageRecord } from "./Record.js"
 
@@ -89,14 +90,18 @@ export interface UsageWebhookShape {
    * Hands a record over for delivery. Synchronous and cheap: it is called on the proxy's hot path
    * once per exchange, so it is not traced (a retried delivery is: UsageWebhook.retry).
    */
-  readonly offer: (record: UsageRecord) => void
+  readonly offer: (record: UsageRecord, parent?: Tracer.ExternalSpan) => void
 }
 
 /** A record on its way: the JSON is made once, when the record is handed over. */
 interface Outgoing {
   readonly id: string
   readonly body: string
+  /** The trace of the exchange that produced the record, continued by every POST of it. */
+  readonly parent: Tracer.ExternalSpan | undefined
 }
+
+const traceparentOf = (span: Tracer.ExternalSpan) => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
 
 /** What a POST came to: undefined when the webhook took the record. */
 type Sent = (error: DeliveryError | undefined) => void
@@ -135,8 +140,9 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     const inFlight = new Map<Outgoing, Dispatcher.DispatchController | undefined>()
     const retrying = new Set<Fiber.RuntimeFiber<void>>()
 
-    const undelivered = (item: Outgoing | UsageRecord, reason: string) =>
+    const undelivered = (item: Outgoing | UsageRecord, reason: string, outcome: "failed" | "dropped" = "failed") =>
       Effect.logError("usage record not delivered").pipe(
+        Effect.zipLeft(Effect.sync(() => webhookRecords.unsafeUpdate(1, webhookRecordLabels(outcome)))),
         Effect.annotateLogs({ reason, record: "body" in item ? JSON.parse(item.body) : item })
       )
 
@@ -148,6 +154,7 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
         "idempotency-key": item.id
       }
       if (Option.isSome(apiKey)) headers.authorization = `Bearer ${Redacted.value(apiKey.value)}`
+      if (item.parent !== undefined) headers.traceparent = traceparentOf(item.parent)
       let status = 0
       let retryAfter: string | undefined
       inFlight.set(item, undefined)
@@ -207,17 +214,24 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
         if (Either.isLeft(yield* Effect.either(driver.next(error)))) {
           return yield* undelivered(item, `gave up retrying: ${error.message}`)
         }
+        webhookRetries.unsafeUpdate(1, NO_LABELS)
         const result = yield* Effect.either(post(item))
-        if (Either.isRight(result)) return
+        if (Either.isRight(result)) return delivered()
         error = result.left
         yield* attemptFailed(item, error)
       }
       yield* undelivered(item, error.message)
-    }, (effect, item) => Effect.onInterrupt(effect, () => undelivered(item, "shutdown deadline reached")))
+    }, (effect, item) =>
+      Effect.onInterrupt(effect, () => undelivered(item, "shutdown deadline reached")).pipe(
+        item.parent === undefined ? identity : Effect.withParentSpan(item.parent)
+      ))
+
+    const delivered = () => webhookRecords.unsafeUpdate(1, webhookRecordLabels("delivered"))
 
     const finished = () => {
       active--
       if (--outstanding === 0) idle.unsafeOpen()
+      webhookQueueDepth.unsafeUpdate(outstanding, NO_LABELS)
       const next = MutableQueue.poll(waiting, undefined)
       if (next !== undefined) start(next)
     }
@@ -225,7 +239,10 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     const start = (item: Outgoing) => {
       active++
       send(item, (error) => {
-        if (error === undefined) return finished()
+        if (error === undefined) {
+          delivered()
+          return finished()
+        }
         const fiber = runFork(retry(item, error))
         retrying.add(fiber)
         fiber.addObserver(() => {
@@ -235,18 +252,19 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
       })
     }
 
-    const offer = (record: UsageRecord): void => {
+    const offer = (record: UsageRecord, parent?: Tracer.ExternalSpan): void => {
       if (closing) {
-        runFork(undelivered(record, "offered after shutdown began"))
+        runFork(undelivered(record, "offered after shutdown began", "dropped"))
         return
       }
       // Built to its schema (the tests decode what the webhook receives): not validated again.
-      const item: Outgoing = { id: record.id, body: JSON.stringify(record) }
+      const item: Outgoing = { id: record.id, body: JSON.stringify(record), parent }
       if (active >= SENDERS && !MutableQueue.offer(waiting, item)) {
-        runFork(undelivered(record, `queue full (${config.webhookQueueSize} records)`))
+        runFork(undelivered(record, `queue full (${config.webhookQueueSize} records)`, "dropped"))
         return
       }
       if (outstanding++ === 0) idle.unsafeClose()
+      webhookQueueDepth.unsafeUpdate(outstanding, NO_LABELS)
       if (active < SENDERS) start(item)
     }
 
