@@ -5,14 +5,13 @@
 import { randomUUID } from "node:crypto"
 import { once } from "node:events"
 import { request as httpRequest, type IncomingMessage } from "node:http"
-import { createServer } from "node:net"
 import { Schema } from "effect"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { UsageRecord } from "../src/usage/Record.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
-import { open, raw } from "./support/http.js"
+import { freePort, open, raw } from "./support/http.js"
 import { spawnProxy, startProxy, type RunningProxy } from "./support/proxy.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
@@ -362,16 +361,6 @@ describe("request bodies the proxy reads", () => {
   })
 })
 
-/** A port nothing listens on. */
-const deadPort = () =>
-  new Promise<number>((resolve) => {
-    const server = createServer()
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
-
 describe("the built service", () => {
   let own: WebhookReceiver | undefined
   afterEach(async () => {
@@ -428,7 +417,7 @@ describe("the built service", () => {
   })
 
   it("logs the whole record, at error level, when the webhook is down", async () => {
-    const child = await spawnProxy({ ...proxyEnv(`http://127.0.0.1:${await deadPort()}/usage`), WEBHOOK_MAX_RETRY_TIME: "200ms" })
+    const child = await spawnProxy({ ...proxyEnv(`http://127.0.0.1:${await freePort()}/usage`), WEBHOOK_MAX_RETRY_TIME: "200ms" })
     try {
       await waitForReady(child.url)
       const id = randomUUID()

@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto"
-import { createServer } from "node:net"
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Layer, Logger, LogLevel, Schedule } from "effect"
 import { AppConfig } from "../src/Config.js"
 import { makeLogger } from "../src/telemetry/Logging.js"
 import type { UsageRecord } from "../src/usage/Record.js"
 import { parseRetryAfter, retrySchedule, UsageWebhook, WebhookRejected, WebhookUnreachable } from "../src/usage/Webhook.js"
+import { freePort } from "./support/http.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
 const KEY = "whk-secret-8d1f0c2e"
@@ -71,16 +71,6 @@ afterEach(async () => {
   receiver = undefined
 })
 
-/** A port nothing listens on. */
-const deadPort = () =>
-  new Promise<number>((resolve) => {
-    const server = createServer()
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
-
 describe("UsageWebhook delivery", () => {
   it("POSTs the record as JSON with the key, an Idempotency-Key and a User-Agent", async () => {
     receiver = await startWebhook()
@@ -144,7 +134,7 @@ describe("UsageWebhook delivery", () => {
   })
 
   it("gives up after WEBHOOK_MAX_RETRY_TIME on a webhook that is down, and logs the record", async () => {
-    const url = `http://127.0.0.1:${await deadPort()}/usage`
+    const url = `http://127.0.0.1:${await freePort()}/usage`
     const r = record()
     const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: url, WEBHOOK_MAX_RETRY_TIME: "300ms" }, (w) => {
       w.offer(r)

@@ -3,6 +3,7 @@
  */
 import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from "node:http"
 import { once } from "node:events"
+import { createServer as createNetServer } from "node:net"
 
 export interface RawResponse {
   readonly status: number
@@ -55,3 +56,13 @@ export const readToEnd = (res: IncomingMessage) =>
 /** The lines of an NDJSON body, parsed. */
 export const ndjson = (body: string) =>
   body.split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as Record<string, unknown>)
+
+/** A loopback port nothing listens on (just closed: free to bind, refused to connect). */
+export const freePort = () =>
+  new Promise<number>((resolve) => {
+    const server = createNetServer()
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
