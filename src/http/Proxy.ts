@@ -214,7 +214,6 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
           body = rewrite.request(read.whole) ?? read.whole
           // A rewritten body has its own length; a chunked upload read whole now has one.
           headers["content-length"] = String(body.length)
-          delete headers["transfer-encoding"]
         } else {
           body = read.stream
         }

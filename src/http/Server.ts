@@ -12,7 +12,7 @@ import { AppConfig } from "../Config.js"
 import { ApiKeys, isPreflight } from "./Auth.js"
 import { writeJsonError } from "./Errors.js"
 import { ExchangeTaps, observe } from "./Exchange.js"
-import { requestIdOf } from "./Headers.js"
+import { pathOf, requestIdOf } from "./Headers.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
@@ -37,12 +37,6 @@ const controlRoutes = HttpRouter.empty.pipe(
 )
 
 const CONTROL_PATHS = new Set(["/ping", "/ping/", "/metrics", "/metrics/"])
-
-const pathOf = (url: string | undefined) => {
-  const u = url ?? "/"
-  const q = u.indexOf("?")
-  return q < 0 ? u : u.slice(0, q)
-}
 
 const listen = (server: NodeServer, port: number, host: string) =>
   Effect.async<number, ListenError>((resume) => {

@@ -45,6 +45,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type { AppConfigShape, OtlpTarget, SamplerConfig } from "../Config.js"
+import { pathOf } from "../http/Headers.js"
 import { makeProducer } from "./MetricsBridge.js"
 import type { ExchangeStart, ExchangeSummary, ExchangeTrace, ExchangeTracer, Tracing, TracingShape } from "./Tracing.js"
 
@@ -131,12 +132,6 @@ const setUser = (attributes: Attributes, start: ExchangeStart) => {
   if (start.keyName !== null) attributes["api_key.name"] = start.keyName
   if (start.userId !== undefined) attributes["user.id"] = start.userId
   if (start.userName !== undefined) attributes["user.name"] = start.userName
-}
-
-const pathOf = (url: string | undefined) => {
-  const u = url ?? "/"
-  const q = u.indexOf("?")
-  return q < 0 ? u : u.slice(0, q)
 }
 
 export const makeExchangeTracer = (tracer: OtelTracer, ollamaHost: string, ollamaPort: number): ExchangeTracer => {

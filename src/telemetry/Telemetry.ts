@@ -5,9 +5,9 @@
  * once, at the end. The bytes of an inference exchange are read by its shared ExchangeMeter,
  * which this tap feeds when it is the first to ask for it (the usage tap then only reads it).
  */
-import type { IncomingMessage } from "node:http"
 import { Effect, LogLevel } from "effect"
 import type { ExchangeTap, Outcome } from "../http/Exchange.js"
+import { pathOf, whoFrom } from "../http/Headers.js"
 import { readingOf } from "../usage/Meter.js"
 import { classify, type ResponseUsage, responseUsage } from "./GenAi.js"
 import { makeLineLogger } from "./Logging.js"
@@ -29,23 +29,6 @@ import { incomingTraceParent, rememberExchangeTrace, Tracing } from "./Tracing.j
 const PROVIDER = "ollama"
 const NO_LABELS: ReadonlyArray<never> = []
 
-const pathOf = (url: string | undefined) => {
-  const u = url ?? "/"
-  const q = u.indexOf("?")
-  return q < 0 ? u : u.slice(0, q)
-}
-
-/** Open WebUI forwards who the user is (ENABLE_FORWARD_USER_INFO_HEADERS); names are percent-encoded. */
-const header = (req: IncomingMessage, name: string, encoded = false): string | undefined => {
-  const value = req.headers[name]
-  if (typeof value !== "string" || value === "") return undefined
-  if (!encoded) return value
-  try {
-    return decodeURIComponent(value)
-  } catch {
-    return value
-  }
-}
 
 /** Low-cardinality class of a failed exchange, or undefined when it succeeded. */
 const errorTypeOf = (outcome: Outcome, status: number, usage: ResponseUsage | undefined): string | undefined => {
@@ -72,6 +55,7 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
     const endpoint = classify(method, path)
     const operation = endpoint.operation
     activeRequests.unsafeModify(1, NO_LABELS)
+    const who = whoFrom(req.headers)
 
     const trace = exchanges?.start({
       req,
@@ -80,8 +64,8 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
       knownRoute: endpoint.route !== "other",
       requestId,
       keyName,
-      userId: header(req, "x-openwebui-user-id"),
-      userName: header(req, "x-openwebui-user-name", true)
+      userId: who.user_id ?? undefined,
+      userName: who.user_name ?? undefined
     })
     if (trace !== undefined) rememberExchangeTrace(req, trace)
 
@@ -176,7 +160,7 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
             bytes_in: bytesIn,
             bytes_out: bytesOut,
             api_key_name: keyName,
-            user_id: header(req, "x-openwebui-user-id"),
+            user_id: who.user_id,
             model: requestModel ?? usage?.model,
             outcome,
             input_tokens: usage?.inputTokens,

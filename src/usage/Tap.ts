@@ -5,63 +5,14 @@
  */
 import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders } from "node:http"
-import { Effect } from "effect"
+import { Effect, type Tracer } from "effect"
 import type { ExchangeRewrite, ExchangeTap, Outcome as ExchangeOutcome } from "../http/Exchange.js"
+import { pathOf, whoFrom } from "../http/Headers.js"
 import { includeUsage, INCLUDE_USAGE_ENDPOINTS, MAX_REQUEST_BODY, usageEventFilter } from "./IncludeUsage.js"
-import type { Tracer } from "effect"
 import { exchangeParentSpan } from "../telemetry/Tracing.js"
 import { apiKindOf, type ExchangeMeter, readingOf } from "./Meter.js"
 import type { Outcome, UsageRecord } from "./Record.js"
 import { UsageWebhook } from "./Webhook.js"
-
-export interface Who {
-  user_id: string | null
-  user_name: string | null
-  user_email: string | null
-  user_role: string | null
-  chat_id: string | null
-}
-
-const WHO_HEADERS: ReadonlyArray<readonly [suffix: string, field: keyof Who]> = [
-  ["-user-id", "user_id"],
-  ["-user-name", "user_name"],
-  ["-user-email", "user_email"],
-  ["-user-role", "user_role"],
-  ["-chat-id", "chat_id"]
-]
-
-const percentDecoded = (value: string) => {
-  try {
-    return decodeURIComponent(value)
-  } catch {
-    return value
-  }
-}
-
-/**
- * Who the request is for, as a front end forwards it: headers ending in -user-id, -user-name,
- * -user-email, -user-role and -chat-id, whatever their prefix (Open WebUI sends
- * X-OpenWebUI-User-*; Node gives header names in lower case). Open WebUI percent-encodes names.
- */
-export const whoFrom = (headers: IncomingHttpHeaders): Who => {
-  const who: Who = { user_id: null, user_name: null, user_email: null, user_role: null, chat_id: null }
-  for (const name in headers) {
-    for (const [suffix, field] of WHO_HEADERS) {
-      if (who[field] !== null || !name.endsWith(suffix)) continue
-      const value = headers[name]
-      const first = Array.isArray(value) ? value[0] : value
-      if (first !== undefined && first !== "") who[field] = first
-    }
-  }
-  if (who.user_name !== null) who.user_name = percentDecoded(who.user_name)
-  return who
-}
-
-const pathOf = (url: string | undefined) => {
-  const u = url ?? "/"
-  const q = u.indexOf("?")
-  return q < 0 ? u : u.slice(0, q)
-}
 
 const millis = (ms: number) => Math.round(ms * 1000) / 1000
 
