@@ -46,8 +46,8 @@ const KEY = "bench-" + randomBytes(12).toString("hex")
 const GENERATE_BODY = JSON.stringify({ model: "llama3.1:8b-instruct-q4_K_M", prompt: "Why is the sky blue?", stream: true })
 
 const SCENARIOS = [
-  { id: "tags", label: "GET /api/tags", threads: 2, connections: 32, path: "/api/tags", script: "wrk-report.lua", keyHeader: true },
-  { id: "stream", label: "POST /api/generate, 1000-line NDJSON", threads: 1, connections: 8, path: "/api/generate", script: "wrk-post.lua", keyHeader: false }
+  { id: "tags", label: "GET /api/tags", threads: 2, connections: 32, path: "/api/tags", post: false },
+  { id: "stream", label: "POST /api/generate, 1000-line NDJSON", threads: 1, connections: 8, path: "/api/generate", post: true }
 ]
 
 // ---------------------------------------------------------------------------------------------------
@@ -470,11 +470,11 @@ const place = (measured, targets) => {
 // ---------------------------------------------------------------------------------------------------
 const runWrk = async (target, scenario, seconds, targets) => {
   place(target, targets)
-  const args = [`-t${scenario.threads}`, `-c${scenario.connections}`, `-d${seconds}s`, "--timeout", "5s", "-s", path.join(BENCH, scenario.script)]
-  if (scenario.keyHeader) args.push("-H", `Authorization: Bearer ${KEY}`)
+  const args = [`-t${scenario.threads}`, `-c${scenario.connections}`, `-d${seconds}s`, "--timeout", "5s", "-s", path.join(BENCH, "wrk.lua")]
+  if (!scenario.post) args.push("-H", `Authorization: Bearer ${KEY}`)
   args.push(`http://127.0.0.1:${target.port}${scenario.path}`)
   const [cmd, cmdArgs] = pinning?.mode === "split" ? [pinning.taskset, ["-c", pinning.rest, "wrk", ...args]] : ["wrk", args]
-  const child = startChild("wrk", cmd, cmdArgs, { env: { ...process.env, BENCH_KEY: KEY, BENCH_BODY: GENERATE_BODY } })
+  const child = startChild("wrk", cmd, cmdArgs, { env: { ...process.env, BENCH_KEY: KEY, BENCH_BODY: GENERATE_BODY, BENCH_POST: scenario.post ? "1" : "" } })
   const killer = setTimeout(() => killPid(child.pid, "SIGKILL"), (seconds + 20) * 1000)
   const exit = await child.exitedPromise
   clearTimeout(killer)
