@@ -45,6 +45,8 @@ export interface AppConfigShape {
   readonly webhookMaxRetryTime: Duration.Duration
   /** The first retry's delay; each later one doubles it, up to a minute. */
   readonly webhookRetryDelay: Duration.Duration
+  /** How long one POST may go unanswered before it counts as failed (and is retried). */
+  readonly webhookTimeout: Duration.Duration
   readonly metricsPublic: boolean
   readonly otel: OtelConfig
 }
@@ -113,6 +115,9 @@ export const parseDuration: Parse<Duration.Duration> = (raw) => {
   const unit = (match[2] ?? "s").toLowerCase()
   return Either.right(Duration.millis(Number(match[1]) * durationUnits[unit]!))
 }
+
+const parsePositiveDuration: Parse<Duration.Duration> = (raw) =>
+  Either.flatMap(parseDuration(raw), (d) => Duration.toMillis(d) > 0 ? Either.right(d) : Either.left(`${quoted(raw)} must be longer than 0`))
 
 const parsePositiveInt: Parse<number> = (raw) => {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
@@ -287,6 +292,7 @@ const fromConfig = Config.all({
   webhookQueueSize: withDefault("WEBHOOK_QUEUE_SIZE", parsePositiveInt, 10_000),
   webhookMaxRetryTime: withDefault("WEBHOOK_MAX_RETRY_TIME", parseDuration, Duration.minutes(10)),
   webhookRetryDelay: withDefault("WEBHOOK_RETRY_DELAY", parseDuration, Duration.seconds(1)),
+  webhookTimeout: withDefault("WEBHOOK_TIMEOUT", parsePositiveDuration, Duration.seconds(10)),
   metricsPublic: withDefault("METRICS_PUBLIC", parseBoolean, false),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
@@ -383,6 +389,7 @@ export const loadAppConfig = Effect.gen(function*() {
     webhookQueueSize: raw.webhookQueueSize,
     webhookMaxRetryTime: raw.webhookMaxRetryTime,
     webhookRetryDelay: raw.webhookRetryDelay,
+    webhookTimeout: raw.webhookTimeout,
     metricsPublic: raw.metricsPublic,
     otel: otelConfig(raw)
   }

@@ -25,6 +25,7 @@ describe("AppConfig", () => {
     expect(config.logLevel).toBe("info")
     expect(Option.isNone(config.webhookUrl)).toBe(true)
     expect(Duration.toMillis(config.shutdownTimeout)).toBe(25_000)
+    expect(Duration.toMillis(config.webhookTimeout)).toBe(10_000)
     expect(config.preloadKeepAlive).toBe(-1)
   })
 
@@ -71,7 +72,8 @@ describe("AppConfig", () => {
     [{ USER_MODEL_METRICS_WEBHOOK_URL: "ftp://x" }, "USER_MODEL_METRICS_WEBHOOK_URL: \"ftp://x\" is not an http(s) URL"],
     [{ AUTHORIZATION_LOG_LEVEL: "loud" }, "AUTHORIZATION_LOG_LEVEL:"],
     [{ OLLAMA_MANAGED: "maybe" }, "OLLAMA_MANAGED:"],
-    [{ SHUTDOWN_TIMEOUT: "soon" }, "SHUTDOWN_TIMEOUT:"]
+    [{ SHUTDOWN_TIMEOUT: "soon" }, "SHUTDOWN_TIMEOUT:"],
+    [{ WEBHOOK_TIMEOUT: "0" }, "WEBHOOK_TIMEOUT: \"0\" must be longer than 0"]
   ])("rejects %o with one line naming the variable", (env, expected) => {
     const message = failure(env)
     expect(message).toContain(expected)

@@ -121,6 +121,23 @@ describe("UsageWebhook delivery", () => {
     expect(undelivered(logs)).toEqual([])
   })
 
+  it("cuts a POST left unanswered for WEBHOOK_TIMEOUT and sends the record again", async () => {
+    receiver = await startWebhook((n) => (n === 0 ? "hang" : { status: 200 }))
+    const r = record()
+    const started = performance.now()
+    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, WEBHOOK_TIMEOUT: "300ms" }, async (w) => {
+      w.offer(r)
+      await receiver!.until((got) => got.some((g) => g.accepted))
+    })
+    expect(performance.now() - started).toBeGreaterThanOrEqual(300)
+    expect(receiver.received.map((g) => g.headers["idempotency-key"])).toEqual([r.id, r.id])
+    expect(receiver.accepted()).toEqual([r])
+    expect(logs.filter((l) => l.msg === "usage webhook attempt failed").map((l) => l.reason)).toEqual([
+      "the webhook did not answer: no answer within 300 ms"
+    ])
+    expect(undelivered(logs)).toEqual([])
+  })
+
   it("does not retry a 4xx other than 408 and 429, and logs the whole record", async () => {
     receiver = await startWebhook(() => ({ status: 422 }))
     const r = record()
