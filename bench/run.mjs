@@ -474,10 +474,15 @@ const runWrk = async (target, scenario, seconds, targets) => {
   if (!scenario.post) args.push("-H", `Authorization: Bearer ${KEY}`)
   args.push(`http://127.0.0.1:${target.port}${scenario.path}`)
   const [cmd, cmdArgs] = pinning?.mode === "split" ? [pinning.taskset, ["-c", pinning.rest, "wrk", ...args]] : ["wrk", args]
+  const ticksBefore = targetTicks(target)
+  const startedAt = process.hrtime.bigint()
   const child = startChild("wrk", cmd, cmdArgs, { env: { ...process.env, BENCH_KEY: KEY, BENCH_BODY: GENERATE_BODY, BENCH_POST: scenario.post ? "1" : "" } })
   const killer = setTimeout(() => killPid(child.pid, "SIGKILL"), (seconds + 20) * 1000)
   const exit = await child.exitedPromise
   clearTimeout(killer)
+  const ticksAfter = targetTicks(target)
+  const cpuSeconds = ticksBefore === undefined || ticksAfter === undefined ? undefined : (ticksAfter - ticksBefore) / CLK_TCK
+  const wallSeconds = Number(process.hrtime.bigint() - startedAt) / 1e9
   const out = child.stdout.get()
   const line = out.split("\n").find((l) => l.startsWith("BENCH_JSON "))
   if (!line) throw new Fatal(`wrk against ${target.name} ${scenario.path} failed (${describeExit(child)}):\n${out}\n${child.stderr.get()}`)
@@ -491,6 +496,10 @@ const runWrk = async (target, scenario, seconds, targets) => {
     socketErrors,
     errors: { connect: s.connect, read: s.read, write: s.write, timeout: s.timeout, status: s.status },
     latencyMs: { p50: s.p50_us / 1000, p99: s.p99_us / 1000, mean: s.mean_us / 1000 },
+    // CPU time (user + system, all threads; nginx: master + worker) of the target's own process(es)
+    // while wrk ran, per completed response; and how many cores that was on average.
+    cpuUsPerResponse: cpuSeconds !== undefined && s.requests ? cpuSeconds * 1e6 / s.requests : undefined,
+    cpuCores: cpuSeconds !== undefined ? cpuSeconds / wallSeconds : undefined,
     exit
   }
 }
@@ -505,12 +514,20 @@ const runWrk = async (target, scenario, seconds, targets) => {
 const CLK_TCK = (() => {
   try { return Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100 } catch { return 100 }
 })()
-const procTicks = (pid) => {
+const statTicks = (pid) => {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ") // f[11..14] = utime stime cutime cstime
-    return Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
-  } catch { return 0 }
+    return { own: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) }
+  } catch { return undefined }
+}
+// CPU ticks of a process (all its threads) and of its children it has reaped.
+const procTicks = (pid) => { const t = statTicks(pid); return t ? t.own + t.reaped : 0 }
+// CPU ticks of a target's own process(es), children it reaped excluded; undefined when unknown.
+const targetTicks = (target) => {
+  if (process.platform !== "linux") return undefined
+  const [main, ...others] = targetPids(target).map(statTicks)
+  return main && others.reduce((a, t) => a + (t?.own ?? 0), main.own)
 }
 const busyTicks = () => {
   const f = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number)
@@ -624,8 +641,9 @@ const main = async () => {
         results.get(target)[scenario.id].push(r)
         const errs = r.non2xx || r.socketErrors ? `  !! ${r.non2xx} non-2xx, socket errors ${JSON.stringify(r.errors)}` : ""
         const others = r.foreignCores === undefined ? "" : `  others ${r.foreignCores.toFixed(2)} cores${r.disturbed ? " (busy)" : ""}`
+        const cpu = r.cpuUsPerResponse === undefined ? "" : `  cpu ${fmt(r.cpuUsPerResponse)} us/resp`
         console.log(`  round ${round + 1}/${opts.rounds}  ${pad(scenario.id, 6)}  ${pad(target.name, 22)} ${lpad(fmt(r.rps), 8)} /s  ` +
-          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${others}${errs}`)
+          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${cpu}${others}${errs}`)
       }
     }
   }
@@ -652,7 +670,9 @@ const main = async () => {
     if (non2xx) problems.push(`${non2xx} non-2xx`)
     if (socketErrors) problems.push(`${socketErrors} socket errors`)
     if (short) problems.push(`short responses (${fmt(bytes)} B vs ${fmt(refBytes)} B direct)`)
+    const cpu = runs.map((r) => r.cpuUsPerResponse)
     return { rps: value, best: Math.max(...rps), median: median(rps), rounds: rps, bytesPerResponse: bytes, non2xx, socketErrors, problems, valid: problems.length === 0,
+      cpuUsPerResponse: cpu.includes(undefined) ? undefined : median(cpu), cpuUsPerResponseRounds: cpu, cpuCoresRounds: runs.map((r) => r.cpuCores),
       latencyMs: runs.map((r) => r.latencyMs), otherProcessesCores: runs.map((r) => r.foreignCores), attempts: runs.map((r) => r.attempts),
       disturbedRounds: runs.filter((r) => r.disturbed).length,
       reportedDisturbed: runs.find((r) => r.rps === value)?.disturbed ?? runs.some((r) => r.disturbed) }
@@ -666,7 +686,7 @@ const main = async () => {
   })
 
   // Table
-  const cols = [["target", 22], ["auth", 5], ["tags req/s", 11], ["vs base", 12], ["stream resp/s", 14], ["vs base", 12], ["peak RSS", 9]]
+  const cols = [["target", 22], ["auth", 5], ["tags req/s", 11], ["vs base", 10], ["cpu us", 7], ["stream resp/s", 14], ["vs base", 10], ["cpu us", 7], ["peak RSS", 9]]
   const line = (cells) => cells.map((c, i) => (i < 2 ? pad(c, cols[i][1]) : lpad(c, cols[i][1]))).join("  ")
   const ratioCell = (row, id) => {
     const r = row.ratio[id]
@@ -681,8 +701,8 @@ const main = async () => {
     const flag = (id) => (row.s[id].valid ? "" : " !") + (row.s[id].reportedDisturbed ? "*" : "")
     console.log(line([
       t.name, t.kind === "limit" ? "-" : t.auth ? "yes" : "NO",
-      fmt(row.s.tags.rps) + flag("tags"), ratioCell(row, "tags"),
-      fmt(row.s.stream.rps) + flag("stream"), ratioCell(row, "stream"),
+      fmt(row.s.tags.rps) + flag("tags"), ratioCell(row, "tags"), fmt(row.s.tags.cpuUsPerResponse),
+      fmt(row.s.stream.rps) + flag("stream"), ratioCell(row, "stream"), fmt(row.s.stream.cpuUsPerResponse),
       t.memory ? `${(t.memory.peakKiB / 1024).toFixed(0)} MB` : "n/a"
     ]))
   }
@@ -694,6 +714,7 @@ const main = async () => {
   console.log("  limit (direct) = wrk straight to the fake upstream: the ceiling no proxy can beat on this machine.")
   if (targets.some((t) => t.kind === "nginx")) console.log("  nginx does not check the API key (auth NO): it does less work than the others.")
   if (nginxNote) console.log(`  ${nginxNote.split("\n")[0]}`)
+  console.log("  cpu us = CPU time of the target's process(es) per completed response, median of rounds (limit: the upstream's).")
   console.log("  peak RSS = VmHWM of the process (nginx: largest of master and worker) over the whole run.")
   console.log(`  ${pinNote}.`)
   const disturbed = rows.reduce((a, row) => a + SCENARIOS.reduce((b, sc) => b + row.s[sc.id].disturbedRounds, 0), 0)
