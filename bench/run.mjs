@@ -569,6 +569,32 @@ const measure = async (target, scenario, opts, targets) => {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Order of the measurements in a round. A variant compared with another (`vs`) is judged on the ratio of
+// the two measured back to back in the same round (paired), so they must be neighbours: each variant
+// with the variants measured against it forms a group, the variant in the middle and up to one of
+// them on each side (the others as close as possible). Groups and lone targets are rotated every
+// round, and every other round a group is reversed, so neither side of a pair always goes first.
+// ---------------------------------------------------------------------------------------------------
+const measurementGroups = (targets) => {
+  const byName = new Map(targets.map((t) => [t.name, t]))
+  const root = (t) => {
+    const seen = new Set([t])
+    for (let next; (next = byName.get(VARIANTS.find((v) => v.name === t.name)?.vs)) && !seen.has(next);) seen.add(t = next)
+    return t
+  }
+  const groups = []
+  for (const t of targets) {
+    const hub = root(t)
+    let group = groups.find((g) => g.hub === hub)
+    if (!group) groups.push(group = { hub, others: [] })
+    if (t !== hub) group.others.push(t)
+  }
+  return groups.map(({ hub, others }) => [...others.filter((_, i) => i % 2 === 0).reverse(), hub, ...others.filter((_, i) => i % 2 === 1)])
+}
+const roundOrder = (groups, round) =>
+  groups.map((_, i) => groups[(i + round) % groups.length]).flatMap((g) => (round % 2 ? [...g].reverse() : g))
+
+// ---------------------------------------------------------------------------------------------------
 // Report helpers
 // ---------------------------------------------------------------------------------------------------
 const pad = (s, n) => String(s).padEnd(n)
@@ -631,13 +657,16 @@ const main = async () => {
   }
 
   const results = new Map(targets.map((t) => [t, Object.fromEntries(SCENARIOS.map((s) => [s.id, []]))]))
+  const groups = measurementGroups(targets)
+  let seq = 0
   for (let round = 0; round < opts.rounds; round++) {
     for (const scenario of SCENARIOS) {
-      // Interleave targets, rotating the order each round, so drift and noise hit all of them alike.
-      const order = targets.map((_, i) => targets[(i + round) % targets.length])
-      for (const target of order) {
+      // Interleave targets, rotating the order each round, so drift and noise hit all of them alike;
+      // a variant and the one it is compared with stay neighbours (see measurementGroups).
+      for (const target of roundOrder(groups, round)) {
         if (opts.warmup > 0) await runWrk(target, scenario, opts.warmup, targets)
         const r = await measure(target, scenario, opts, targets)
+        r.seq = seq++
         results.get(target)[scenario.id].push(r)
         const errs = r.non2xx || r.socketErrors ? `  !! ${r.non2xx} non-2xx, socket errors ${JSON.stringify(r.errors)}` : ""
         const others = r.foreignCores === undefined ? "" : `  others ${r.foreignCores.toFixed(2)} cores${r.disturbed ? " (busy)" : ""}`
@@ -721,22 +750,58 @@ const main = async () => {
   if (disturbed) console.log(`  * ${disturbed} measurement(s) ran while other processes used > ${opts.maxForeign} cores (retries exhausted); * marks a reported figure that is one of them.`)
   console.log("  Figures are noisy on a shared 2-core machine: compare ratios measured in the same run, not runs.")
 
-  // Variants measured against another variant (tracing on vs off).
+  // Variants measured against another variant (e.g. usage webhook on vs off). On this machine a single
+  // figure moves +-7% from round to round, so the ratio of two bests cannot decide a 5% goal. The
+  // verdict is the median of the per-round ratios of the two measured back to back (paired); the ratio
+  // of the bests and the paired ratio of CPU time per response are printed next to it.
   const versus = []
   for (const row of rows) {
     const variant = VARIANTS.find((v) => v.name === row.target.name)
     const other = variant?.vs && rows.find((r) => r.target.name === variant.vs)
     if (!other) continue
-    const entry = { variant: variant.name, vs: variant.vs, ratio: {}, verdict: {} }
+    const entry = { variant: variant.name, vs: variant.vs, goals: variant.goals ?? {}, verdict: {}, pairedMedian: {}, pairedRange: {}, bestRatio: {}, cpuRatio: {}, pairs: {} }
     for (const sc of SCENARIOS) {
-      entry.ratio[sc.id] = row.s[sc.id].rps / other.s[sc.id].rps
-      const goal = variant.goals?.[sc.id]
-      if (goal !== undefined) entry.verdict[sc.id] = row.s[sc.id].valid && other.s[sc.id].valid && entry.ratio[sc.id] >= goal ? "PASS" : "FAIL"
+      const mine = results.get(row.target)[sc.id], theirs = results.get(other.target)[sc.id]
+      const pairs = mine.map((a, i) => {
+        const b = theirs[i]
+        const cpuRatio = a.cpuUsPerResponse && b.cpuUsPerResponse ? b.cpuUsPerResponse / a.cpuUsPerResponse : undefined
+        return { round: i + 1, ratio: a.rps / b.rps, cpuRatio, rps: a.rps, vsRps: b.rps, cpuUsPerResponse: a.cpuUsPerResponse, vsCpuUsPerResponse: b.cpuUsPerResponse,
+          first: a.seq < b.seq ? variant.name : variant.vs, adjacent: Math.abs(a.seq - b.seq) === 1,
+          disturbed: Boolean(a.disturbed || b.disturbed), errors: Boolean(a.non2xx || a.socketErrors || b.non2xx || b.socketErrors) }
+      })
+      const ratios = pairs.map((p) => p.ratio), cpus = pairs.map((p) => p.cpuRatio)
+      entry.pairs[sc.id] = pairs
+      entry.pairedMedian[sc.id] = median(ratios)
+      entry.pairedRange[sc.id] = [Math.min(...ratios), Math.max(...ratios)]
+      entry.bestRatio[sc.id] = row.s[sc.id].best / other.s[sc.id].best
+      entry.cpuRatio[sc.id] = cpus.includes(undefined) ? undefined : median(cpus)
+      const goal = entry.goals[sc.id]
+      if (goal !== undefined) entry.verdict[sc.id] = row.s[sc.id].valid && other.s[sc.id].valid && entry.pairedMedian[sc.id] >= goal ? "PASS" : "FAIL"
     }
     versus.push(entry)
-    const cells = SCENARIOS.map((sc) => `${sc.id} ${entry.ratio[sc.id].toFixed(2)}` +
-      (entry.verdict[sc.id] ? ` ${entry.verdict[sc.id]} (goal >= ${variant.goals[sc.id]})` : ""))
-    console.log(`\n${variant.name} vs ${variant.vs}: ${cells.join(", ")}`)
+    // Scenarios with a goal first: the verdict leads the line.
+    const ordered = [...SCENARIOS].sort((a, b) => (entry.goals[a.id] === undefined) - (entry.goals[b.id] === undefined))
+    const cells = ordered.map(({ id }) => {
+      const pairs = entry.pairs[id], [lo, hi] = entry.pairedRange[id]
+      const invalid = row.s[id].valid && other.s[id].valid ? "" : "!"
+      const disturbed = pairs.filter((p) => p.disturbed).length
+      const apart = pairs.filter((p) => !p.adjacent).length
+      const details = [
+        ...(entry.verdict[id] ? [`goal >= ${entry.goals[id]}`] : []),
+        pairs.length === 1 ? "1 paired round" : `median of ${pairs.length} paired rounds, range ${lo.toFixed(2)}-${hi.toFixed(2)}`,
+        `best/best ${entry.bestRatio[id].toFixed(2)}`,
+        ...(entry.cpuRatio[id] !== undefined ? [`cpu per response ${entry.cpuRatio[id].toFixed(2)}`] : []),
+        ...(disturbed ? [`${disturbed} pair(s) disturbed *`] : []),
+        ...(apart ? [`${apart} pair(s) not back to back`] : [])
+      ]
+      return `${pad(id, 6)} ${entry.pairedMedian[id].toFixed(2)}${invalid}${entry.verdict[id] ? " " + entry.verdict[id] : ""} (${details.join("; ")})`
+    })
+    console.log(`\n${variant.name} vs ${variant.vs}:\n${cells.map((c) => "  " + c).join("\n")}`)
+  }
+  if (versus.length) {
+    console.log("  paired: the figure (and the verdict) is the median over rounds of variant / other, the two measured back to back;")
+    console.log("  cpu per response: median of other's CPU per response / variant's (1.00 = same cost, lower = the variant costs more);")
+    console.log("  ! = a figure not valid (see under the table), * = measured while other processes were busy.")
   }
   if (sink) {
     const stats = await otlpSinkStats(sink)
@@ -760,7 +825,7 @@ const main = async () => {
       proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js", streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
       scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p })) },
     skipped: nginxNote,
-    versus: versus.map(({ variant, vs, ratio, verdict }) => ({ variant, vs, ratio, verdict })),
+    versus,
     otlpSink: versus.otlpSink,
     targets: rows.map((row) => ({
       name: row.target.name, kind: row.target.kind, note: row.target.note, checksApiKey: row.target.kind === "limit" ? null : row.target.auth,
