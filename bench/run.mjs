@@ -14,7 +14,8 @@
 // base env (PORT, HOST, OLLAMA_MANAGED=false, OLLAMA_HOST, AUTHORIZATION_APIKEY, AUTHORIZATION_LOG_LEVEL)
 // plus `env`. Add entries here, e.g. { name: "proxy, metering off", env: { SOME_SWITCH: "false" } }.
 // `{OTLP_SINK}` in a value is replaced by the URL of bench/otlp-sink.mjs, started when a variant uses it.
-// `vs` names another variant: its figures are also given as a ratio to that one, against `goals`.
+// `vs` names another variant: the two are measured back to back in every round, and the median of the
+// per-round ratios (variant / other) is checked against `goals`.
 // `{WEBHOOK_URL}` in a value is the bench's own usage webhook (bench/webhook.mjs, started when used).
 // ---------------------------------------------------------------------------------------------------
 const VARIANTS = [
