@@ -14,7 +14,8 @@
 // base env (PORT, HOST, OLLAMA_MANAGED=false, OLLAMA_HOST, AUTHORIZATION_APIKEY, AUTHORIZATION_LOG_LEVEL)
 // plus `env`. Add entries here, e.g. { name: "proxy, metering off", env: { SOME_SWITCH: "false" } }.
 // `{OTLP_SINK}` in a value is replaced by the URL of bench/otlp-sink.mjs, started when a variant uses it.
-// `vs` names another variant: its figures are also given as a ratio to that one, against `goals`.
+// `vs` names another variant: the two are measured back to back in every round, and the median of the
+// per-round ratios (variant / other) is checked against `goals`.
 // `{WEBHOOK_URL}` in a value is the bench's own usage webhook (bench/webhook.mjs, started when used).
 // ---------------------------------------------------------------------------------------------------
 const VARIANTS = [
@@ -474,10 +475,15 @@ const runWrk = async (target, scenario, seconds, targets) => {
   if (!scenario.post) args.push("-H", `Authorization: Bearer ${KEY}`)
   args.push(`http://127.0.0.1:${target.port}${scenario.path}`)
   const [cmd, cmdArgs] = pinning?.mode === "split" ? [pinning.taskset, ["-c", pinning.rest, "wrk", ...args]] : ["wrk", args]
+  const ticksBefore = targetTicks(target)
+  const startedAt = process.hrtime.bigint()
   const child = startChild("wrk", cmd, cmdArgs, { env: { ...process.env, BENCH_KEY: KEY, BENCH_BODY: GENERATE_BODY, BENCH_POST: scenario.post ? "1" : "" } })
   const killer = setTimeout(() => killPid(child.pid, "SIGKILL"), (seconds + 20) * 1000)
   const exit = await child.exitedPromise
   clearTimeout(killer)
+  const ticksAfter = targetTicks(target)
+  const cpuSeconds = ticksBefore === undefined || ticksAfter === undefined ? undefined : (ticksAfter - ticksBefore) / CLK_TCK
+  const wallSeconds = Number(process.hrtime.bigint() - startedAt) / 1e9
   const out = child.stdout.get()
   const line = out.split("\n").find((l) => l.startsWith("BENCH_JSON "))
   if (!line) throw new Fatal(`wrk against ${target.name} ${scenario.path} failed (${describeExit(child)}):\n${out}\n${child.stderr.get()}`)
@@ -491,6 +497,10 @@ const runWrk = async (target, scenario, seconds, targets) => {
     socketErrors,
     errors: { connect: s.connect, read: s.read, write: s.write, timeout: s.timeout, status: s.status },
     latencyMs: { p50: s.p50_us / 1000, p99: s.p99_us / 1000, mean: s.mean_us / 1000 },
+    // CPU time (user + system, all threads; nginx: master + worker) of the target's own process(es)
+    // while wrk ran, per completed response; and how many cores that was on average.
+    cpuUsPerResponse: cpuSeconds !== undefined && s.requests ? cpuSeconds * 1e6 / s.requests : undefined,
+    cpuCores: cpuSeconds !== undefined ? cpuSeconds / wallSeconds : undefined,
     exit
   }
 }
@@ -505,12 +515,20 @@ const runWrk = async (target, scenario, seconds, targets) => {
 const CLK_TCK = (() => {
   try { return Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100 } catch { return 100 }
 })()
-const procTicks = (pid) => {
+const statTicks = (pid) => {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ") // f[11..14] = utime stime cutime cstime
-    return Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
-  } catch { return 0 }
+    return { own: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) }
+  } catch { return undefined }
+}
+// CPU ticks of a process (all its threads) and of its children it has reaped.
+const procTicks = (pid) => { const t = statTicks(pid); return t ? t.own + t.reaped : 0 }
+// CPU ticks of a target's own process(es), children it reaped excluded; undefined when unknown.
+const targetTicks = (target) => {
+  if (process.platform !== "linux") return undefined
+  const [main, ...others] = targetPids(target).map(statTicks)
+  return main && others.reduce((a, t) => a + (t?.own ?? 0), main.own)
 }
 const busyTicks = () => {
   const f = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number)
@@ -550,6 +568,32 @@ const measure = async (target, scenario, opts, targets) => {
   kept.disturbed = kept.foreignCores !== undefined && kept.foreignCores > opts.maxForeign
   return kept
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Order of the measurements in a round. A variant compared with another (`vs`) is judged on the ratio of
+// the two measured back to back in the same round (paired), so they must be neighbours: each variant
+// with the variants measured against it forms a group, the variant in the middle and up to one of
+// them on each side (the others as close as possible). Groups and lone targets are rotated every
+// round, and every other round a group is reversed, so neither side of a pair always goes first.
+// ---------------------------------------------------------------------------------------------------
+const measurementGroups = (targets) => {
+  const byName = new Map(targets.map((t) => [t.name, t]))
+  const root = (t) => {
+    const seen = new Set([t])
+    for (let next; (next = byName.get(VARIANTS.find((v) => v.name === t.name)?.vs)) && !seen.has(next);) seen.add(t = next)
+    return t
+  }
+  const groups = []
+  for (const t of targets) {
+    const hub = root(t)
+    let group = groups.find((g) => g.hub === hub)
+    if (!group) groups.push(group = { hub, others: [] })
+    if (t !== hub) group.others.push(t)
+  }
+  return groups.map(({ hub, others }) => [...others.filter((_, i) => i % 2 === 0).reverse(), hub, ...others.filter((_, i) => i % 2 === 1)])
+}
+const roundOrder = (groups, round) =>
+  groups.map((_, i) => groups[(i + round) % groups.length]).flatMap((g) => (round % 2 ? [...g].reverse() : g))
 
 // ---------------------------------------------------------------------------------------------------
 // Report helpers
@@ -614,18 +658,22 @@ const main = async () => {
   }
 
   const results = new Map(targets.map((t) => [t, Object.fromEntries(SCENARIOS.map((s) => [s.id, []]))]))
+  const groups = measurementGroups(targets)
+  let seq = 0
   for (let round = 0; round < opts.rounds; round++) {
     for (const scenario of SCENARIOS) {
-      // Interleave targets, rotating the order each round, so drift and noise hit all of them alike.
-      const order = targets.map((_, i) => targets[(i + round) % targets.length])
-      for (const target of order) {
+      // Interleave targets, rotating the order each round, so drift and noise hit all of them alike;
+      // a variant and the one it is compared with stay neighbours (see measurementGroups).
+      for (const target of roundOrder(groups, round)) {
         if (opts.warmup > 0) await runWrk(target, scenario, opts.warmup, targets)
         const r = await measure(target, scenario, opts, targets)
+        r.seq = seq++
         results.get(target)[scenario.id].push(r)
         const errs = r.non2xx || r.socketErrors ? `  !! ${r.non2xx} non-2xx, socket errors ${JSON.stringify(r.errors)}` : ""
         const others = r.foreignCores === undefined ? "" : `  others ${r.foreignCores.toFixed(2)} cores${r.disturbed ? " (busy)" : ""}`
+        const cpu = r.cpuUsPerResponse === undefined ? "" : `  cpu ${fmt(r.cpuUsPerResponse)} us/resp`
         console.log(`  round ${round + 1}/${opts.rounds}  ${pad(scenario.id, 6)}  ${pad(target.name, 22)} ${lpad(fmt(r.rps), 8)} /s  ` +
-          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${others}${errs}`)
+          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${cpu}${others}${errs}`)
       }
     }
   }
@@ -652,7 +700,9 @@ const main = async () => {
     if (non2xx) problems.push(`${non2xx} non-2xx`)
     if (socketErrors) problems.push(`${socketErrors} socket errors`)
     if (short) problems.push(`short responses (${fmt(bytes)} B vs ${fmt(refBytes)} B direct)`)
+    const cpu = runs.map((r) => r.cpuUsPerResponse)
     return { rps: value, best: Math.max(...rps), median: median(rps), rounds: rps, bytesPerResponse: bytes, non2xx, socketErrors, problems, valid: problems.length === 0,
+      cpuUsPerResponse: cpu.includes(undefined) ? undefined : median(cpu), cpuUsPerResponseRounds: cpu, cpuCoresRounds: runs.map((r) => r.cpuCores),
       latencyMs: runs.map((r) => r.latencyMs), otherProcessesCores: runs.map((r) => r.foreignCores), attempts: runs.map((r) => r.attempts),
       disturbedRounds: runs.filter((r) => r.disturbed).length,
       reportedDisturbed: runs.find((r) => r.rps === value)?.disturbed ?? runs.some((r) => r.disturbed) }
@@ -666,7 +716,7 @@ const main = async () => {
   })
 
   // Table
-  const cols = [["target", 22], ["auth", 5], ["tags req/s", 11], ["vs base", 12], ["stream resp/s", 14], ["vs base", 12], ["peak RSS", 9]]
+  const cols = [["target", 22], ["auth", 5], ["tags req/s", 11], ["vs base", 10], ["cpu us", 7], ["stream resp/s", 14], ["vs base", 10], ["cpu us", 7], ["peak RSS", 9]]
   const line = (cells) => cells.map((c, i) => (i < 2 ? pad(c, cols[i][1]) : lpad(c, cols[i][1]))).join("  ")
   const ratioCell = (row, id) => {
     const r = row.ratio[id]
@@ -681,8 +731,8 @@ const main = async () => {
     const flag = (id) => (row.s[id].valid ? "" : " !") + (row.s[id].reportedDisturbed ? "*" : "")
     console.log(line([
       t.name, t.kind === "limit" ? "-" : t.auth ? "yes" : "NO",
-      fmt(row.s.tags.rps) + flag("tags"), ratioCell(row, "tags"),
-      fmt(row.s.stream.rps) + flag("stream"), ratioCell(row, "stream"),
+      fmt(row.s.tags.rps) + flag("tags"), ratioCell(row, "tags"), fmt(row.s.tags.cpuUsPerResponse),
+      fmt(row.s.stream.rps) + flag("stream"), ratioCell(row, "stream"), fmt(row.s.stream.cpuUsPerResponse),
       t.memory ? `${(t.memory.peakKiB / 1024).toFixed(0)} MB` : "n/a"
     ]))
   }
@@ -694,28 +744,65 @@ const main = async () => {
   console.log("  limit (direct) = wrk straight to the fake upstream: the ceiling no proxy can beat on this machine.")
   if (targets.some((t) => t.kind === "nginx")) console.log("  nginx does not check the API key (auth NO): it does less work than the others.")
   if (nginxNote) console.log(`  ${nginxNote.split("\n")[0]}`)
+  console.log("  cpu us = CPU time of the target's process(es) per completed response, median of rounds (limit: the upstream's).")
   console.log("  peak RSS = VmHWM of the process (nginx: largest of master and worker) over the whole run.")
   console.log(`  ${pinNote}.`)
   const disturbed = rows.reduce((a, row) => a + SCENARIOS.reduce((b, sc) => b + row.s[sc.id].disturbedRounds, 0), 0)
   if (disturbed) console.log(`  * ${disturbed} measurement(s) ran while other processes used > ${opts.maxForeign} cores (retries exhausted); * marks a reported figure that is one of them.`)
   console.log("  Figures are noisy on a shared 2-core machine: compare ratios measured in the same run, not runs.")
 
-  // Variants measured against another variant (tracing on vs off).
+  // Variants measured against another variant (e.g. usage webhook on vs off). On this machine a single
+  // figure moves +-7% from round to round, so the ratio of two bests cannot decide a 5% goal. The
+  // verdict is the median of the per-round ratios of the two measured back to back (paired); the ratio
+  // of the bests and the paired ratio of CPU time per response are printed next to it.
   const versus = []
   for (const row of rows) {
     const variant = VARIANTS.find((v) => v.name === row.target.name)
     const other = variant?.vs && rows.find((r) => r.target.name === variant.vs)
     if (!other) continue
-    const entry = { variant: variant.name, vs: variant.vs, ratio: {}, verdict: {} }
+    const entry = { variant: variant.name, vs: variant.vs, goals: variant.goals ?? {}, verdict: {}, pairedMedian: {}, pairedRange: {}, bestRatio: {}, cpuRatio: {}, pairs: {} }
     for (const sc of SCENARIOS) {
-      entry.ratio[sc.id] = row.s[sc.id].rps / other.s[sc.id].rps
-      const goal = variant.goals?.[sc.id]
-      if (goal !== undefined) entry.verdict[sc.id] = row.s[sc.id].valid && other.s[sc.id].valid && entry.ratio[sc.id] >= goal ? "PASS" : "FAIL"
+      const mine = results.get(row.target)[sc.id], theirs = results.get(other.target)[sc.id]
+      const pairs = mine.map((a, i) => {
+        const b = theirs[i]
+        const cpuRatio = a.cpuUsPerResponse && b.cpuUsPerResponse ? b.cpuUsPerResponse / a.cpuUsPerResponse : undefined
+        return { round: i + 1, ratio: a.rps / b.rps, cpuRatio, rps: a.rps, vsRps: b.rps, cpuUsPerResponse: a.cpuUsPerResponse, vsCpuUsPerResponse: b.cpuUsPerResponse,
+          first: a.seq < b.seq ? variant.name : variant.vs, adjacent: Math.abs(a.seq - b.seq) === 1,
+          disturbed: Boolean(a.disturbed || b.disturbed), errors: Boolean(a.non2xx || a.socketErrors || b.non2xx || b.socketErrors) }
+      })
+      const ratios = pairs.map((p) => p.ratio), cpus = pairs.map((p) => p.cpuRatio)
+      entry.pairs[sc.id] = pairs
+      entry.pairedMedian[sc.id] = median(ratios)
+      entry.pairedRange[sc.id] = [Math.min(...ratios), Math.max(...ratios)]
+      entry.bestRatio[sc.id] = row.s[sc.id].best / other.s[sc.id].best
+      entry.cpuRatio[sc.id] = cpus.includes(undefined) ? undefined : median(cpus)
+      const goal = entry.goals[sc.id]
+      if (goal !== undefined) entry.verdict[sc.id] = row.s[sc.id].valid && other.s[sc.id].valid && entry.pairedMedian[sc.id] >= goal ? "PASS" : "FAIL"
     }
     versus.push(entry)
-    const cells = SCENARIOS.map((sc) => `${sc.id} ${entry.ratio[sc.id].toFixed(2)}` +
-      (entry.verdict[sc.id] ? ` ${entry.verdict[sc.id]} (goal >= ${variant.goals[sc.id]})` : ""))
-    console.log(`\n${variant.name} vs ${variant.vs}: ${cells.join(", ")}`)
+    // Scenarios with a goal first: the verdict leads the line.
+    const ordered = [...SCENARIOS].sort((a, b) => (entry.goals[a.id] === undefined) - (entry.goals[b.id] === undefined))
+    const cells = ordered.map(({ id }) => {
+      const pairs = entry.pairs[id], [lo, hi] = entry.pairedRange[id]
+      const invalid = row.s[id].valid && other.s[id].valid ? "" : "!"
+      const disturbed = pairs.filter((p) => p.disturbed).length
+      const apart = pairs.filter((p) => !p.adjacent).length
+      const details = [
+        ...(entry.verdict[id] ? [`goal >= ${entry.goals[id]}`] : []),
+        pairs.length === 1 ? "1 paired round" : `median of ${pairs.length} paired rounds, range ${lo.toFixed(2)}-${hi.toFixed(2)}`,
+        `best/best ${entry.bestRatio[id].toFixed(2)}`,
+        ...(entry.cpuRatio[id] !== undefined ? [`cpu per response ${entry.cpuRatio[id].toFixed(2)}`] : []),
+        ...(disturbed ? [`${disturbed} pair(s) disturbed *`] : []),
+        ...(apart ? [`${apart} pair(s) not back to back`] : [])
+      ]
+      return `${pad(id, 6)} ${entry.pairedMedian[id].toFixed(2)}${invalid}${entry.verdict[id] ? " " + entry.verdict[id] : ""} (${details.join("; ")})`
+    })
+    console.log(`\n${variant.name} vs ${variant.vs}:\n${cells.map((c) => "  " + c).join("\n")}`)
+  }
+  if (versus.length) {
+    console.log("  paired: the figure (and the verdict) is the median over rounds of variant / other, the two measured back to back;")
+    console.log("  cpu per response: median of other's CPU per response / variant's (1.00 = same cost, lower = the variant costs more);")
+    console.log("  ! = a figure not valid (see under the table), * = measured while other processes were busy.")
   }
   if (sink) {
     const stats = await otlpSinkStats(sink)
@@ -739,7 +826,7 @@ const main = async () => {
       proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js", streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
       scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p })) },
     skipped: nginxNote,
-    versus: versus.map(({ variant, vs, ratio, verdict }) => ({ variant, vs, ratio, verdict })),
+    versus,
     otlpSink: versus.otlpSink,
     targets: rows.map((row) => ({
       name: row.target.name, kind: row.target.kind, note: row.target.note, checksApiKey: row.target.kind === "limit" ? null : row.target.auth,
