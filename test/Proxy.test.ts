@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto"
 import { createServer, type IncomingMessage, type Server } from "node:http"
 import { once } from "node:events"
-import type { AddressInfo } from "node:net"
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from "node:net"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
@@ -342,6 +342,61 @@ describe("request bodies are streamed, not buffered", () => {
     req.end(half)
     const [res] = (await once(req, "response")) as [IncomingMessage]
     expect(JSON.parse((await readToEnd(res)).body)).toEqual({ bytes: half.length * 2 })
+  })
+})
+
+describe("lines that arrive in one read", () => {
+  // A raw upstream, to control what lands in a single read: three NDJSON lines as three HTTP chunks,
+  // then (for the broken case) a chunk header that is not hex, all in one write.
+  const lines = [0, 1, 2].map((i) => JSON.stringify({ model: "llama3.2", response: `t${i}`, done: false }) + "\n")
+  const chunked = lines.map((l) => `${Buffer.byteLength(l).toString(16)}\r\n${l}\r\n`).join("")
+  let upstream: NetServer
+  let rawProxy: RunningProxy
+  let tail = "0\r\n\r\n"
+
+  beforeAll(async () => {
+    upstream = createNetServer((socket) => {
+      let head = ""
+      socket.on("data", (d: Buffer) => {
+        head += d.toString("latin1")
+        const end = head.indexOf("\r\n\r\n")
+        if (end < 0) return
+        const length = Number(/content-length: *(\d+)/i.exec(head.slice(0, end))?.[1] ?? 0)
+        if (head.length < end + 4 + length) return
+        const isHealth = head.startsWith("GET / ") || head.startsWith("HEAD / ")
+        head = ""
+        if (isHealth) return void socket.write("HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\nOllama is running")
+        socket.write(`HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n${chunked}${tail}`)
+      })
+      socket.on("error", () => {})
+    }).listen(0, "127.0.0.1")
+    await once(upstream, "listening")
+    rawProxy = await startProxy({ OLLAMA_HOST: `127.0.0.1:${(upstream.address() as AddressInfo).port}` })
+    await waitForPing(rawProxy, 200)
+  })
+
+  afterAll(async () => {
+    await rawProxy?.close()
+    upstream?.close()
+  })
+
+  const generate = () =>
+    open(`${rawProxy.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "llama3.2", prompt: "Hi" }) })
+
+  it("relays them whole and in order", async () => {
+    tail = "0\r\n\r\n"
+    const { res } = await generate()
+    const result = await readToEnd(res)
+    expect(result.complete).toBe(true)
+    expect(result.body).toBe(lines.join(""))
+  })
+
+  it("relays the lines read before a broken chunk, then cuts the connection", async () => {
+    tail = "zz\r\n"
+    const { res } = await generate()
+    const result = await readToEnd(res)
+    expect(result.complete).toBe(false)
+    expect(result.body).toBe(lines.join(""))
   })
 })
 

