@@ -13,8 +13,10 @@
 // The measured proxy is pinned to the last CPU; the receiver and the load sender to the others; wrk
 // and the upstream float, as with `bench/run.mjs --pin target`.
 // Printed: per round and as medians, on/off (what bench/run.mjs reports), on/(off + load) (the
-// proxy's own cost: the issue's goal, >= 0.95) and (off + load)/off (the receiver's share), with the
-// proxy's CPU time per response.
+// proxy's own cost) and (off + load)/off (the receiver's share), each for throughput and for the
+// proxy's CPU time per response. The verdict (issue 4's goal, >= 0.95) is on the CPU time of
+// on/(off + load): since the relay writes a batch per read, the proxy is no longer what limits the
+// stream scenario's throughput on 2 cores (wrk and the upstream are), so throughput hides its cost.
 import { spawn, spawnSync } from "node:child_process"
 import { readFileSync } from "node:fs"
 import http from "node:http"
@@ -205,5 +207,5 @@ console.log(`
 medians of ${ROUNDS} rounds (throughput; CPU time per response as other / on, 1.00 = same cost):
   on / off                ${f2(median(rows.map((r) => r.raw)))}  cpu ${f2(median(rows.map((r) => r.off.cpuUs / r.on.cpuUs)))}   webhook on vs off, receiver included (bench/run.mjs's figure)
   (off + load) / off      ${f2(median(rows.map((r) => r.receiver)))}  cpu ${f2(median(rows.map((r) => r.off.cpuUs / r["off + load"].cpuUs)))}   the receiver's share: the proxy does nothing more
-  on / (off + load)       ${f2(own)}  cpu ${f2(cpuOwn)}   the proxy's own cost of metering and posting: ${own >= GOAL ? "PASS" : "FAIL"} (goal >= ${GOAL})`)
+  on / (off + load)       ${f2(own)}  cpu ${f2(cpuOwn)}   the proxy's own cost of metering and posting: ${cpuOwn >= GOAL ? "PASS" : "FAIL"} (goal: cpu >= ${GOAL})`)
 process.exit(0)
