@@ -160,6 +160,9 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
           res.once("drain", resume)
         }
       }
+      // The only object literal of this shape handed to undici: another one with these five
+      // methods would make V8 share and generalise its map and slow the per-chunk path (other
+      // handlers are classes, see PostHandler in src/usage/Webhook.ts).
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c
