@@ -3,7 +3,7 @@
 //   node bench/coldstart.mjs [runs]
 import { spawn } from "node:child_process"
 import { existsSync } from "node:fs"
-import { createServer } from "node:net"
+import { freePort, median } from "./lib.mjs"
 import { fileURLToPath } from "node:url"
 import { startFakeOllama } from "../test/fake-ollama/server.mjs"
 
@@ -14,14 +14,6 @@ if (!existsSync(bundle)) {
   process.exit(1)
 }
 const runs = Number(process.argv[2] ?? 10)
-
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address()
-      s.close(() => resolve(port))
-    })
-  })
 
 const pingStatus = (port) => fetch(`http://127.0.0.1:${port}/ping`).then((r) => r.status, () => 0)
 
@@ -47,11 +39,6 @@ const once = async (env) => {
     child.kill("SIGTERM")
     await new Promise((r) => child.once("exit", r))
   }
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b)
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
 }
 
 const measure = async (label, env) => {

@@ -35,11 +35,11 @@ const GOALS = { tags: 0.8, stream: 0.9 }
 import { spawn, spawnSync } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync, accessSync, constants } from "node:fs"
 import http from "node:http"
-import net from "node:net"
 import os from "node:os"
 import path from "node:path"
 import { randomBytes } from "node:crypto"
 import { fileURLToPath } from "node:url"
+import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -201,13 +201,6 @@ const request = ({ port, method = "GET", path: p = "/", headers = {}, body, time
     req.on("error", reject)
     req.end(body)
   })
-
-const freePort = () => new Promise((resolve, reject) => {
-  const srv = net.createServer()
-  srv.unref()
-  srv.on("error", reject)
-  srv.listen(0, "127.0.0.1", () => { const { port } = srv.address(); srv.close(() => resolve(port)) })
-})
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -426,14 +419,6 @@ const preflight = async (target) => {
 // --pin off / --no-pin / BENCH_PIN=0: no pinning.
 // ---------------------------------------------------------------------------------------------------
 let pinning // { mode, taskset, cpu, rest, all } when active
-const allowedCpus = () => {
-  // The CPUs this process may use (a container or cgroup may allow fewer than os.cpus() reports).
-  const list = readFileSync("/proc/self/status", "utf8").match(/^Cpus_allowed_list:\s*(\S+)/m)?.[1] ?? ""
-  return list.split(",").filter(Boolean).flatMap((r) => {
-    const [a, b = a] = r.split("-").map(Number)
-    return Array.from({ length: b - a + 1 }, (_, i) => a + i)
-  })
-}
 const setupPinning = (opts) => {
   if (opts.pin === "off") return "CPU pinning off (--pin off)"
   if (process.platform !== "linux") return "CPU pinning off (Linux only)"
@@ -512,16 +497,6 @@ const runWrk = async (target, scenario, seconds, targets) => {
 // short pause (up to --retries times, and at most half as many retries as measurements in the whole
 // run, so a busy machine costs at most +50% time) and the least disturbed attempt is kept. Linux only.
 // ---------------------------------------------------------------------------------------------------
-const CLK_TCK = (() => {
-  try { return Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100 } catch { return 100 }
-})()
-const statTicks = (pid) => {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ") // f[11..14] = utime stime cutime cstime
-    return { own: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) }
-  } catch { return undefined }
-}
 // CPU ticks of a process (all its threads) and of its children it has reaped.
 const procTicks = (pid) => { const t = statTicks(pid); return t ? t.own + t.reaped : 0 }
 // CPU ticks of a target's own process(es), children it reaped excluded; undefined when unknown.
@@ -601,7 +576,6 @@ const roundOrder = (groups, round) =>
 const pad = (s, n) => String(s).padEnd(n)
 const lpad = (s, n) => String(s).padStart(n)
 const fmt = (n) => (n === undefined || Number.isNaN(n) ? "-" : Math.round(n).toLocaleString("en-US"))
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2 }
 
 const peakRss = (pid) => {
   try {

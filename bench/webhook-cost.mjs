@@ -18,11 +18,11 @@
 // on/(off + load): since the relay writes a batch per read, the proxy is no longer what limits the
 // stream scenario's throughput on 2 cores (wrk and the upstream are), so throughput hides its cost.
 import { spawn, spawnSync } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { existsSync } from "node:fs"
 import http from "node:http"
-import net from "node:net"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
+import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const MAIN = path.join(BENCH, "..", "dist", "main.js")
@@ -39,20 +39,10 @@ const fail = (message) => {
 for (const tool of ["wrk", "taskset"]) {
   if (spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0) fail(`${tool} not found (apt-get install -y wrk util-linux)`)
 }
-try {
-  readFileSync(MAIN)
-} catch {
-  fail(`${MAIN} not found: run npm run build first (npm run bench:webhook does)`)
-}
+if (!existsSync(MAIN)) fail(`${MAIN} not found: run npm run build first (npm run bench:webhook does)`)
 
-// CPUs this process may use: the measured proxy gets the last, the receiver and the sender the rest.
-const cpus = (() => {
-  const line = readFileSync("/proc/self/status", "utf8").split("\n").find((l) => l.startsWith("Cpus_allowed_list:"))
-  return line.split(":")[1].trim().split(",").flatMap((part) => {
-    const [a, b = a] = part.split("-").map(Number)
-    return Array.from({ length: b - a + 1 }, (_, i) => a + i)
-  })
-})()
+// The measured proxy gets the last allowed CPU, the receiver and the load sender the rest.
+const cpus = allowedCpus()
 if (cpus.length < 2) fail("needs at least 2 CPUs")
 const measuredCpu = String(cpus.at(-1))
 const restCpus = cpus.slice(0, -1).join(",")
@@ -86,13 +76,6 @@ const waitForLine = (child, pattern) =>
       }
     })
   })
-const freePort = () =>
-  new Promise((resolve) => {
-    const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
 const get = (port, urlPath) =>
   new Promise((resolve, reject) => {
     http.get({ host: "127.0.0.1", port, path: urlPath }, (res) => {
@@ -101,12 +84,8 @@ const get = (port, urlPath) =>
       res.on("end", () => resolve({ status: res.statusCode, body }))
     }).on("error", reject)
   })
-const ticks = (pid) => {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  return Number(fields[11]) + Number(fields[12]) // utime + stime, all threads
-}
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100
+/** CPU ticks of a process, all its threads. */
+const ticks = (pid) => statTicks(pid)?.own ?? NaN
 
 const upstream = start([path.join(BENCH, "upstream.mjs"), "0"])
 const upstreamPort = (await waitForLine(upstream, /listening (\d+)/))[1]
@@ -163,11 +142,6 @@ const measure = async (proxy, seconds, loadRate) => {
   }
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2
-}
 const f2 = (x) => x.toFixed(2)
 const int = (x) => Math.round(x).toLocaleString("en-US")
 
