@@ -150,13 +150,13 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
       // writes a line per token, so under load one read holds many lines; per-line writes cost the
       // relay half its CPU (bench: stream relay 1.33x the baseline with this, 0.96x without).
       let batch: Array<Buffer> | undefined
-      const flush = (c: Dispatcher.DispatchController) => {
+      const flush = () => {
         const chunks = batch
         batch = undefined
         if (chunks === undefined || res.destroyed) return
         if (!res.write(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)) && !waitingForDrain) {
           waitingForDrain = true
-          c.pause()
+          controller?.pause()
           res.once("drain", resume)
         }
       }
@@ -185,25 +185,25 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
           observer?.onResponseStart?.(status, headers)
           if (headers["content-length"] === undefined) res.flushHeaders()
         },
-        onResponseData(c, chunk) {
+        onResponseData(_c, chunk) {
           observer?.onData?.(chunk)
           const out = filter === undefined ? chunk : filter.push(chunk)
           if (out.length === 0) return
           if (batch === undefined) {
             batch = [out]
-            process.nextTick(flush, c)
+            process.nextTick(flush)
           } else batch.push(out)
         },
-        onResponseEnd(c) {
-          if (batch !== undefined) flush(c)
+        onResponseEnd() {
+          flush()
           const held = filter?.end()
           if (held !== undefined && held.length > 0) res.write(held)
           res.end()
           finish("completed")
         },
-        onResponseError(c, error) {
+        onResponseError(_c, error) {
           // What Ollama sent before failing still reaches the client, as it would unbatched.
-          if (batch !== undefined) flush(c)
+          flush()
           if (error instanceof ClientAborted || res.destroyed) {
             finish("client_aborted", error)
             return

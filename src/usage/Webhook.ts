@@ -159,7 +159,6 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
       return { enabled: false, offer: () => {} } satisfies UsageWebhookShape as UsageWebhookShape
     }
     const url = config.webhookUrl.value
-    const apiKey = config.webhookApiKey
     const timeoutMs = Duration.toMillis(config.webhookTimeout)
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() => new Pool(url.origin, { connections: SENDERS, connectTimeout: timeoutMs, keepAliveTimeout: 30_000 })),
@@ -193,14 +192,13 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
         Effect.annotateLogs({ reason, record: "body" in item ? JSON.parse(item.body) : item })
       )
 
+    /** The headers every POST carries, made once. */
+    const fixedHeaders: Record<string, string> = { "content-type": "application/json", "user-agent": USER_AGENT }
+    if (Option.isSome(config.webhookApiKey)) fixedHeaders.authorization = `Bearer ${Redacted.value(config.webhookApiKey.value)}`
+
     /** One POST, on undici's dispatch callbacks: no response stream object, no AbortSignal. */
     const send = (item: Outgoing, sent: Sent) => {
-      const headers: Record<string, string> = {
-        "content-type": "application/json",
-        "user-agent": USER_AGENT,
-        "idempotency-key": item.id
-      }
-      if (Option.isSome(apiKey)) headers.authorization = `Bearer ${Redacted.value(apiKey.value)}`
+      const headers: Record<string, string> = { ...fixedHeaders, "idempotency-key": item.id }
       if (item.parent !== undefined) headers.traceparent = traceparentOf(item.parent)
       const attempt: Attempt = { since: performance.now() }
       inFlight.set(item, attempt)
