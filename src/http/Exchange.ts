@@ -79,17 +79,29 @@ export const observe = (taps: ReadonlyArray<ExchangeTap>, context: ExchangeConte
     if (observer !== undefined) observers.push(observer)
   }
   if (observers.length <= 1) return observers[0]
-  // Only the hooks some observer has: the proxy skips work (a body listener) nobody asked for.
-  const merged: { -readonly [K in keyof ExchangeObserver]: ExchangeObserver[K] } = {
+  const merged: Record<string, unknown> = {
     // Two rewrites of one exchange would have to agree on the bytes: the first one wins.
     rewrite: observers.find((o) => o.rewrite !== undefined)?.rewrite
   }
-  if (observers.some((o) => o.onUpstreamRequest)) {
-    merged.onUpstreamRequest = (headers) => observers.forEach((o) => o.onUpstreamRequest?.(headers))
+  for (const hook of HOOKS) {
+    const fn = everyOne(observers, hook)
+    if (fn !== undefined) merged[hook] = fn
   }
-  if (observers.some((o) => o.onRequestData)) merged.onRequestData = (chunk) => observers.forEach((o) => o.onRequestData?.(chunk))
-  merged.onResponseStart = (status, headers) => observers.forEach((o) => o.onResponseStart?.(status, headers))
-  merged.onData = (chunk) => observers.forEach((o) => o.onData?.(chunk))
-  merged.onEnd = (outcome, error) => observers.forEach((o) => o.onEnd?.(outcome, error))
-  return merged
+  return merged as ExchangeObserver
+}
+
+const HOOKS = ["onUpstreamRequest", "onRequestData", "onResponseStart", "onData", "onEnd"] as const
+type Hook = (typeof HOOKS)[number]
+
+/**
+ * The observers' `hook`, called in order: undefined when none has it (the proxy then skips the
+ * work, a body listener, nobody asked for), the one function itself when only one has it (onData
+ * runs per chunk: no loop around a single call).
+ */
+const everyOne = (observers: ReadonlyArray<ExchangeObserver>, hook: Hook) => {
+  const fns = observers.flatMap((o) => (o[hook] === undefined ? [] : [o[hook] as (a?: unknown, b?: unknown) => void]))
+  if (fns.length <= 1) return fns[0]
+  return (a?: unknown, b?: unknown) => {
+    for (const fn of fns) fn(a, b)
+  }
 }
