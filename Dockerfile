@@ -44,5 +44,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10m --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT_HEALTH||process.env.PORT||80)+'/ping').then(r=>process.exit(r.status===200?0:1),()=>process.exit(1))"]
 # Root, as in the Ollama image: GPU device nodes, RunPod's root-owned network volume and
 # Ollama's $HOME/.ollama all expect it. See README "Running as another user".
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/main.js"]
+# --no-memory-reducer: the flags of scripts/node-flags.mjs, which says why (node refuses them in NODE_OPTIONS).
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "--no-memory-reducer", "/app/main.js"]
 CMD []

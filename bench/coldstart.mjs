@@ -4,6 +4,7 @@
 import { spawn } from "node:child_process"
 import { existsSync } from "node:fs"
 import { freePort, median } from "./lib.mjs"
+import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { fileURLToPath } from "node:url"
 import { startFakeOllama } from "../test/fake-ollama/server.mjs"
 
@@ -21,7 +22,7 @@ const pingStatus = (port) => fetch(`http://127.0.0.1:${port}/ping`).then((r) => 
 const once = async (env) => {
   const port = await freePort()
   const started = performance.now()
-  const child = spawn(process.execPath, [bundle], {
+  const child = spawn(process.execPath, [...NODE_FLAGS, bundle], {
     env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", AUTHORIZATION_LOG_LEVEL: "error", ...env },
     stdio: "ignore"
   })

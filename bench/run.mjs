@@ -40,6 +40,7 @@ import path from "node:path"
 import { randomBytes } from "node:crypto"
 import { fileURLToPath } from "node:url"
 import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
+import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -346,7 +347,7 @@ const proxyCommand = (port, upstreamPort) => {
     const parts = custom.trim().split(/\s+/).map((s) => s.replaceAll("{PORT}", String(port)).replaceAll("{UPSTREAM_PORT}", String(upstreamPort)).replaceAll("{KEY}", KEY))
     return { cmd: parts[0] === "node" ? process.execPath : parts[0], args: parts.slice(1) }
   }
-  return { cmd: process.execPath, args: [path.join(ROOT, "dist", "main.js")] }
+  return { cmd: process.execPath, args: [...NODE_FLAGS, path.join(ROOT, "dist", "main.js")] }
 }
 
 // The usage webhook the variants post records to, started on first use.

@@ -23,6 +23,7 @@ import http from "node:http"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
+import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const MAIN = path.join(BENCH, "..", "dist", "main.js")
@@ -97,7 +98,7 @@ const records = async () => JSON.parse((await get(receiverPort, "/stats")).body)
 
 const startProxy = async (name, env) => {
   const port = await freePort()
-  const child = start([MAIN], {
+  const child = start([...NODE_FLAGS, MAIN], {
     PORT: String(port), HOST: "127.0.0.1", OLLAMA_MANAGED: "false", OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
     AUTHORIZATION_APIKEY: KEY, AUTHORIZATION_LOG_LEVEL: "warn", ...env
   })

@@ -4,6 +4,7 @@ import { spawn, spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { createServer } from "node:net"
 import { fileURLToPath } from "node:url"
+import { NODE_FLAGS } from "./node-flags.mjs"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 const port = Number(process.env.DEMO_PORT ?? 8080)
@@ -26,7 +27,7 @@ const stop = () => {
 process.on("SIGINT", stop)
 process.on("SIGTERM", stop)
 
-const proxy = spawn(process.execPath, [`${root}dist/main.js`], {
+const proxy = spawn(process.execPath, [...NODE_FLAGS, `${root}dist/main.js`], {
   env: {
     ...process.env,
     PORT: String(port),

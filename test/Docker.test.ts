@@ -8,6 +8,7 @@ import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { raw } from "./support/http.js"
+import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { BUNDLE, ROOT, spawnProxy } from "./support/proxy.js"
 
 const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8")
@@ -49,10 +50,19 @@ describe("Dockerfile", () => {
     expect(instructions).toContain("RUN npm run build")
     expect(instructions).toContain("COPY --from=build /src/dist/main.js /app/main.js")
     expect(existsSync(BUNDLE)).toBe(true)
-    expect(instructions).toContain('ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/main.js"]')
+    expect(instructions).toContain(`ENTRYPOINT ${JSON.stringify(["/usr/bin/tini", "--", "node", ...NODE_FLAGS, "/app/main.js"])}`.replaceAll(",", ", "))
     expect(instructions.find((l) => l.startsWith("HEALTHCHECK"))).toContain("/ping")
     expect(instructions).toContain("EXPOSE 80")
     expect(dockerfile).toMatch(/OLLAMA_HOST=127\.0\.0\.1:11434/)
+  })
+})
+
+describe("the V8 flags", () => {
+  it("are the same wherever the proxy is started (scripts/node-flags.mjs)", () => {
+    expect(NODE_FLAGS).toContain("--no-memory-reducer")
+    const scripts = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).scripts as Record<string, string>
+    expect(scripts.start).toBe(["node", ...NODE_FLAGS, "dist/main.js"].join(" "))
+    // The Dockerfile's ENTRYPOINT is checked above; node refuses these flags in NODE_OPTIONS.
   })
 })
 

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process"
 import { once } from "node:events"
 import { fileURLToPath } from "node:url"
 import { Layer, ManagedRuntime } from "effect"
+import { NODE_FLAGS } from "../../scripts/node-flags.mjs"
 import { appFromEnv } from "../../src/App.js"
 import { Server } from "../../src/http/Server.js"
 import { makeSignal } from "./signal.js"
@@ -59,7 +60,7 @@ export const spawnProxy = async (
   env: Record<string, string>,
   options: { waitForListening?: boolean; script?: string; cwd?: string } = {}
 ): Promise<SpawnedProxy> => {
-  const child = spawn(process.execPath, [options.script ?? BUNDLE], {
+  const child = spawn(process.execPath, [...NODE_FLAGS, options.script ?? BUNDLE], {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, PORT: "0", HOST: "127.0.0.1", AUTHORIZATION_LOG_JSON: "true", ...env },
     stdio: ["ignore", "pipe", "pipe"]
