@@ -3,7 +3,7 @@
 //
 //   node bench/run.mjs [--quick] [--rounds N] [--duration S] [--warmup S] [--initial-warmup S]
 //                      [--stat best|median] [--only name,name] [--no-nginx] [--pin target|split|off]
-//                      [--retries N] [--strict]
+//                      [--retries N] [--strict] [--same-process]
 //
 // Env: BENCH_DURATION, BENCH_ROUNDS, BENCH_WARMUP, BENCH_INITIAL_WARMUP, BENCH_PIN, BENCH_RETRIES (same as
 // the flags), BENCH_MAX_FOREIGN (cores other processes may use during a measurement before a retry),
@@ -58,7 +58,7 @@ const SCENARIOS = [
 const parseArgs = (argv) => {
   const opts = {
     quick: false, rounds: undefined, duration: undefined, warmup: undefined, initialWarmup: undefined, stat: "best",
-    only: undefined, nginx: true, pin: undefined, retries: undefined, strict: false
+    only: undefined, nginx: true, pin: undefined, retries: undefined, strict: false, fresh: true
   }
   for (let i = 0; i < argv.length; i++) {
     let [flag, value] = argv[i].split(/=(.*)/s, 2)
@@ -75,6 +75,7 @@ const parseArgs = (argv) => {
       case "--no-pin": opts.pin = "off"; break
       case "--pin": opts.pin = take(); break
       case "--strict": opts.strict = true; break
+      case "--same-process": opts.fresh = false; break
       case "--retries": opts.retries = Number(take()); break
       case "-h": case "--help":
         console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(0, 10).map((l) => l.replace(/^\/\/ ?/, "")).join("\n"))
@@ -386,7 +387,20 @@ const startVariant = async (variant, upstreamPort, sink) => {
   const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, env) })
   await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
   const extra = Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(" ")
-  return { name: variant.name, kind: "proxy", port, child, note: (process.env.BENCH_PROXY_CMD ? `BENCH_PROXY_CMD ` : "dist/main.js ") + (extra || "(default env)") }
+  return { name: variant.name, kind: "proxy", variant, port, child, note: (process.env.BENCH_PROXY_CMD ? `BENCH_PROXY_CMD ` : "dist/main.js ") + (extra || "(default env)") }
+}
+
+// A proxy process keeps its JIT and heap state for life, and that state moves its stream figure:
+// two identical proxies measured back to back over 6 rounds stayed 10-20% apart. So each round
+// after the first runs on new proxy processes (same variants, same JIT warm-up), and a paired
+// verdict, a median over rounds, is a median over processes too. --same-process turns this off.
+const restartVariant = async (target, upstreamPort, sink, opts, targets) => {
+  target.pastPeakKiB = Math.max(target.pastPeakKiB ?? 0, ...targetPids(target).map(peakRss).filter(Boolean).map((m) => m.hwmKiB))
+  await stopChild(target.child)
+  const fresh = await startVariant(target.variant, upstreamPort, sink)
+  target.port = fresh.port
+  target.child = fresh.child
+  for (const scenario of SCENARIOS) await runWrk(target, scenario, opts.initialWarmup, targets)
 }
 
 // Checks what each target really answers before load is put on it: a target that answers 401 or 502
@@ -622,9 +636,11 @@ const main = async () => {
 
   const measurements = SCENARIOS.length * targets.length * opts.rounds
   retryBudget = Math.ceil(measurements / 2)
-  const estimate = measurements * (opts.duration + opts.warmup) + SCENARIOS.length * targets.length * opts.initialWarmup
+  const restarts = opts.fresh ? variants.length * (opts.rounds - 1) : 0
+  const estimate = measurements * (opts.duration + opts.warmup) + SCENARIOS.length * (targets.length + restarts) * opts.initialWarmup + restarts
   console.log(`measuring: ${targets.length} targets x ${SCENARIOS.length} scenarios x ${opts.rounds} round(s), ` +
     `${opts.warmup} s warm-up + ${opts.duration} s each, after a ${opts.initialWarmup} s JIT warm-up of each: about ${Math.ceil(estimate / 60 * 10) / 10} min`)
+  console.log(opts.fresh && opts.rounds > 1 ? "  every round after the first starts the proxy variants afresh (--same-process: keep them)" : "  the proxy variants run in one process each for the whole run")
 
   // Node needs several seconds of load before its stream path is optimised (measured: the baseline's
   // stream figure climbs ~40% over its first 6-8 s), so every target gets a longer warm-up once.
@@ -636,6 +652,9 @@ const main = async () => {
   const groups = measurementGroups(targets)
   let seq = 0
   for (let round = 0; round < opts.rounds; round++) {
+    if (round > 0 && opts.fresh) {
+      for (const target of targets) if (target.kind === "proxy" && target.variant) await restartVariant(target, upstream.port, sink, opts, targets)
+    }
     for (const scenario of SCENARIOS) {
       // Interleave targets, rotating the order each round, so drift and noise hit all of them alike;
       // a variant and the one it is compared with stay neighbours (see measurementGroups).
@@ -657,7 +676,7 @@ const main = async () => {
   for (const t of targets) {
     const pids = [t.child.pid, ...childPids(t.child.pid)]
     const mems = pids.map(peakRss).filter(Boolean)
-    t.memory = mems.length ? { peakKiB: Math.max(...mems.map((m) => m.hwmKiB)), currentKiB: mems.reduce((a, m) => a + m.rssKiB, 0), processes: mems.length } : undefined
+    t.memory = mems.length ? { peakKiB: Math.max(t.pastPeakKiB ?? 0, ...mems.map((m) => m.hwmKiB)), currentKiB: mems.reduce((a, m) => a + m.rssKiB, 0), processes: mems.length } : undefined
   }
 
   // Summaries
@@ -797,7 +816,7 @@ const main = async () => {
   const json = {
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg() },
-    settings: { rounds: opts.rounds, durationSeconds: opts.duration, warmupSeconds: opts.warmup, initialWarmupSeconds: opts.initialWarmup, retries: opts.retries, maxForeignCores: opts.maxForeign, cpuPlacement: pinNote, stat: opts.stat, goals: GOALS,
+    settings: { rounds: opts.rounds, freshProcessPerRound: opts.fresh, durationSeconds: opts.duration, warmupSeconds: opts.warmup, initialWarmupSeconds: opts.initialWarmup, retries: opts.retries, maxForeignCores: opts.maxForeign, cpuPlacement: pinNote, stat: opts.stat, goals: GOALS,
       proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js", streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
       scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p })) },
     skipped: nginxNote,
