@@ -42,6 +42,8 @@ export interface AppConfigShape {
   readonly webhookUrl: Option.Option<URL>
   readonly webhookApiKey: Option.Option<Redacted.Redacted<string>>
   readonly webhookQueueSize: number
+  /** POSTs under way at once (connections to the webhook). */
+  readonly webhookConcurrency: number
   readonly webhookMaxRetryTime: Duration.Duration
   /** The first retry's delay; each later one doubles it, up to a minute. */
   readonly webhookRetryDelay: Duration.Duration
@@ -290,6 +292,7 @@ const fromConfig = Config.all({
   webhookUrl: optional("USER_MODEL_METRICS_WEBHOOK_URL", parseHttpUrl),
   webhookApiKey: optional("USER_MODEL_METRICS_WEBHOOK_API_KEY", (raw) => Either.right(Redacted.make(raw.trim()))),
   webhookQueueSize: withDefault("WEBHOOK_QUEUE_SIZE", parsePositiveInt, 10_000),
+  webhookConcurrency: withDefault("WEBHOOK_CONCURRENCY", parsePositiveInt, 4),
   webhookMaxRetryTime: withDefault("WEBHOOK_MAX_RETRY_TIME", parseDuration, Duration.minutes(10)),
   webhookRetryDelay: withDefault("WEBHOOK_RETRY_DELAY", parseDuration, Duration.seconds(1)),
   webhookTimeout: withDefault("WEBHOOK_TIMEOUT", parsePositiveDuration, Duration.seconds(10)),
@@ -387,6 +390,7 @@ export const loadAppConfig = Effect.gen(function*() {
     webhookUrl: raw.webhookUrl,
     webhookApiKey: raw.webhookApiKey,
     webhookQueueSize: raw.webhookQueueSize,
+    webhookConcurrency: raw.webhookConcurrency,
     webhookMaxRetryTime: raw.webhookMaxRetryTime,
     webhookRetryDelay: raw.webhookRetryDelay,
     webhookTimeout: raw.webhookTimeout,

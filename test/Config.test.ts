@@ -26,6 +26,7 @@ describe("AppConfig", () => {
     expect(Option.isNone(config.webhookUrl)).toBe(true)
     expect(Duration.toMillis(config.shutdownTimeout)).toBe(25_000)
     expect(Duration.toMillis(config.webhookTimeout)).toBe(10_000)
+    expect(config.webhookConcurrency).toBe(4)
     expect(config.preloadKeepAlive).toBe(-1)
   })
 
@@ -73,7 +74,8 @@ describe("AppConfig", () => {
     [{ AUTHORIZATION_LOG_LEVEL: "loud" }, "AUTHORIZATION_LOG_LEVEL:"],
     [{ OLLAMA_MANAGED: "maybe" }, "OLLAMA_MANAGED:"],
     [{ SHUTDOWN_TIMEOUT: "soon" }, "SHUTDOWN_TIMEOUT:"],
-    [{ WEBHOOK_TIMEOUT: "0" }, "WEBHOOK_TIMEOUT: \"0\" must be longer than 0"]
+    [{ WEBHOOK_TIMEOUT: "0" }, "WEBHOOK_TIMEOUT: \"0\" must be longer than 0"],
+    [{ WEBHOOK_CONCURRENCY: "0" }, "WEBHOOK_CONCURRENCY:"]
   ])("rejects %o with one line naming the variable", (env, expected) => {
     const message = failure(env)
     expect(message).toContain(expected)

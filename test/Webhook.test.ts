@@ -162,6 +162,23 @@ describe("UsageWebhook delivery", () => {
     expect(logs.filter((l) => l.msg === "usage webhook attempt failed").length).toBeGreaterThan(2)
   })
 
+  it("keeps WEBHOOK_CONCURRENCY POSTs under way at once (4 by default), the other records queued", async () => {
+    for (const [env, expected] of [[{}, 4], [{ WEBHOOK_CONCURRENCY: "8" }, 8], [{ WEBHOOK_CONCURRENCY: "1" }, 1]] as const) {
+      // Each answer takes a while: every sender is busy while the next records wait.
+      receiver = await startWebhook(() => ({ status: 204, delayMs: 100 }))
+      const records = Array.from({ length: 12 }, (_, i) => record(i))
+      const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, ...env }, async (w) => {
+        for (const r of records) w.offer(r)
+        await receiver!.until((got) => got.filter((g) => g.accepted).length === records.length)
+      })
+      expect(receiver.maxInFlight()).toBe(expected)
+      expect(receiver.accepted().map((r) => r.id).sort()).toEqual(records.map((r) => r.id).sort())
+      expect(undelivered(logs)).toEqual([])
+      await receiver.close()
+      receiver = undefined
+    }
+  })
+
   it("logs a record the full queue cannot take, and delivers the rest", async () => {
     // The first four requests keep the four senders busy while the queue (2) fills up.
     receiver = await startWebhook((n) => ({ status: 204, delayMs: n < 4 ? 300 : 0 }))

@@ -2,7 +2,7 @@
  * UsageWebhook: delivers every usage record to USER_MODEL_METRICS_WEBHOOK_URL, at least once.
  *
  * The proxy hands a record over synchronously, once per exchange: it is POSTed at once when one
- * of four connections is free, else queued (bounded); a failed POST is retried with exponential
+ * of WEBHOOK_CONCURRENCY connections is free, else queued (bounded); a failed POST is retried with exponential
  * backoff, so a slow or failing webhook never touches a client's response. On shutdown the queue is flushed within
  * SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
  * shutdown deadline) is logged whole, at error level, for an operator to replay.
@@ -15,8 +15,6 @@ import { NO_LABELS, webhookQueueDepth, webhookRecordLabels, webhookRecords, webh
 import { USER_AGENT } from "../Version.js"
 import type { UsageRecord } from "./Record.js"
 
-/** Enough to overlap a slow webhook's latency without flooding it. */
-const SENDERS = 4
 const MAX_RETRY_DELAY = Duration.minutes(1)
 
 /** The webhook answered, but not with a 2xx. */
@@ -160,8 +158,11 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     }
     const url = config.webhookUrl.value
     const timeoutMs = Duration.toMillis(config.webhookTimeout)
+    // One record per POST and one POST per connection at a time: with a webhook R seconds away,
+    // at most senders / R records per second get through; the rest wait in the queue.
+    const senders = config.webhookConcurrency
     const pool = yield* Effect.acquireRelease(
-      Effect.sync(() => new Pool(url.origin, { connections: SENDERS, connectTimeout: timeoutMs, keepAliveTimeout: 30_000 })),
+      Effect.sync(() => new Pool(url.origin, { connections: senders, connectTimeout: timeoutMs, keepAliveTimeout: 30_000 })),
       (pool) => Effect.promise(() => pool.destroy())
     )
     const path = `${url.pathname}${url.search}`
@@ -174,7 +175,7 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     // a span) and still ~65 us through a queue and sender fibers. Effect takes over for the few
     // records whose first POST fails: retries on the Schedule, spans, logs.
     const waiting = MutableQueue.bounded<Outgoing>(config.webhookQueueSize)
-    /** POSTs and retries under way; at most SENDERS. */
+    /** POSTs and retries under way; at most `senders`. */
     let active = 0
     /** Records taken in but not yet delivered or given up: active + waiting. The flush waits for 0. */
     let outstanding = 0
@@ -301,13 +302,13 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
       }
       // Built to its schema (the tests decode what the webhook receives): not validated again.
       const item: Outgoing = { id: record.id, body: JSON.stringify(record), parent }
-      if (active >= SENDERS && !MutableQueue.offer(waiting, item)) {
+      if (active >= senders && !MutableQueue.offer(waiting, item)) {
         runFork(undelivered(record, `queue full (${config.webhookQueueSize} records)`, "dropped"))
         return
       }
       if (outstanding++ === 0) idle.unsafeClose()
       webhookQueueDepth.unsafeUpdate(outstanding, NO_LABELS)
-      if (active < SENDERS) start(item)
+      if (active < senders) start(item)
     }
 
     yield* Effect.addFinalizer(() =>

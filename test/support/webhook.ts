@@ -25,6 +25,8 @@ export interface WebhookReceiver {
   readonly received: Array<Received>
   /** The records answered with 2xx. */
   readonly accepted: () => Array<Record<string, unknown>>
+  /** The most POSTs that were waiting for their answer at the same time. */
+  readonly maxInFlight: () => number
   /** Decides the answer to the n-th request (0-based); 204 by default. */
   answer: (n: number, received: Received) => Answer
   /** Resolves once `predicate` holds for what was received. */
@@ -34,6 +36,8 @@ export interface WebhookReceiver {
 
 export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ status: 204 })): Promise<WebhookReceiver> => {
   const received: Array<Received> = []
+  let inFlight = 0
+  let maxInFlight = 0
   const signal = makeSignal()
   const notify = signal.notify
   const server = createServer((req, res) => {
@@ -51,9 +55,11 @@ export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ 
       const n = received.length
       received.push(entry)
       const reply = receiver.answer(n, entry)
+      maxInFlight = Math.max(maxInFlight, ++inFlight)
       notify()
       if (reply === "hang") return
       const send = () => {
+        inFlight--
         entry.accepted = reply.status >= 200 && reply.status < 300
         res.writeHead(reply.status, { "content-type": "text/plain", ...reply.headers })
         res.end(entry.accepted ? "" : "no")
@@ -69,6 +75,7 @@ export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ 
     url: `http://127.0.0.1:${port}/usage`,
     received,
     accepted: () => received.filter((r) => r.accepted).map((r) => r.record),
+    maxInFlight: () => maxInFlight,
     answer,
     until: (predicate, timeoutMs = 10_000) =>
       signal.until(
