@@ -2,9 +2,9 @@
  * UsageWebhook: delivers every usage record to USER_MODEL_METRICS_WEBHOOK_URL, at least once.
  *
  * The proxy hands a record over synchronously, once per exchange: it is POSTed at once when one
- * of WEBHOOK_CONCURRENCY connections is free, else queued (bounded); a failed POST is retried with exponential
- * backoff, so a slow or failing webhook never touches a client's response. On shutdown the queue is flushed within
- * SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
+ * of WEBHOOK_CONCURRENCY connections is free, else queued (bounded); a failed POST is retried
+ * with exponential backoff, so a slow or failing webhook never touches a client's response. On
+ * shutdown the queue is flushed within SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
  * shutdown deadline) is logged whole, at error level, for an operator to replay.
  */
 import { Data, Duration, Effect, Either, Fiber, identity, MutableQueue, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
