@@ -3,10 +3,10 @@
 //   node bench/coldstart.mjs [runs]
 import { spawn } from "node:child_process"
 import { existsSync } from "node:fs"
-import { freePort, median } from "./lib.mjs"
-import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { fileURLToPath } from "node:url"
+import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { startFakeOllama } from "../test/fake-ollama/server.mjs"
+import { freePort, median } from "./lib.mjs"
 
 const bundle = fileURLToPath(new URL("../dist/main.js", import.meta.url))
 const fakeBin = fileURLToPath(new URL("../test/fake-ollama/bin/ollama", import.meta.url))

@@ -23,7 +23,11 @@ export const median = (xs) => {
 
 /** Clock ticks per second, the unit of /proc CPU times. */
 export const CLK_TCK = (() => {
-  try { return Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100 } catch { return 100 }
+  try {
+    return Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100
+  } catch {
+    return 100
+  }
 })()
 
 /**
@@ -35,7 +39,9 @@ export const statTicks = (pid) => {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ") // f[11..14] = utime stime cutime cstime
     return { own: Number(f[11]) + Number(f[12]), reaped: Number(f[13]) + Number(f[14]) }
-  } catch { return undefined }
+  } catch {
+    return undefined
+  }
 }
 
 /** The CPUs this process may use (a container or cgroup may allow fewer than os.cpus() reports). */

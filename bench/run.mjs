@@ -26,21 +26,21 @@ const VARIANTS = [
   { name: "proxy + tracing", env: { OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}" }, vs: "proxy", goals: { stream: 0.9 } },
   // Issue 4: metering every inference response and posting its record costs at most 5% of the
   // stream relay (GET /api/tags is not metered: its ratio is for information).
-  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy", goals: { stream: 0.95 } },
+  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy", goals: { stream: 0.95 } }
 ]
 
 // Targets from the issue, as a fraction of the baseline's throughput.
 const GOALS = { tags: 0.8, stream: 0.9 }
 
 import { spawn, spawnSync } from "node:child_process"
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync, accessSync, constants } from "node:fs"
+import { randomBytes } from "node:crypto"
+import { accessSync, chmodSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import http from "node:http"
 import os from "node:os"
 import path from "node:path"
-import { randomBytes } from "node:crypto"
 import { fileURLToPath } from "node:url"
-import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
+import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -57,30 +57,70 @@ const SCENARIOS = [
 // ---------------------------------------------------------------------------------------------------
 const parseArgs = (argv) => {
   const opts = {
-    quick: false, rounds: undefined, duration: undefined, warmup: undefined, initialWarmup: undefined, stat: "best",
-    only: undefined, nginx: true, pin: undefined, retries: undefined, strict: false, fresh: true
+    quick: false,
+    rounds: undefined,
+    duration: undefined,
+    warmup: undefined,
+    initialWarmup: undefined,
+    stat: "best",
+    only: undefined,
+    nginx: true,
+    pin: undefined,
+    retries: undefined,
+    strict: false,
+    fresh: true
   }
   for (let i = 0; i < argv.length; i++) {
-    let [flag, value] = argv[i].split(/=(.*)/s, 2)
+    const [flag, value] = argv[i].split(/=(.*)/s, 2)
     const take = () => value ?? argv[++i]
     switch (flag) {
-      case "--quick": opts.quick = true; break
-      case "--rounds": opts.rounds = Number(take()); break
-      case "--duration": opts.duration = Number(take()); break
-      case "--warmup": opts.warmup = Number(take()); break
-      case "--initial-warmup": opts.initialWarmup = Number(take()); break
-      case "--stat": opts.stat = take(); break
-      case "--only": opts.only = take().split(",").map((s) => s.trim()).filter(Boolean); break
-      case "--no-nginx": opts.nginx = false; break
-      case "--no-pin": opts.pin = "off"; break
-      case "--pin": opts.pin = take(); break
-      case "--strict": opts.strict = true; break
-      case "--same-process": opts.fresh = false; break
-      case "--retries": opts.retries = Number(take()); break
-      case "-h": case "--help":
-        console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(0, 10).map((l) => l.replace(/^\/\/ ?/, "")).join("\n"))
+      case "--quick":
+        opts.quick = true
+        break
+      case "--rounds":
+        opts.rounds = Number(take())
+        break
+      case "--duration":
+        opts.duration = Number(take())
+        break
+      case "--warmup":
+        opts.warmup = Number(take())
+        break
+      case "--initial-warmup":
+        opts.initialWarmup = Number(take())
+        break
+      case "--stat":
+        opts.stat = take()
+        break
+      case "--only":
+        opts.only = take().split(",").map((s) => s.trim()).filter(Boolean)
+        break
+      case "--no-nginx":
+        opts.nginx = false
+        break
+      case "--no-pin":
+        opts.pin = "off"
+        break
+      case "--pin":
+        opts.pin = take()
+        break
+      case "--strict":
+        opts.strict = true
+        break
+      case "--same-process":
+        opts.fresh = false
+        break
+      case "--retries":
+        opts.retries = Number(take())
+        break
+      case "-h":
+      case "--help":
+        console.log(
+          readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(0, 10).map((l) => l.replace(/^\/\/ ?/, "")).join("\n")
+        )
         process.exit(0)
-      default: throw new Fatal(`unknown option ${argv[i]} (see --help)`)
+      default:
+        throw new Fatal(`unknown option ${argv[i]} (see --help)`)
     }
   }
   const env = (name) => (process.env[name] ? Number(process.env[name]) : undefined)
@@ -92,7 +132,11 @@ const parseArgs = (argv) => {
   opts.maxForeign = env("BENCH_MAX_FOREIGN") ?? 0.2
   for (const k of ["rounds", "duration", "warmup", "initialWarmup", "retries"]) {
     const min = k === "rounds" || k === "duration" ? 1 : 0 // warm-ups and retries may be 0
-    if (!Number.isInteger(opts[k]) || opts[k] < min) throw new Fatal(`--${k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} must be a whole number >= ${min} (wrk takes whole seconds), got ${opts[k]}`)
+    if (!Number.isInteger(opts[k]) || opts[k] < min) {
+      throw new Fatal(
+        `--${k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} must be a whole number >= ${min} (wrk takes whole seconds), got ${opts[k]}`
+      )
+    }
   }
   opts.pin ??= process.env.BENCH_PIN === "0" ? "off" : process.env.BENCH_PIN || "target"
   if (!["target", "split", "off"].includes(opts.pin)) throw new Fatal(`--pin must be target, split or off, got ${opts.pin}`)
@@ -120,19 +164,43 @@ process.stdin.setEncoding("utf8").on("data", (d) => {
 })`
 const reaper = spawn(process.execPath, ["-e", REAPER], { stdio: ["pipe", "ignore", "ignore"] })
 reaper.stdin.on("error", () => {})
-const watch = (...pids) => { for (const pid of pids) if (pid) reaper.stdin.write(`${pid}\n`) }
+const watch = (...pids) => {
+  for (const pid of pids) if (pid) reaper.stdin.write(`${pid}\n`)
+}
 
 const tail = (limit) => {
   let text = ""
-  return { push: (chunk) => { text = (text + chunk).slice(-limit) }, get: () => text }
+  return {
+    push: (chunk) => {
+      text = (text + chunk).slice(-limit)
+    },
+    get: () => text
+  }
 }
 
 const startChild = (name, cmd, args, { env = process.env, cwd = ROOT } = {}) => {
   const proc = spawn(cmd, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] })
-  const child = { name, cmd: [cmd, ...args].join(" "), proc, pid: proc.pid, stdout: tail(8192), stderr: tail(8192), exited: null, extraPids: [] }
+  const child = {
+    name,
+    cmd: [cmd, ...args].join(" "),
+    proc,
+    pid: proc.pid,
+    stdout: tail(8192),
+    stderr: tail(8192),
+    exited: null,
+    extraPids: []
+  }
   child.exitedPromise = new Promise((resolve) => {
-    proc.on("exit", (code, signal) => { child.exited = { code, signal }; children.delete(child); resolve(child.exited) })
-    proc.on("error", (err) => { child.exited = { code: null, signal: null, error: err }; children.delete(child); resolve(child.exited) })
+    proc.on("exit", (code, signal) => {
+      child.exited = { code, signal }
+      children.delete(child)
+      resolve(child.exited)
+    })
+    proc.on("error", (err) => {
+      child.exited = { code: null, signal: null, error: err }
+      children.delete(child)
+      resolve(child.exited)
+    })
   })
   proc.stdout.setEncoding("utf8").on("data", (d) => child.stdout.push(d))
   proc.stderr.setEncoding("utf8").on("data", (d) => child.stderr.push(d))
@@ -141,8 +209,21 @@ const startChild = (name, cmd, args, { env = process.env, cwd = ROOT } = {}) => 
   return child
 }
 
-const alive = (pid) => { try { process.kill(pid, 0); return true } catch { return false } }
-const killPid = (pid, signal) => { try { process.kill(pid, signal) } catch {} }
+const alive = (pid) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+const killPid = (pid, signal) => {
+  try {
+    process.kill(pid, signal)
+  } catch {
+    // best effort
+  }
+}
 
 const stopChild = async (child, graceMs = 2000) => {
   const extra = child.extraPids
@@ -156,10 +237,17 @@ const stopChild = async (child, graceMs = 2000) => {
 }
 
 const stopAll = () => Promise.all([...children].map((c) => stopChild(c)))
-const killAllNow = () => { for (const c of children) { killPid(c.pid, "SIGKILL"); for (const p of c.extraPids) killPid(p, "SIGKILL") } }
+const killAllNow = () => {
+  for (const c of children) {
+    killPid(c.pid, "SIGKILL")
+    for (const p of c.extraPids) killPid(p, "SIGKILL")
+  }
+}
 
 const tmpDirs = []
-const removeTmpDirs = () => { for (const dir of tmpDirs.splice(0)) rmSync(dir, { recursive: true, force: true }) }
+const removeTmpDirs = () => {
+  for (const dir of tmpDirs.splice(0)) rmSync(dir, { recursive: true, force: true })
+}
 let stopping // set once: the first of end of run, error or signal wins
 const shutdown = (code) => (stopping ??= stopAll().finally(() => {
   removeTmpDirs()
@@ -167,12 +255,18 @@ const shutdown = (code) => (stopping ??= stopAll().finally(() => {
   setTimeout(() => process.exit(code), 1000).unref()
 }))
 
-process.on("exit", () => { killAllNow(); removeTmpDirs() })
+process.on("exit", () => {
+  killAllNow()
+  removeTmpDirs()
+})
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
   process.on(signal, () => {
     if (!stopping) console.error(`\n${signal}: stopping ${children.size} child process(es)`)
     shutdown(128 + (os.constants.signals[signal] ?? 1))
-    setTimeout(() => { killAllNow(); process.exit(130) }, 3000).unref()
+    setTimeout(() => {
+      killAllNow()
+      process.exit(130)
+    }, 3000).unref()
   })
 }
 
@@ -214,7 +308,11 @@ const waitForLine = async (child, regex, timeoutMs) => {
     if (child.exited) break
     await sleep(25)
   }
-  throw new Fatal(`${child.name} (${child.cmd}) did not print ${regex} within ${timeoutMs / 1000} s (${describeExit(child)}); output tail:\n${stderrTail(child)}`)
+  throw new Fatal(
+    `${child.name} (${child.cmd}) did not print ${regex} within ${timeoutMs / 1000} s (${describeExit(child)}); output tail:\n${
+      stderrTail(child)
+    }`
+  )
 }
 
 const waitForHttp = async (child, port, { path: p = "/", headers = {}, status = 200, timeoutMs = 15000 }) => {
@@ -231,15 +329,22 @@ const waitForHttp = async (child, port, { path: p = "/", headers = {}, status = 
     }
     await sleep(100)
   }
-  throw new Fatal(`${child.name} (${child.cmd}) never answered ${status} on GET http://127.0.0.1:${port}${p} ` +
-    `(waited up to ${timeoutMs / 1000} s; last: ${last}; process ${describeExit(child)}); stderr tail:\n${stderrTail(child)}`)
+  throw new Fatal(
+    `${child.name} (${child.cmd}) never answered ${status} on GET http://127.0.0.1:${port}${p} ` +
+      `(waited up to ${timeoutMs / 1000} s; last: ${last}; process ${describeExit(child)}); stderr tail:\n${stderrTail(child)}`
+  )
 }
 
 const onPath = (exe) => {
   for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
     if (!dir) continue
     const full = path.join(dir, exe)
-    try { accessSync(full, constants.X_OK); return full } catch {}
+    try {
+      accessSync(full, constants.X_OK)
+      return full
+    } catch {
+      // best effort
+    }
   }
   return undefined
 }
@@ -307,7 +412,9 @@ http {
   try {
     await waitForHttp(child, port, { path: "/", timeoutMs: 10000 })
   } catch (err) {
-    const log = existsSync(path.join(dir, "error.log")) ? readFileSync(path.join(dir, "error.log"), "utf8").trim().split("\n").slice(-5).join("\n") : ""
+    const log = existsSync(path.join(dir, "error.log"))
+      ? readFileSync(path.join(dir, "error.log"), "utf8").trim().split("\n").slice(-5).join("\n")
+      : ""
     await stopChild(child)
     return { skipped: `nginx failed to start: ${err.message}${log ? "\n" + log : ""}` }
   }
@@ -319,7 +426,9 @@ http {
 const childPids = (pid) => {
   try {
     return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number)
-  } catch { return [] }
+  } catch {
+    return []
+  }
 }
 
 // The environment of a proxy under test: the caller's env minus anything that would change what is
@@ -345,7 +454,9 @@ const proxyEnv = (port, upstreamPort, extra) => {
 const proxyCommand = (port, upstreamPort) => {
   const custom = process.env.BENCH_PROXY_CMD
   if (custom) {
-    const parts = custom.trim().split(/\s+/).map((s) => s.replaceAll("{PORT}", String(port)).replaceAll("{UPSTREAM_PORT}", String(upstreamPort)).replaceAll("{KEY}", KEY))
+    const parts = custom.trim().split(/\s+/).map((s) =>
+      s.replaceAll("{PORT}", String(port)).replaceAll("{UPSTREAM_PORT}", String(upstreamPort)).replaceAll("{KEY}", KEY)
+    )
     return { cmd: parts[0] === "node" ? process.execPath : parts[0], args: parts.slice(1) }
   }
   return { cmd: process.execPath, args: [...NODE_FLAGS, path.join(ROOT, "dist", "main.js")] }
@@ -387,7 +498,14 @@ const startVariant = async (variant, upstreamPort, sink) => {
   const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, env) })
   await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
   const extra = Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(" ")
-  return { name: variant.name, kind: "proxy", variant, port, child, note: (process.env.BENCH_PROXY_CMD ? `BENCH_PROXY_CMD ` : "dist/main.js ") + (extra || "(default env)") }
+  return {
+    name: variant.name,
+    kind: "proxy",
+    variant,
+    port,
+    child,
+    note: (process.env.BENCH_PROXY_CMD ? `BENCH_PROXY_CMD ` : "dist/main.js ") + (extra || "(default env)")
+  }
 }
 
 // A proxy process keeps its JIT and heap state for life, and that state moves its stream figure:
@@ -408,19 +526,49 @@ const restartVariant = async (target, upstreamPort, sink, opts, targets) => {
 const preflight = async (target) => {
   const auth = { authorization: `Bearer ${KEY}` }
   const problems = []
-  const tags = await request({ port: target.port, path: "/api/tags", headers: auth }).catch((e) => ({ status: e.code ?? e.message, body: Buffer.alloc(0) }))
-  if (tags.status !== 200 || !tags.body.toString().includes('"models"')) problems.push(`GET /api/tags -> ${tags.status}`)
-  const gen = await request({ port: target.port, method: "POST", path: "/api/generate", headers: { ...auth, "content-type": "application/json" }, body: GENERATE_BODY })
+  const tags = await request({ port: target.port, path: "/api/tags", headers: auth }).catch((e) => ({
+    status: e.code ?? e.message,
+    body: Buffer.alloc(0)
+  }))
+  if (tags.status !== 200 || !tags.body.toString().includes("\"models\"")) problems.push(`GET /api/tags -> ${tags.status}`)
+  const gen = await request({
+    port: target.port,
+    method: "POST",
+    path: "/api/generate",
+    headers: { ...auth, "content-type": "application/json" },
+    body: GENERATE_BODY
+  })
     .catch((e) => ({ status: e.code ?? e.message, body: Buffer.alloc(0), headers: {} }))
   const lines = gen.body.toString().split("\n").filter(Boolean)
   let lastDone = false
-  try { lastDone = JSON.parse(lines.at(-1) ?? "{}").done === true } catch {}
+  try {
+    lastDone = JSON.parse(lines.at(-1) ?? "{}").done === true
+  } catch {
+    // best effort
+  }
   if (gen.status !== 200 || !lastDone) problems.push(`POST /api/generate -> ${gen.status}, ${lines.length} lines, last done:${lastDone}`)
   const noKey = await request({ port: target.port, path: "/api/tags" }).catch((e) => ({ status: e.code ?? e.message }))
   target.auth ??= noKey.status === 401 || noKey.status === 403
-  target.preflight = { tagsStatus: tags.status, tagsBytes: tags.body.length, generateStatus: gen.status, generateLines: lines.length, generateContentType: gen.headers?.["content-type"], noKeyStatus: noKey.status }
-  console.log(`  ${pad(target.name, 22)} port ${target.port}  tags ${tags.status} (${tags.body.length} B)  generate ${gen.status} (${lines.length} lines, ${gen.headers?.["content-type"]})  no key -> ${noKey.status}`)
-  if (problems.length) throw new Fatal(`${target.name} does not proxy correctly: ${problems.join("; ")}` + (target.child ? `\n${stderrTail(target.child)}` : ""))
+  target.preflight = {
+    tagsStatus: tags.status,
+    tagsBytes: tags.body.length,
+    generateStatus: gen.status,
+    generateLines: lines.length,
+    generateContentType: gen.headers?.["content-type"],
+    noKeyStatus: noKey.status
+  }
+  console.log(
+    `  ${
+      pad(target.name, 22)
+    } port ${target.port}  tags ${tags.status} (${tags.body.length} B)  generate ${gen.status} (${lines.length} lines, ${
+      gen.headers?.["content-type"]
+    })  no key -> ${noKey.status}`
+  )
+  if (problems.length) {
+    throw new Fatal(
+      `${target.name} does not proxy correctly: ${problems.join("; ")}` + (target.child ? `\n${stderrTail(target.child)}` : "")
+    )
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -438,14 +586,20 @@ const setupPinning = (opts) => {
   if (opts.pin === "off") return "CPU pinning off (--pin off)"
   if (process.platform !== "linux") return "CPU pinning off (Linux only)"
   let cpus = []
-  try { cpus = allowedCpus() } catch {}
+  try {
+    cpus = allowedCpus()
+  } catch {
+    // best effort
+  }
   if (cpus.length < 2) return "CPU pinning off (fewer than 2 CPUs)"
   const taskset = onPath("taskset")
   if (!taskset) return "CPU pinning off (taskset not found; apt-get install -y util-linux)"
   const rest = cpus.slice(0, -1)
   pinning = { mode: opts.pin, taskset, cpu: String(cpus.at(-1)), rest: rest.join(","), all: cpus.join(",") }
   return opts.pin === "split"
-    ? `each measured target pinned to CPU ${pinning.cpu}; wrk, the upstream and the idle targets on CPU${rest.length > 1 ? "s" : ""} ${pinning.rest} (--pin split)`
+    ? `each measured target pinned to CPU ${pinning.cpu}; wrk, the upstream and the idle targets on CPU${
+      rest.length > 1 ? "s" : ""
+    } ${pinning.rest} (--pin split)`
     : `each measured target pinned to CPU ${pinning.cpu}; wrk, the upstream and the idle targets free on CPUs ${pinning.all} (--pin target)`
 }
 const targetPids = (t) => [t.child.pid, ...childPids(t.child.pid)]
@@ -477,7 +631,9 @@ const runWrk = async (target, scenario, seconds, targets) => {
   const [cmd, cmdArgs] = pinning?.mode === "split" ? [pinning.taskset, ["-c", pinning.rest, "wrk", ...args]] : ["wrk", args]
   const ticksBefore = targetTicks(target)
   const startedAt = process.hrtime.bigint()
-  const child = startChild("wrk", cmd, cmdArgs, { env: { ...process.env, BENCH_KEY: KEY, BENCH_BODY: GENERATE_BODY, BENCH_POST: scenario.post ? "1" : "" } })
+  const child = startChild("wrk", cmd, cmdArgs, {
+    env: { ...process.env, BENCH_KEY: KEY, BENCH_BODY: GENERATE_BODY, BENCH_POST: scenario.post ? "1" : "" }
+  })
   const killer = setTimeout(() => killPid(child.pid, "SIGKILL"), (seconds + 20) * 1000)
   const exit = await child.exitedPromise
   clearTimeout(killer)
@@ -513,7 +669,10 @@ const runWrk = async (target, scenario, seconds, targets) => {
 // run, so a busy machine costs at most +50% time) and the least disturbed attempt is kept. Linux only.
 // ---------------------------------------------------------------------------------------------------
 // CPU ticks of a process (all its threads) and of its children it has reaped.
-const procTicks = (pid) => { const t = statTicks(pid); return t ? t.own + t.reaped : 0 }
+const procTicks = (pid) => {
+  const t = statTicks(pid)
+  return t ? t.own + t.reaped : 0
+}
 // CPU ticks of a target's own process(es), children it reaped excluded; undefined when unknown.
 const targetTicks = (target) => {
   if (process.platform !== "linux") return undefined
@@ -531,7 +690,11 @@ const ourTicks = () => {
 }
 const cpuSnapshot = () => {
   if (process.platform !== "linux") return undefined
-  try { return { at: process.hrtime.bigint(), busy: busyTicks(), ours: ourTicks() } } catch { return undefined }
+  try {
+    return { at: process.hrtime.bigint(), busy: busyTicks(), ours: ourTicks() }
+  } catch {
+    return undefined
+  }
 }
 const foreignCores = (before) => {
   const after = cpuSnapshot()
@@ -543,7 +706,7 @@ const foreignCores = (before) => {
 let retryBudget = 0
 const measure = async (target, scenario, opts, targets) => {
   let kept
-  for (let attempt = 0; ; attempt++) {
+  for (let attempt = 0;; attempt++) {
     const before = cpuSnapshot()
     const r = await runWrk(target, scenario, opts.duration, targets)
     r.foreignCores = foreignCores(before)
@@ -552,7 +715,9 @@ const measure = async (target, scenario, opts, targets) => {
     if (r.foreignCores === undefined || r.foreignCores <= opts.maxForeign) break
     if (attempt >= opts.retries || retryBudget <= 0) break
     retryBudget--
-    console.log(`    ${target.name} ${scenario.id}: other processes used ${r.foreignCores.toFixed(2)} cores meanwhile (${fmt(r.rps)} /s): retrying`)
+    console.log(
+      `    ${target.name} ${scenario.id}: other processes used ${r.foreignCores.toFixed(2)} cores meanwhile (${fmt(r.rps)} /s): retrying`
+    )
     await sleep(2000)
   }
   kept.disturbed = kept.foreignCores !== undefined && kept.foreignCores > opts.maxForeign
@@ -597,7 +762,9 @@ const peakRss = (pid) => {
     const status = readFileSync(`/proc/${pid}/status`, "utf8")
     const kib = (name) => Number(status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, "m"))?.[1])
     return { hwmKiB: kib("VmHWM"), rssKiB: kib("VmRSS") }
-  } catch { return undefined }
+  } catch {
+    return undefined
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -605,13 +772,19 @@ const peakRss = (pid) => {
 // ---------------------------------------------------------------------------------------------------
 const main = async () => {
   const opts = parseArgs(process.argv.slice(2))
-  if (!onPath("wrk")) throw new Fatal("wrk is not installed or not on PATH: the load generator is required (apt-get install -y wrk, or brew install wrk)")
+  if (!onPath("wrk")) {
+    throw new Fatal("wrk is not installed or not on PATH: the load generator is required (apt-get install -y wrk, or brew install wrk)")
+  }
   if (!process.env.BENCH_PROXY_CMD && !existsSync(path.join(ROOT, "dist", "main.js"))) {
-    throw new Fatal(`${path.join(ROOT, "dist", "main.js")} not found: build first (\`npm run build\`; \`npm run bench\` does it), or set BENCH_PROXY_CMD`)
+    throw new Fatal(
+      `${path.join(ROOT, "dist", "main.js")} not found: build first (\`npm run build\`; \`npm run bench\` does it), or set BENCH_PROXY_CMD`
+    )
   }
   const variants = VARIANTS.filter((v) => !opts.only || opts.only.includes(v.name))
   const unknown = (opts.only ?? []).filter((n) => n !== "nginx" && !VARIANTS.some((v) => v.name === n))
-  if (unknown.length) throw new Fatal(`--only: no variant named ${unknown.join(", ")} (variants: ${VARIANTS.map((v) => v.name).join(", ")}, nginx)`)
+  if (unknown.length) {
+    throw new Fatal(`--only: no variant named ${unknown.join(", ")} (variants: ${VARIANTS.map((v) => v.name).join(", ")}, nginx)`)
+  }
 
   const loadAtStart = os.loadavg()
   console.log(`bench: ${os.cpus().length} CPUs, load average ${loadAtStart.map((l) => l.toFixed(2)).join(" ")}, node ${process.version}`)
@@ -623,7 +796,10 @@ const main = async () => {
   let nginxNote
   if (opts.nginx && (!opts.only || opts.only.includes("nginx"))) {
     const ng = await startNginx(upstream.port)
-    if (ng.skipped) { nginxNote = ng.skipped; console.log(`  nginx skipped: ${ng.skipped}`) } else targets.push(ng)
+    if (ng.skipped) {
+      nginxNote = ng.skipped
+      console.log(`  nginx skipped: ${ng.skipped}`)
+    } else targets.push(ng)
   } else nginxNote = "nginx not run (--no-nginx / --only)"
   const sink = variants.some((v) => Object.values(v.env).some((x) => x.includes("{OTLP_SINK}"))) ? await startOtlpSink() : undefined
   for (const v of variants) targets.push(await startVariant(v, upstream.port, sink))
@@ -637,10 +813,19 @@ const main = async () => {
   const measurements = SCENARIOS.length * targets.length * opts.rounds
   retryBudget = Math.ceil(measurements / 2)
   const restarts = opts.fresh ? variants.length * (opts.rounds - 1) : 0
-  const estimate = measurements * (opts.duration + opts.warmup) + SCENARIOS.length * (targets.length + restarts) * opts.initialWarmup + restarts
-  console.log(`measuring: ${targets.length} targets x ${SCENARIOS.length} scenarios x ${opts.rounds} round(s), ` +
-    `${opts.warmup} s warm-up + ${opts.duration} s each, after a ${opts.initialWarmup} s JIT warm-up of each: about ${Math.ceil(estimate / 60 * 10) / 10} min`)
-  console.log(opts.fresh && opts.rounds > 1 ? "  every round after the first starts the proxy variants afresh (--same-process: keep them)" : "  the proxy variants run in one process each for the whole run")
+  const estimate = measurements * (opts.duration + opts.warmup) + SCENARIOS.length * (targets.length + restarts) * opts.initialWarmup +
+    restarts
+  console.log(
+    `measuring: ${targets.length} targets x ${SCENARIOS.length} scenarios x ${opts.rounds} round(s), ` +
+      `${opts.warmup} s warm-up + ${opts.duration} s each, after a ${opts.initialWarmup} s JIT warm-up of each: about ${
+        Math.ceil(estimate / 60 * 10) / 10
+      } min`
+  )
+  console.log(
+    opts.fresh && opts.rounds > 1
+      ? "  every round after the first starts the proxy variants afresh (--same-process: keep them)"
+      : "  the proxy variants run in one process each for the whole run"
+  )
 
   // Node needs several seconds of load before its stream path is optimised (measured: the baseline's
   // stream figure climbs ~40% over its first 6-8 s), so every target gets a longer warm-up once.
@@ -653,7 +838,9 @@ const main = async () => {
   let seq = 0
   for (let round = 0; round < opts.rounds; round++) {
     if (round > 0 && opts.fresh) {
-      for (const target of targets) if (target.kind === "proxy" && target.variant) await restartVariant(target, upstream.port, sink, opts, targets)
+      for (const target of targets) {
+        if (target.kind === "proxy" && target.variant) await restartVariant(target, upstream.port, sink, opts, targets)
+      }
     }
     for (const scenario of SCENARIOS) {
       // Interleave targets, rotating the order each round, so drift and noise hit all of them alike;
@@ -666,8 +853,12 @@ const main = async () => {
         const errs = r.non2xx || r.socketErrors ? `  !! ${r.non2xx} non-2xx, socket errors ${JSON.stringify(r.errors)}` : ""
         const others = r.foreignCores === undefined ? "" : `  others ${r.foreignCores.toFixed(2)} cores${r.disturbed ? " (busy)" : ""}`
         const cpu = r.cpuUsPerResponse === undefined ? "" : `  cpu ${fmt(r.cpuUsPerResponse)} us/resp`
-        console.log(`  round ${round + 1}/${opts.rounds}  ${pad(scenario.id, 6)}  ${pad(target.name, 22)} ${lpad(fmt(r.rps), 8)} /s  ` +
-          `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${fmt(r.bytesPerResponse)} B/resp${cpu}${others}${errs}`)
+        console.log(
+          `  round ${round + 1}/${opts.rounds}  ${pad(scenario.id, 6)}  ${pad(target.name, 22)} ${lpad(fmt(r.rps), 8)} /s  ` +
+            `p50 ${r.latencyMs.p50.toFixed(2)} ms  p99 ${r.latencyMs.p99.toFixed(2)} ms  ${
+              fmt(r.bytesPerResponse)
+            } B/resp${cpu}${others}${errs}`
+        )
       }
     }
   }
@@ -676,7 +867,13 @@ const main = async () => {
   for (const t of targets) {
     const pids = [t.child.pid, ...childPids(t.child.pid)]
     const mems = pids.map(peakRss).filter(Boolean)
-    t.memory = mems.length ? { peakKiB: Math.max(t.pastPeakKiB ?? 0, ...mems.map((m) => m.hwmKiB)), currentKiB: mems.reduce((a, m) => a + m.rssKiB, 0), processes: mems.length } : undefined
+    t.memory = mems.length
+      ? {
+        peakKiB: Math.max(t.pastPeakKiB ?? 0, ...mems.map((m) => m.hwmKiB)),
+        currentKiB: mems.reduce((a, m) => a + m.rssKiB, 0),
+        processes: mems.length
+      }
+      : undefined
   }
 
   // Summaries
@@ -695,38 +892,63 @@ const main = async () => {
     if (socketErrors) problems.push(`${socketErrors} socket errors`)
     if (short) problems.push(`short responses (${fmt(bytes)} B vs ${fmt(refBytes)} B direct)`)
     const cpu = runs.map((r) => r.cpuUsPerResponse)
-    return { rps: value, best: Math.max(...rps), median: median(rps), rounds: rps, bytesPerResponse: bytes, non2xx, socketErrors, problems, valid: problems.length === 0,
-      cpuUsPerResponse: cpu.includes(undefined) ? undefined : median(cpu), cpuUsPerResponseRounds: cpu, cpuCoresRounds: runs.map((r) => r.cpuCores),
-      latencyMs: runs.map((r) => r.latencyMs), otherProcessesCores: runs.map((r) => r.foreignCores), attempts: runs.map((r) => r.attempts),
+    return {
+      rps: value,
+      best: Math.max(...rps),
+      median: median(rps),
+      rounds: rps,
+      bytesPerResponse: bytes,
+      non2xx,
+      socketErrors,
+      problems,
+      valid: problems.length === 0,
+      cpuUsPerResponse: cpu.includes(undefined) ? undefined : median(cpu),
+      cpuUsPerResponseRounds: cpu,
+      cpuCoresRounds: runs.map((r) => r.cpuCores),
+      latencyMs: runs.map((r) => r.latencyMs),
+      otherProcessesCores: runs.map((r) => r.foreignCores),
+      attempts: runs.map((r) => r.attempts),
       disturbedRounds: runs.filter((r) => r.disturbed).length,
-      reportedDisturbed: runs.find((r) => r.rps === value)?.disturbed ?? runs.some((r) => r.disturbed) }
+      reportedDisturbed: runs.find((r) => r.rps === value)?.disturbed ?? runs.some((r) => r.disturbed)
+    }
   }
   const rows = targets.map((t) => {
     const s = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, summary(t, sc.id)]))
     const ratio = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, s[sc.id].rps / summary(baseline, sc.id).rps]))
-    const verdict = t.kind !== "proxy" ? undefined : Object.fromEntries(SCENARIOS.map((sc) =>
-      [sc.id, s[sc.id].valid && ratio[sc.id] >= GOALS[sc.id] ? "PASS" : "FAIL"]))
+    const verdict = t.kind !== "proxy" ?
+      undefined :
+      Object.fromEntries(SCENARIOS.map((sc) => [sc.id, s[sc.id].valid && ratio[sc.id] >= GOALS[sc.id] ? "PASS" : "FAIL"]))
     return { target: t, s, ratio, verdict }
   })
 
   // Table
-  const cols = [["target", 22], ["auth", 5], ["tags req/s", 11], ["vs base", 10], ["cpu us", 7], ["stream resp/s", 14], ["vs base", 10], ["cpu us", 7], ["peak RSS", 9]]
+  const cols = [["target", 22], ["auth", 5], ["tags req/s", 11], ["vs base", 10], ["cpu us", 7], ["stream resp/s", 14], ["vs base", 10], [
+    "cpu us",
+    7
+  ], ["peak RSS", 9]]
   const line = (cells) => cells.map((c, i) => (i < 2 ? pad(c, cols[i][1]) : lpad(c, cols[i][1]))).join("  ")
   const ratioCell = (row, id) => {
     const r = row.ratio[id]
     const mark = row.verdict ? ` ${row.verdict[id]}` : ""
     return (row.target.kind === "baseline" ? "1.00" : r.toFixed(2)) + mark
   }
-  console.log(`\nresults (${opts.stat} of ${opts.rounds} round(s) x ${opts.duration} s; tags: -t2 -c32, stream: -t1 -c8; goals vs baseline: tags >= ${GOALS.tags}, stream >= ${GOALS.stream})`)
+  console.log(
+    `\nresults (${opts.stat} of ${opts.rounds} round(s) x ${opts.duration} s; tags: -t2 -c32, stream: -t1 -c8; goals vs baseline: tags >= ${GOALS.tags}, stream >= ${GOALS.stream})`
+  )
   console.log(line(cols.map((c) => c[0])))
   console.log(line(cols.map((c) => "-".repeat(c[1]))))
   for (const row of rows) {
     const t = row.target
     const flag = (id) => (row.s[id].valid ? "" : " !") + (row.s[id].reportedDisturbed ? "*" : "")
     console.log(line([
-      t.name, t.kind === "limit" ? "-" : t.auth ? "yes" : "NO",
-      fmt(row.s.tags.rps) + flag("tags"), ratioCell(row, "tags"), fmt(row.s.tags.cpuUsPerResponse),
-      fmt(row.s.stream.rps) + flag("stream"), ratioCell(row, "stream"), fmt(row.s.stream.cpuUsPerResponse),
+      t.name,
+      t.kind === "limit" ? "-" : t.auth ? "yes" : "NO",
+      fmt(row.s.tags.rps) + flag("tags"),
+      ratioCell(row, "tags"),
+      fmt(row.s.tags.cpuUsPerResponse),
+      fmt(row.s.stream.rps) + flag("stream"),
+      ratioCell(row, "stream"),
+      fmt(row.s.stream.cpuUsPerResponse),
       t.memory ? `${(t.memory.peakKiB / 1024).toFixed(0)} MB` : "n/a"
     ]))
   }
@@ -736,13 +958,19 @@ const main = async () => {
     if (probs.length) console.log(`  ! ${row.target.name}: ${probs.join("; ")} (figures marked ! are not valid)`)
   }
   console.log("  limit (direct) = wrk straight to the fake upstream: the ceiling no proxy can beat on this machine.")
-  if (targets.some((t) => t.kind === "nginx")) console.log("  nginx does not check the API key (auth NO): it does less work than the others.")
+  if (targets.some((t) => t.kind === "nginx")) {
+    console.log("  nginx does not check the API key (auth NO): it does less work than the others.")
+  }
   if (nginxNote) console.log(`  ${nginxNote.split("\n")[0]}`)
   console.log("  cpu us = CPU time of the target's process(es) per completed response, median of rounds (limit: the upstream's).")
   console.log("  peak RSS = VmHWM of the process (nginx: largest of master and worker) over the whole run.")
   console.log(`  ${pinNote}.`)
   const disturbed = rows.reduce((a, row) => a + SCENARIOS.reduce((b, sc) => b + row.s[sc.id].disturbedRounds, 0), 0)
-  if (disturbed) console.log(`  * ${disturbed} measurement(s) ran while other processes used > ${opts.maxForeign} cores (retries exhausted); * marks a reported figure that is one of them.`)
+  if (disturbed) {
+    console.log(
+      `  * ${disturbed} measurement(s) ran while other processes used > ${opts.maxForeign} cores (retries exhausted); * marks a reported figure that is one of them.`
+    )
+  }
   console.log("  Figures are noisy on a shared 2-core machine: compare ratios measured in the same run, not runs.")
 
   // Variants measured against another variant (e.g. usage webhook on vs off). On this machine a single
@@ -754,15 +982,35 @@ const main = async () => {
     const variant = VARIANTS.find((v) => v.name === row.target.name)
     const other = variant?.vs && rows.find((r) => r.target.name === variant.vs)
     if (!other) continue
-    const entry = { variant: variant.name, vs: variant.vs, goals: variant.goals ?? {}, verdict: {}, pairedMedian: {}, pairedRange: {}, bestRatio: {}, cpuRatio: {}, pairs: {} }
+    const entry = {
+      variant: variant.name,
+      vs: variant.vs,
+      goals: variant.goals ?? {},
+      verdict: {},
+      pairedMedian: {},
+      pairedRange: {},
+      bestRatio: {},
+      cpuRatio: {},
+      pairs: {}
+    }
     for (const sc of SCENARIOS) {
       const mine = results.get(row.target)[sc.id], theirs = results.get(other.target)[sc.id]
       const pairs = mine.map((a, i) => {
         const b = theirs[i]
         const cpuRatio = a.cpuUsPerResponse && b.cpuUsPerResponse ? b.cpuUsPerResponse / a.cpuUsPerResponse : undefined
-        return { round: i + 1, ratio: a.rps / b.rps, cpuRatio, rps: a.rps, vsRps: b.rps, cpuUsPerResponse: a.cpuUsPerResponse, vsCpuUsPerResponse: b.cpuUsPerResponse,
-          first: a.seq < b.seq ? variant.name : variant.vs, adjacent: Math.abs(a.seq - b.seq) === 1,
-          disturbed: Boolean(a.disturbed || b.disturbed), errors: Boolean(a.non2xx || a.socketErrors || b.non2xx || b.socketErrors) }
+        return {
+          round: i + 1,
+          ratio: a.rps / b.rps,
+          cpuRatio,
+          rps: a.rps,
+          vsRps: b.rps,
+          cpuUsPerResponse: a.cpuUsPerResponse,
+          vsCpuUsPerResponse: b.cpuUsPerResponse,
+          first: a.seq < b.seq ? variant.name : variant.vs,
+          adjacent: Math.abs(a.seq - b.seq) === 1,
+          disturbed: Boolean(a.disturbed || b.disturbed),
+          errors: Boolean(a.non2xx || a.socketErrors || b.non2xx || b.socketErrors)
+        }
       })
       const ratios = pairs.map((p) => p.ratio), cpus = pairs.map((p) => p.cpuRatio)
       entry.pairs[sc.id] = pairs
@@ -771,7 +1019,11 @@ const main = async () => {
       entry.bestRatio[sc.id] = row.s[sc.id].best / other.s[sc.id].best
       entry.cpuRatio[sc.id] = cpus.includes(undefined) ? undefined : median(cpus)
       const goal = entry.goals[sc.id]
-      if (goal !== undefined) entry.verdict[sc.id] = row.s[sc.id].valid && other.s[sc.id].valid && entry.pairedMedian[sc.id] >= goal ? "PASS" : "FAIL"
+      if (goal !== undefined) {
+        entry.verdict[sc.id] = row.s[sc.id].valid && other.s[sc.id].valid && entry.pairedMedian[sc.id] >= goal
+          ? "PASS"
+          : "FAIL"
+      }
     }
     versus.push(entry)
     // Scenarios with a goal first: the verdict leads the line.
@@ -789,7 +1041,9 @@ const main = async () => {
         ...(disturbed ? [`${disturbed} pair(s) disturbed *`] : []),
         ...(apart ? [`${apart} pair(s) not back to back`] : [])
       ]
-      return `${pad(id, 6)} ${entry.pairedMedian[id].toFixed(2)}${invalid}${entry.verdict[id] ? " " + entry.verdict[id] : ""} (${details.join("; ")})`
+      return `${pad(id, 6)} ${entry.pairedMedian[id].toFixed(2)}${invalid}${entry.verdict[id] ? " " + entry.verdict[id] : ""} (${
+        details.join("; ")
+      })`
     })
     console.log(`\n${variant.name} vs ${variant.vs}:\n${cells.map((c) => "  " + c).join("\n")}`)
   }
@@ -806,29 +1060,54 @@ const main = async () => {
   }
   const usage = await webhookStats()
   if (usage) {
-    console.log(`  usage webhook received ${fmt(usage.records)} records (${Object.entries(usage.outcomes).map(([k, v]) => `${k} ${fmt(v)}`).join(", ")}; ` +
-      `${fmt(usage.withCounts)} with token counts${usage.invalid ? `; ${usage.invalid} not JSON` : ""})`)
+    console.log(
+      `  usage webhook received ${fmt(usage.records)} records (${
+        Object.entries(usage.outcomes).map(([k, v]) => `${k} ${fmt(v)}`).join(", ")
+      }; ` +
+        `${fmt(usage.withCounts)} with token counts${usage.invalid ? `; ${usage.invalid} not JSON` : ""})`
+    )
   }
-
 
   const failed = rows.some((r) => r.verdict && Object.values(r.verdict).includes("FAIL")) ||
     versus.some((v) => Object.values(v.verdict).includes("FAIL"))
   const json = {
     date: new Date().toISOString(),
-    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version, loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg() },
-    settings: { rounds: opts.rounds, freshProcessPerRound: opts.fresh, durationSeconds: opts.duration, warmupSeconds: opts.warmup, initialWarmupSeconds: opts.initialWarmup, retries: opts.retries, maxForeignCores: opts.maxForeign, cpuPlacement: pinNote, stat: opts.stat, goals: GOALS,
-      proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js", streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
-      scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p })) },
+    machine: {
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model,
+      node: process.version,
+      loadavgAtStart: loadAtStart,
+      loadavgAtEnd: os.loadavg()
+    },
+    settings: {
+      rounds: opts.rounds,
+      freshProcessPerRound: opts.fresh,
+      durationSeconds: opts.duration,
+      warmupSeconds: opts.warmup,
+      initialWarmupSeconds: opts.initialWarmup,
+      retries: opts.retries,
+      maxForeignCores: opts.maxForeign,
+      cpuPlacement: pinNote,
+      stat: opts.stat,
+      goals: GOALS,
+      proxyCommand: process.env.BENCH_PROXY_CMD ?? "node dist/main.js",
+      streamLines: Number(process.env.BENCH_STREAM_LINES ?? 1000),
+      scenarios: SCENARIOS.map(({ id, label, threads, connections, path: p }) => ({ id, label, threads, connections, path: p }))
+    },
     skipped: nginxNote,
     versus,
     otlpSink: versus.otlpSink,
     targets: rows.map((row) => ({
-      name: row.target.name, kind: row.target.kind, note: row.target.note, checksApiKey: row.target.kind === "limit" ? null : row.target.auth,
+      name: row.target.name,
+      kind: row.target.kind,
+      note: row.target.note,
+      checksApiKey: row.target.kind === "limit" ? null : row.target.auth,
       env: row.target.kind === "proxy" ? VARIANTS.find((v) => v.name === row.target.name)?.env : undefined,
       tags: { ...row.s.tags, ratioToBaseline: row.ratio.tags, verdict: row.verdict?.tags },
       stream: { ...row.s.stream, ratioToBaseline: row.ratio.stream, verdict: row.verdict?.stream },
       ratioToLimit: { tags: row.s.tags.rps / summary(limit, "tags").rps, stream: row.s.stream.rps / summary(limit, "stream").rps },
-      memory: row.target.memory, preflight: row.target.preflight
+      memory: row.target.memory,
+      preflight: row.target.preflight
     })),
     usageWebhook: usage,
     pass: !failed

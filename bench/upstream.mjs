@@ -13,20 +13,47 @@ const LINES = Number(process.env.BENCH_STREAM_LINES ?? 1000)
 const YIELD_EVERY = 50
 const MODEL = "llama3.1:8b-instruct-q4_K_M"
 const CREATED = "2025-01-15T10:21:33.123456789Z"
-const WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".", " It", " was", " a", " sunny", " afternoon", ","]
+const WORDS = [
+  "The",
+  " quick",
+  " brown",
+  " fox",
+  " jumps",
+  " over",
+  " the",
+  " lazy",
+  " dog",
+  ".",
+  " It",
+  " was",
+  " a",
+  " sunny",
+  " afternoon",
+  ","
+]
 
 const ROOT = Buffer.from("Ollama is running")
 const VERSION = Buffer.from(JSON.stringify({ version: "0.12.0" }))
 const TAGS = Buffer.from(JSON.stringify({
   models: [{
-    name: MODEL, model: MODEL, modified_at: "2025-01-10T08:00:00.000000000Z", size: 1321098329,
+    name: MODEL,
+    model: MODEL,
+    modified_at: "2025-01-10T08:00:00.000000000Z",
+    size: 1321098329,
     digest: "baf6a787fdffd633537aa2eb51cfd54cb93ff08e28040095462bb63daf552878",
     details: { parent_model: "", format: "gguf", family: "llama", families: ["llama"], parameter_size: "1.2B", quantization_level: "Q8_0" }
   }]
 }))
 const NOT_FOUND = Buffer.from("404 page not found")
 
-const usage = { total_duration: 4883583458, load_duration: 1334875, prompt_eval_count: 26, prompt_eval_duration: 342546000, eval_count: LINES, eval_duration: 4535599000 }
+const usage = {
+  total_duration: 4883583458,
+  load_duration: 1334875,
+  prompt_eval_count: 26,
+  prompt_eval_duration: 342546000,
+  eval_count: LINES,
+  eval_duration: 4535599000
+}
 
 const ndjson = (kind) => {
   const lines = []
@@ -46,20 +73,38 @@ const ndjson = (kind) => {
 const GENERATE = ndjson("generate")
 const CHAT = ndjson("chat")
 
-const sseChunk = (delta, finish) => Buffer.from("data: " + JSON.stringify({
-  id: "chatcmpl-123", object: "chat.completion.chunk", created: 1736936493, model: MODEL, system_fingerprint: "fp_ollama",
-  choices: [{ index: 0, delta, finish_reason: finish }]
-}) + "\n\n")
+const sseChunk = (delta, finish) =>
+  Buffer.from(
+    "data: " + JSON.stringify({
+      id: "chatcmpl-123",
+      object: "chat.completion.chunk",
+      created: 1736936493,
+      model: MODEL,
+      system_fingerprint: "fp_ollama",
+      choices: [{ index: 0, delta, finish_reason: finish }]
+    }) + "\n\n"
+  )
 const SSE = []
 for (let i = 0; i < LINES - 1; i++) SSE.push(sseChunk({ role: "assistant", content: WORDS[i % WORDS.length] }, null))
 SSE.push(sseChunk({ role: "assistant", content: "" }, "stop"))
-const SSE_USAGE = Buffer.from("data: " + JSON.stringify({
-  id: "chatcmpl-123", object: "chat.completion.chunk", created: 1736936493, model: MODEL, system_fingerprint: "fp_ollama",
-  choices: [], usage: { prompt_tokens: 26, completion_tokens: LINES, total_tokens: 26 + LINES }
-}) + "\n\n")
+const SSE_USAGE = Buffer.from(
+  "data: " + JSON.stringify({
+    id: "chatcmpl-123",
+    object: "chat.completion.chunk",
+    created: 1736936493,
+    model: MODEL,
+    system_fingerprint: "fp_ollama",
+    choices: [],
+    usage: { prompt_tokens: 26, completion_tokens: LINES, total_tokens: 26 + LINES }
+  }) + "\n\n"
+)
 const SSE_DONE = Buffer.from("data: [DONE]\n\n")
 const COMPLETION = Buffer.from(JSON.stringify({
-  id: "chatcmpl-123", object: "chat.completion", created: 1736936493, model: MODEL, system_fingerprint: "fp_ollama",
+  id: "chatcmpl-123",
+  object: "chat.completion",
+  created: 1736936493,
+  model: MODEL,
+  system_fingerprint: "fp_ollama",
   choices: [{ index: 0, message: { role: "assistant", content: WORDS.join("") }, finish_reason: "stop" }],
   usage: { prompt_tokens: 26, completion_tokens: WORDS.length, total_tokens: 26 + WORDS.length }
 }))
@@ -76,7 +121,9 @@ const stream = (res, type, lines, tail) => {
   res.writeHead(200, { "Content-Type": type })
   let i = 0
   let closed = false
-  res.on("close", () => { closed = true })
+  res.on("close", () => {
+    closed = true
+  })
   const all = tail.length ? lines.concat(tail) : lines
   const step = () => {
     if (closed) return
@@ -112,7 +159,11 @@ const server = http.createServer((req, res) => {
   if (path === "/v1/chat/completions") {
     return readBody(req, (body) => {
       let parsed = {}
-      try { parsed = JSON.parse(body.toString("utf8") || "{}") } catch { return fixed(res, 400, JSON_TYPE, Buffer.from('{"error":{"message":"invalid JSON"}}')) }
+      try {
+        parsed = JSON.parse(body.toString("utf8") || "{}")
+      } catch {
+        return fixed(res, 400, JSON_TYPE, Buffer.from("{\"error\":{\"message\":\"invalid JSON\"}}"))
+      }
       if (parsed.stream !== true) return fixed(res, 200, JSON_TYPE, COMPLETION)
       const tail = parsed.stream_options?.include_usage === true ? [SSE_USAGE, SSE_DONE] : [SSE_DONE]
       stream(res, "text/event-stream", SSE, tail)

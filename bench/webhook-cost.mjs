@@ -22,8 +22,8 @@ import { existsSync } from "node:fs"
 import http from "node:http"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
-import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
+import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const MAIN = path.join(BENCH, "..", "dist", "main.js")
@@ -99,10 +99,15 @@ const records = async () => JSON.parse((await get(receiverPort, "/stats")).body)
 const startProxy = async (name, env) => {
   const port = await freePort()
   const child = start([...NODE_FLAGS, MAIN], {
-    PORT: String(port), HOST: "127.0.0.1", OLLAMA_MANAGED: "false", OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
-    AUTHORIZATION_APIKEY: KEY, AUTHORIZATION_LOG_LEVEL: "warn", ...env
+    PORT: String(port),
+    HOST: "127.0.0.1",
+    OLLAMA_MANAGED: "false",
+    OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
+    AUTHORIZATION_APIKEY: KEY,
+    AUTHORIZATION_LOG_LEVEL: "warn",
+    ...env
   })
-  for (let tries = 0; ; tries++) {
+  for (let tries = 0;; tries++) {
     const answer = await get(port, "/ping").catch(() => undefined)
     if (answer?.status === 200) break
     if (tries > 150 || child.exitCode !== null) fail(`${name} did not start: ${child.stderrTail()}`)
@@ -124,7 +129,16 @@ const measure = async (proxy, seconds, loadRate) => {
   }
   const recordsBefore = await records()
   const cpuBefore = ticks(proxy.child.pid)
-  const wrk = spawnSync("wrk", ["-t1", "-c8", `-d${seconds}s`, "--timeout", "5s", "-s", path.join(BENCH, "wrk.lua"), `http://127.0.0.1:${proxy.port}/api/generate`], {
+  const wrk = spawnSync("wrk", [
+    "-t1",
+    "-c8",
+    `-d${seconds}s`,
+    "--timeout",
+    "5s",
+    "-s",
+    path.join(BENCH, "wrk.lua"),
+    `http://127.0.0.1:${proxy.port}/api/generate`
+  ], {
     env: { ...process.env, BENCH_POST: "1", BENCH_KEY: KEY, BENCH_BODY: BODY },
     encoding: "utf8"
   })
@@ -146,7 +160,9 @@ const measure = async (proxy, seconds, loadRate) => {
 const f2 = (x) => x.toFixed(2)
 const int = (x) => Math.round(x).toLocaleString("en-US")
 
-console.log(`webhook cost: ${ROUNDS} rounds x ${SECONDS} s of the stream scenario; proxy pinned to CPU ${measuredCpu}, receiver and load sender on CPU ${restCpus}`)
+console.log(
+  `webhook cost: ${ROUNDS} rounds x ${SECONDS} s of the stream scenario; proxy pinned to CPU ${measuredCpu}, receiver and load sender on CPU ${restCpus}`
+)
 // JIT warm-up of both, which also gives the first record rate for the load sender.
 await measure(off, 5, 0)
 let lastRate = (await measure(on, 5, 0)).recordsPerSecond
@@ -180,7 +196,13 @@ const own = median(rows.map((r) => r.own))
 const cpuOwn = median(rows.map((r) => r["off + load"].cpuUs / r.on.cpuUs))
 console.log(`
 medians of ${ROUNDS} rounds (throughput; CPU time per response as other / on, 1.00 = same cost):
-  on / off                ${f2(median(rows.map((r) => r.raw)))}  cpu ${f2(median(rows.map((r) => r.off.cpuUs / r.on.cpuUs)))}   webhook on vs off, receiver included (bench/run.mjs's figure)
-  (off + load) / off      ${f2(median(rows.map((r) => r.receiver)))}  cpu ${f2(median(rows.map((r) => r.off.cpuUs / r["off + load"].cpuUs)))}   the receiver's share: the proxy does nothing more
-  on / (off + load)       ${f2(own)}  cpu ${f2(cpuOwn)}   the proxy's own cost of metering and posting: ${cpuOwn >= GOAL ? "PASS" : "FAIL"} (goal: cpu >= ${GOAL})`)
+  on / off                ${f2(median(rows.map((r) => r.raw)))}  cpu ${
+  f2(median(rows.map((r) => r.off.cpuUs / r.on.cpuUs)))
+}   webhook on vs off, receiver included (bench/run.mjs's figure)
+  (off + load) / off      ${f2(median(rows.map((r) => r.receiver)))}  cpu ${
+  f2(median(rows.map((r) => r.off.cpuUs / r["off + load"].cpuUs)))
+}   the receiver's share: the proxy does nothing more
+  on / (off + load)       ${f2(own)}  cpu ${f2(cpuOwn)}   the proxy's own cost of metering and posting: ${
+  cpuOwn >= GOAL ? "PASS" : "FAIL"
+} (goal: cpu >= ${GOAL})`)
 process.exit(0)

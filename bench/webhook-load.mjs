@@ -10,12 +10,29 @@ const rate = Number(process.argv[3])
 if (!(rate > 0)) throw new Error(`RATE must be a positive number, got ${process.argv[3]}`)
 
 const body = JSON.stringify({
-  id: "0195f1d2-7c1e-7aa0-9e8a-1234567890ab", request_id: "0195f1d2-7c1e-7aa0-9e8a-0987654321ba",
-  created_at: "2025-01-15T10:21:33.123456789Z", endpoint: "/api/generate", model: "llama3.1:8b-instruct-q4_K_M",
-  api_key_name: "default", user_id: null, user_name: null, user_email: null, user_role: null, chat_id: null,
-  status: 200, outcome: "completed", stream: true, done_reason: "stop", total_duration: 4883583458,
-  load_duration: 1334875, prompt_eval_count: 26, prompt_eval_duration: 342546000, eval_count: 1000,
-  eval_duration: 4535599000, time_to_first_chunk_ms: 0.412, duration_ms: 9.137
+  id: "0195f1d2-7c1e-7aa0-9e8a-1234567890ab",
+  request_id: "0195f1d2-7c1e-7aa0-9e8a-0987654321ba",
+  created_at: "2025-01-15T10:21:33.123456789Z",
+  endpoint: "/api/generate",
+  model: "llama3.1:8b-instruct-q4_K_M",
+  api_key_name: "default",
+  user_id: null,
+  user_name: null,
+  user_email: null,
+  user_role: null,
+  chat_id: null,
+  status: 200,
+  outcome: "completed",
+  stream: true,
+  done_reason: "stop",
+  total_duration: 4883583458,
+  load_duration: 1334875,
+  prompt_eval_count: 26,
+  prompt_eval_duration: 342546000,
+  eval_count: 1000,
+  eval_duration: 4535599000,
+  time_to_first_chunk_ms: 0.412,
+  duration_ms: 9.137
 })
 const request = Buffer.from(
   `POST ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\n` +

@@ -17,14 +17,14 @@ const count = (body) => {
   stats.records++
   stats.bytes += body.length
   const text = body.toString("latin1")
-  const at = text.indexOf('"outcome":"')
+  const at = text.indexOf("\"outcome\":\"")
   if (at < 0 || text.charCodeAt(0) !== 123 /* { */) {
     stats.invalid++
     return
   }
-  const outcome = text.slice(at + 11, text.indexOf('"', at + 11))
+  const outcome = text.slice(at + 11, text.indexOf("\"", at + 11))
   stats.outcomes[outcome] = (stats.outcomes[outcome] ?? 0) + 1
-  const evalAt = text.indexOf('"eval_count":')
+  const evalAt = text.indexOf("\"eval_count\":")
   if (evalAt >= 0 && /\d/.test(text[evalAt + 13])) stats.withCounts++
 }
 

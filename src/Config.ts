@@ -119,7 +119,10 @@ export const parseDuration: Parse<Duration.Duration> = (raw) => {
 }
 
 const parsePositiveDuration: Parse<Duration.Duration> = (raw) =>
-  Either.flatMap(parseDuration(raw), (d) => Duration.toMillis(d) > 0 ? Either.right(d) : Either.left(`${quoted(raw)} must be longer than 0`))
+  Either.flatMap(
+    parseDuration(raw),
+    (d) => Duration.toMillis(d) > 0 ? Either.right(d) : Either.left(`${quoted(raw)} must be longer than 0`)
+  )
 
 const parsePositiveInt: Parse<number> = (raw) => {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
@@ -189,7 +192,14 @@ const parseExporter: Parse<"otlp" | "none"> = (raw) => {
   return v === "otlp" || v === "none" ? Either.right(v) : Either.left(`${quoted(raw)} is not supported (otlp or none)`)
 }
 
-const SAMPLERS = ["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"] as const
+const SAMPLERS = [
+  "always_on",
+  "always_off",
+  "traceidratio",
+  "parentbased_always_on",
+  "parentbased_always_off",
+  "parentbased_traceidratio"
+] as const
 
 const parseSamplerName: Parse<(typeof SAMPLERS)[number]> = (raw) => {
   const v = raw.trim().toLowerCase()
@@ -404,6 +414,5 @@ export class AppConfig extends Context.Tag("app/AppConfig")<AppConfig, AppConfig
   /** Reads the Environment in context. */
   static readonly layer = Layer.effect(AppConfig, loadAppConfig)
   /** For tests: the config a given environment produces. */
-  static readonly fromEnv = (env: Record<string, string | undefined>) =>
-    AppConfig.layer.pipe(Layer.provide(Environment.layer(env)))
+  static readonly fromEnv = (env: Record<string, string | undefined>) => AppConfig.layer.pipe(Layer.provide(Environment.layer(env)))
 }

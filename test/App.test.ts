@@ -2,15 +2,15 @@
  * The shutdown sequence comes from the order the layers are built in: the listeners drain, then
  * the taps (usage records) flush, then Ollama is stopped.
  */
+import { Effect, Layer, ManagedRuntime } from "effect"
 import { createServer } from "node:net"
 import { afterEach, describe, expect, it, vi } from "vitest"
-import { Effect, Layer, ManagedRuntime } from "effect"
 import { appWith } from "../src/App.js"
 import { Environment } from "../src/Config.js"
 import { ExchangeTaps } from "../src/http/Exchange.js"
 import { Server } from "../src/http/Server.js"
-import { FAKE_OLLAMA_BIN } from "./support/proxy.js"
 import { waitGone } from "./support/processes.js"
+import { FAKE_OLLAMA_BIN } from "./support/proxy.js"
 
 const freePort = () =>
   new Promise<number>((resolve) => {

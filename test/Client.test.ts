@@ -47,9 +47,7 @@ describe("OllamaClient", () => {
 
   it.live("warms a chat model with generate and an embedding model with embed, with keep_alive", () =>
     Effect.gen(function*() {
-      const [chat, embedding] = yield* withClient((c) =>
-        Effect.all([c.warm("llama3.2", -1), c.warm("nomic-embed-text", "30m")])
-      )
+      const [chat, embedding] = yield* withClient((c) => Effect.all([c.warm("llama3.2", -1), c.warm("nomic-embed-text", "30m")]))
       expect([chat, embedding]).toEqual(["generate", "embed"])
       expect(bodyOf("/api/generate")).toContainEqual({ model: "llama3.2", keep_alive: -1, stream: false })
       expect(bodyOf("/api/embed")).toContainEqual({ model: "nomic-embed-text", input: [], keep_alive: "30m" })
@@ -61,7 +59,10 @@ describe("OllamaClient", () => {
       const missing = yield* withClient((c) => c.warm("not-pulled", -1)).pipe(Effect.flip)
       expect(missing._tag).toBe("ModelNotFound")
       fake.set({ busy: true })
-      const busy = yield* withClient((c) => c.warm("llama3.2", -1)).pipe(Effect.flip, Effect.ensuring(Effect.sync(() => fake.set({ busy: undefined }))))
+      const busy = yield* withClient((c) => c.warm("llama3.2", -1)).pipe(
+        Effect.flip,
+        Effect.ensuring(Effect.sync(() => fake.set({ busy: undefined })))
+      )
       expect(busy).toMatchObject({ _tag: "OllamaError", status: 503, retryable: true })
     }))
 

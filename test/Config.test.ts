@@ -1,10 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Option, Redacted } from "effect"
-import { AppConfig, loadAppConfig, Environment, parseDuration } from "../src/Config.js"
+import { AppConfig, Environment, loadAppConfig, parseDuration } from "../src/Config.js"
 import { parseOllamaHost } from "../src/ollama/Host.js"
 
-const load = (env: Record<string, string>) =>
-  loadAppConfig.pipe(Effect.provide(Environment.layer(env)), Effect.either, Effect.runSync)
+const load = (env: Record<string, string>) => loadAppConfig.pipe(Effect.provide(Environment.layer(env)), Effect.either, Effect.runSync)
 
 const failure = (env: Record<string, string>) => {
   const result = load(env)

@@ -6,9 +6,9 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "nod
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { raw } from "./support/http.js"
-import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { BUNDLE, ROOT, spawnProxy } from "./support/proxy.js"
 
 const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8")

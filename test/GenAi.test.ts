@@ -85,7 +85,12 @@ describe("responseUsage: the meter's figures in GenAI terms", () => {
 
   it("reads Ollama's final NDJSON object, however the stream is cut", () => {
     for (const size of [1, 5, 40, 1 << 20]) {
-      expect(read("/api/chat", "ndjson", chatStream, size)).toEqual({ model: "llama3.2", inputTokens: 26, outputTokens: 259, finishReasons: ["stop"] })
+      expect(read("/api/chat", "ndjson", chatStream, size)).toEqual({
+        model: "llama3.2",
+        inputTokens: 26,
+        outputTokens: 259,
+        finishReasons: ["stop"]
+      })
     }
   })
 
@@ -109,25 +114,51 @@ describe("responseUsage: the meter's figures in GenAI terms", () => {
     ]
     const body = events.map((e) => `data: ${e}\n\n`).join("")
     for (const size of [7, 1 << 20]) {
-      expect(read("/v1/chat/completions", "sse", body, size)).toEqual({ model: "llama3.2", inputTokens: 26, outputTokens: 2, finishReasons: ["stop"] })
+      expect(read("/v1/chat/completions", "sse", body, size)).toEqual({
+        model: "llama3.2",
+        inputTokens: 26,
+        outputTokens: 2,
+        finishReasons: ["stop"]
+      })
     }
   })
 
   it("reads Anthropic's message stream: input tokens at the start, output at the end", () => {
     const body = [
       `event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"llama3.2","usage":{"input_tokens":12,"output_tokens":1}}}`,
-      ...Array.from({ length: 20 }, () => `event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}`),
+      ...Array.from(
+        { length: 20 },
+        () => `event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}`
+      ),
       `event: content_block_stop\ndata: {"type":"content_block_stop","index":0}`,
       `event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":20}}`,
       `event: message_stop\ndata: {"type":"message_stop"}`
     ].join("\n\n") + "\n\n"
-    expect(read("/v1/messages", "sse", body, 9)).toEqual({ model: "llama3.2", inputTokens: 12, outputTokens: 20, finishReasons: ["end_turn"] })
+    expect(read("/v1/messages", "sse", body, 9)).toEqual({
+      model: "llama3.2",
+      inputTokens: 12,
+      outputTokens: 20,
+      finishReasons: ["end_turn"]
+    })
   })
 
   it("reads single JSON bodies: native, OpenAI, embeddings", () => {
-    expect(read("/api/chat", "json", `{"model":"m","message":{"role":"assistant","content":"\\"eval_count\\":9"},"done":true,"done_reason":"stop","prompt_eval_count":3,"eval_count":4}`, 4))
+    expect(
+      read(
+        "/api/chat",
+        "json",
+        `{"model":"m","message":{"role":"assistant","content":"\\"eval_count\\":9"},"done":true,"done_reason":"stop","prompt_eval_count":3,"eval_count":4}`,
+        4
+      )
+    )
       .toEqual({ model: "m", inputTokens: 3, outputTokens: 4, finishReasons: ["stop"] })
-    expect(read("/v1/chat/completions", "json", `{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":6}}\n`))
+    expect(
+      read(
+        "/v1/chat/completions",
+        "json",
+        `{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":6}}\n`
+      )
+    )
       .toEqual({ model: "m", inputTokens: 5, outputTokens: 6, finishReasons: ["length"] })
     expect(read("/api/embed", "json", `{"model":"e","embeddings":[[0.1,0.2]],"total_duration":1,"prompt_eval_count":7}`))
       .toEqual({ model: "e", inputTokens: 7 })

@@ -2,17 +2,17 @@
  * The worker's life with the fake `ollama` executable as OLLAMA_BIN and the built bundle as the
  * proxy: start-up, preload, crash and restart, shutdown, and no orphan child on any path.
  */
+import { build } from "esbuild"
 import { spawn } from "node:child_process"
 import { once } from "node:events"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { build } from "esbuild"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
-import { FAKE_OLLAMA_BIN, ROOT, spawnProxy, type SpawnedProxy, startProxy } from "./support/proxy.js"
-import { isAlive, waitGone } from "./support/processes.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
+import { isAlive, waitGone } from "./support/processes.js"
+import { FAKE_OLLAMA_BIN, ROOT, type SpawnedProxy, spawnProxy, startProxy } from "./support/proxy.js"
 
 const dir = mkdtempSync(join(tmpdir(), "lifecycle-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -303,7 +303,9 @@ describe("shutdown", () => {
     expect(code).toBe(0)
     expect(await waitGone(pid)).toBe(true)
     // Order: drain first, Ollama after.
-    expect(indexOf(proxy, "stopping ollama")).toBeGreaterThan(indexOf(proxy, "shutting down: no new connections, finishing the requests in flight"))
+    expect(indexOf(proxy, "stopping ollama")).toBeGreaterThan(
+      indexOf(proxy, "shutting down: no new connections, finishing the requests in flight")
+    )
     expect(proxy.lines.find((l) => l.msg === "ollama stopped")).toMatchObject({ code: 0 })
   })
 

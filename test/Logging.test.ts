@@ -1,11 +1,11 @@
-import { createServer } from "node:net"
-import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Tracer } from "effect"
+import { createServer } from "node:net"
+import type { AddressInfo } from "node:net"
 import { AppConfig } from "../src/Config.js"
+import type { ExchangeTap } from "../src/http/Exchange.js"
 import { makeLineLogger, makeLogger } from "../src/telemetry/Logging.js"
 import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
-import type { ExchangeTap } from "../src/http/Exchange.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
 import { chatStream, play } from "./support/exchange.js"
 import { FAKE_OLLAMA_BIN, spawnProxy } from "./support/proxy.js"
@@ -106,8 +106,23 @@ describe("access line", () => {
       expect(lines).toHaveLength(1)
       const line = lines[0]!
       expect(Object.keys(line)).toEqual([
-        "time", "level", "msg", "request_id", "trace_id", "method", "path", "status", "duration_ms", "bytes_in", "bytes_out",
-        "api_key_name", "user_id", "model", "outcome", "input_tokens", "output_tokens"
+        "time",
+        "level",
+        "msg",
+        "request_id",
+        "trace_id",
+        "method",
+        "path",
+        "status",
+        "duration_ms",
+        "bytes_in",
+        "bytes_out",
+        "api_key_name",
+        "user_id",
+        "model",
+        "outcome",
+        "input_tokens",
+        "output_tokens"
       ])
       expect(line).toMatchObject({
         level: "info",

@@ -18,7 +18,14 @@ const FIGURES = {
 const chatStream = (tokens: number, final: Record<string, unknown> = {}) => {
   const lines: Array<string> = []
   for (let i = 0; i < tokens; i++) {
-    lines.push(JSON.stringify({ model: "llama3.2", created_at: "2026-08-20T10:00:00.1Z", message: { role: "assistant", content: `tok${i} "q" 🦙` }, done: false }))
+    lines.push(
+      JSON.stringify({
+        model: "llama3.2",
+        created_at: "2026-08-20T10:00:00.1Z",
+        message: { role: "assistant", content: `tok${i} "q" 🦙` },
+        done: false
+      })
+    )
   }
   lines.push(JSON.stringify({
     model: "llama3.2",
@@ -149,7 +156,16 @@ describe("ExchangeMeter, native", () => {
   })
 
   it("reads a single object (stream:false) without a trailing newline", () => {
-    const body = Buffer.from(JSON.stringify({ model: "llama3.2", created_at: "x", message: { role: "assistant", content: "Hi" }, done_reason: "stop", done: true, ...FIGURES }))
+    const body = Buffer.from(
+      JSON.stringify({
+        model: "llama3.2",
+        created_at: "x",
+        message: { role: "assistant", content: "Hi" },
+        done_reason: "stop",
+        done: true,
+        ...FIGURES
+      })
+    )
     for (const chunks of splits(body)) {
       const m = meter("native", JSON_TYPE, chunks)
       expectNativeFigures(m)
@@ -158,14 +174,26 @@ describe("ExchangeMeter, native", () => {
   })
 
   it("counts figures Ollama left out (zero) as 0", () => {
-    const m = meter("native", NDJSON, [Buffer.from(`{"model":"m","created_at":"t","response":"","done":true,"done_reason":"length","total_duration":7,"eval_count":2}\n`)])
+    const m = meter("native", NDJSON, [
+      Buffer.from(`{"model":"m","created_at":"t","response":"","done":true,"done_reason":"length","total_duration":7,"eval_count":2}\n`)
+    ])
     expect(m.usage).toMatchObject({ totalDuration: 7, loadDuration: 0, promptEvalCount: 0, evalCount: 2, doneReason: "length" })
   })
 
   it("reads /api/embed and leaves /api/embeddings without figures", () => {
-    const embed = meter("native", JSON_TYPE, [Buffer.from(`{"model":"nomic-embed-text","embeddings":[[0.1,-0.2]],"total_duration":14143917,"load_duration":1019500,"prompt_eval_count":8}`)])
+    const embed = meter("native", JSON_TYPE, [
+      Buffer.from(
+        `{"model":"nomic-embed-text","embeddings":[[0.1,-0.2]],"total_duration":14143917,"load_duration":1019500,"prompt_eval_count":8}`
+      )
+    ])
     expect(embed.measured).toBe(true)
-    expect(embed.usage).toMatchObject({ model: "nomic-embed-text", promptEvalCount: 8, totalDuration: 14143917, evalCount: 0, doneReason: null })
+    expect(embed.usage).toMatchObject({
+      model: "nomic-embed-text",
+      promptEvalCount: 8,
+      totalDuration: 14143917,
+      evalCount: 0,
+      doneReason: null
+    })
     const legacy = meter("native", JSON_TYPE, [Buffer.from(`{"embedding":[0.1,0.2]}`)])
     expect(legacy.measured).toBe(false)
     expect(legacy.usage.promptEvalCount).toBeNull()
@@ -174,13 +202,17 @@ describe("ExchangeMeter, native", () => {
   it("marks load and unload answers", () => {
     const load = meter("native", JSON_TYPE, [Buffer.from(`{"model":"m","created_at":"t","response":"","done":true,"done_reason":"load"}`)])
     expect(load.loadOnly).toBe(true)
-    const unload = meter("native", JSON_TYPE, [Buffer.from(`{"model":"m","created_at":"t","response":"","done":true,"done_reason":"unload"}`)])
+    const unload = meter("native", JSON_TYPE, [
+      Buffer.from(`{"model":"m","created_at":"t","response":"","done":true,"done_reason":"unload"}`)
+    ])
     expect(unload.loadOnly).toBe(true)
     expect(meter("native", NDJSON, [chatStream(1)]).loadOnly).toBe(false)
   })
 
   it("notices a stream that ends in an error object", () => {
-    const body = Buffer.from(`{"model":"m","created_at":"t","response":"a","done":false}\n{"error":"llama runner process has terminated"}\n`)
+    const body = Buffer.from(
+      `{"model":"m","created_at":"t","response":"a","done":false}\n{"error":"llama runner process has terminated"}\n`
+    )
     const m = meter("native", NDJSON, [body])
     expect(m.failed).toBe(true)
     expect(m.measured).toBe(false)
@@ -211,7 +243,9 @@ describe("ExchangeMeter, native", () => {
 
   it("reads the figures of a huge single object (a batch of embeddings)", () => {
     const vectors = Array.from({ length: 200 }, (_, i) => Array.from({ length: 768 }, (_, j) => Math.sin(i * 768 + j)))
-    const body = Buffer.from(JSON.stringify({ model: "nomic-embed-text", embeddings: vectors, total_duration: 5, load_duration: 1, prompt_eval_count: 1600 }))
+    const body = Buffer.from(
+      JSON.stringify({ model: "nomic-embed-text", embeddings: vectors, total_duration: 5, load_duration: 1, prompt_eval_count: 1600 })
+    )
     expect(body.length).toBeGreaterThan(METER_LINE_LIMIT)
     const m = meter("native", JSON_TYPE, chunked(body, [65536]))
     expect(m.measured).toBe(true)
@@ -240,7 +274,15 @@ const chunk = (content: string, finish: string | null = null, extra: Record<stri
   ...extra
 })
 
-const USAGE_EVENT = { id: "chatcmpl-417", object: "chat.completion.chunk", created: 1755600000, model: "llama3.2", system_fingerprint: "fp_ollama", choices: [], usage: { prompt_tokens: 26, completion_tokens: 2, total_tokens: 28 } }
+const USAGE_EVENT = {
+  id: "chatcmpl-417",
+  object: "chat.completion.chunk",
+  created: 1755600000,
+  model: "llama3.2",
+  system_fingerprint: "fp_ollama",
+  choices: [],
+  usage: { prompt_tokens: 26, completion_tokens: 2, total_tokens: 28 }
+}
 
 const chatSse = (withUsage: boolean) =>
   sse([chunk("Hel"), chunk("lo"), chunk("", "stop"), ...(withUsage ? [USAGE_EVENT] : []), "data: [DONE]\n\n"])
@@ -257,7 +299,15 @@ const completionSse = (withUsage: boolean) => {
     system_fingerprint: "fp_ollama",
     ...zero
   })
-  const final = { id: "cmpl-1", object: "text_completion", created: 1755600000, choices: [], model: "llama3.2", system_fingerprint: "fp_ollama", usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 } }
+  const final = {
+    id: "cmpl-1",
+    object: "text_completion",
+    created: 1755600000,
+    choices: [],
+    model: "llama3.2",
+    system_fingerprint: "fp_ollama",
+    usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 }
+  }
   return sse([text("Hi", null), text("!", "stop"), ...(withUsage ? [final] : []), "data: [DONE]\n\n"])
 }
 
@@ -283,16 +333,35 @@ describe("ExchangeMeter, OpenAI", () => {
   })
 
   it("reads a single chat.completion and /v1/embeddings", () => {
-    const completion = meter("openai", { "content-type": "application/json" }, [Buffer.from(JSON.stringify({ id: "c", object: "chat.completion", model: "llama3.2", choices: [{ index: 0, message: { role: "assistant", content: "Hi" }, finish_reason: "length" }], usage: { prompt_tokens: 3, completion_tokens: 9, total_tokens: 12 } }) + "\n")])
+    const completion = meter("openai", { "content-type": "application/json" }, [
+      Buffer.from(
+        JSON.stringify({
+          id: "c",
+          object: "chat.completion",
+          model: "llama3.2",
+          choices: [{ index: 0, message: { role: "assistant", content: "Hi" }, finish_reason: "length" }],
+          usage: { prompt_tokens: 3, completion_tokens: 9, total_tokens: 12 }
+        }) + "\n"
+      )
+    ])
     expect(completion.usage).toMatchObject({ model: "llama3.2", promptEvalCount: 3, evalCount: 9, doneReason: "length" })
     expect(completion.stream).toBe(false)
-    const embeddings = meter("openai", { "content-type": "application/json" }, [Buffer.from(`{"object":"list","data":[{"object":"embedding","embedding":[0.1],"index":0}],"model":"all-minilm","usage":{"prompt_tokens":5,"total_tokens":5}}\n`)])
+    const embeddings = meter("openai", { "content-type": "application/json" }, [
+      Buffer.from(
+        `{"object":"list","data":[{"object":"embedding","embedding":[0.1],"index":0}],"model":"all-minilm","usage":{"prompt_tokens":5,"total_tokens":5}}\n`
+      )
+    ])
     expect(embeddings.usage).toMatchObject({ model: "all-minilm", promptEvalCount: 5, evalCount: 0 })
   })
 
   it("reads the usage of huge embeddings from the end of the body", () => {
-    const data = Array.from({ length: 100 }, (_, i) => ({ object: "embedding", embedding: Array.from({ length: 768 }, (_, j) => Math.cos(i + j)), index: i }))
-    const body = Buffer.from(JSON.stringify({ object: "list", data, model: "all-minilm", usage: { prompt_tokens: 700, total_tokens: 700 } }) + "\n")
+    const data = Array.from(
+      { length: 100 },
+      (_, i) => ({ object: "embedding", embedding: Array.from({ length: 768 }, (_, j) => Math.cos(i + j)), index: i })
+    )
+    const body = Buffer.from(
+      JSON.stringify({ object: "list", data, model: "all-minilm", usage: { prompt_tokens: 700, total_tokens: 700 } }) + "\n"
+    )
     expect(body.length).toBeGreaterThan(METER_LINE_LIMIT)
     const m = meter("openai", { "content-type": "application/json" }, chunked(body, [65536]))
     expect(m.usage).toMatchObject({ model: "all-minilm", promptEvalCount: 700 })
@@ -325,13 +394,21 @@ describe("ExchangeMeter, Anthropic and Responses", () => {
   })
 
   it("notices an Anthropic stream that stops short of message_stop", () => {
-    const m = meter("anthropic", SSE, [Buffer.from(`event: message_start\ndata: {"type":"message_start","message":{"model":"m","usage":{"input_tokens":2,"output_tokens":0}}}\n\n`)])
+    const m = meter("anthropic", SSE, [
+      Buffer.from(
+        `event: message_start\ndata: {"type":"message_start","message":{"model":"m","usage":{"input_tokens":2,"output_tokens":0}}}\n\n`
+      )
+    ])
     expect(m.failed).toBe(true)
     expect(m.usage.promptEvalCount).toBe(2)
   })
 
   it("reads a single Anthropic message", () => {
-    const m = meter("anthropic", JSON_TYPE, [Buffer.from(`{"id":"msg_1","type":"message","role":"assistant","model":"llama3.2","content":[{"type":"text","text":"Hi"}],"stop_reason":"max_tokens","usage":{"input_tokens":4,"output_tokens":8}}`)])
+    const m = meter("anthropic", JSON_TYPE, [
+      Buffer.from(
+        `{"id":"msg_1","type":"message","role":"assistant","model":"llama3.2","content":[{"type":"text","text":"Hi"}],"stop_reason":"max_tokens","usage":{"input_tokens":4,"output_tokens":8}}`
+      )
+    ])
     expect(m.usage).toMatchObject({ model: "llama3.2", promptEvalCount: 4, evalCount: 8, doneReason: "max_tokens" })
   })
 
@@ -354,7 +431,9 @@ describe("includeUsage", () => {
   it("splices stream_options into a streamed request, keeping every other byte", () => {
     const body = `{"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`
     const r = rewrite(body)
-    expect(r.body).toBe(`{"stream_options":{"include_usage":true},"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`)
+    expect(r.body).toBe(
+      `{"stream_options":{"include_usage":true},"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`
+    )
     expect(r).toMatchObject({ model: "llama3.2", stream: true })
     expect(rewrite(` \n{ "stream": true }`).body).toBe(` \n{"stream_options":{"include_usage":true}, "stream": true }`)
   })
@@ -362,14 +441,20 @@ describe("includeUsage", () => {
   it("adds include_usage to stream_options that lack it", () => {
     const r = rewrite(`{"model":"m","stream":true,"stream_options":{"other":1}}`)
     expect(JSON.parse(r.body!)).toEqual({ model: "m", stream: true, stream_options: { other: 1, include_usage: true } })
-    expect(JSON.parse(rewrite(`{"stream":true,"stream_options":{"include_usage":false}}`).body!).stream_options).toEqual({ include_usage: true })
+    expect(JSON.parse(rewrite(`{"stream":true,"stream_options":{"include_usage":false}}`).body!).stream_options).toEqual({
+      include_usage: true
+    })
     expect(JSON.parse(rewrite(`{"stream":true,"stream_options":null}`).body!).stream_options).toEqual({ include_usage: true })
   })
 
   it("leaves alone what does not stream, what asks already, and what is not valid", () => {
     expect(rewrite(`{"model":"m","stream":false}`)).toEqual({ model: "m", stream: false, body: undefined })
     expect(rewrite(`{"model":"m"}`).body).toBeUndefined()
-    expect(rewrite(`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`)).toEqual({ model: "m", stream: true, body: undefined })
+    expect(rewrite(`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`)).toEqual({
+      model: "m",
+      stream: true,
+      body: undefined
+    })
     expect(rewrite(`{"stream":true,"stream_options":"yes"}`).body).toBeUndefined()
     expect(rewrite(`{"stream":tru`).body).toBeUndefined()
     expect(rewrite(`[1]`).body).toBeUndefined()

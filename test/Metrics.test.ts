@@ -1,7 +1,7 @@
-import { createServer } from "node:net"
-import OpenAI from "openai"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, Metric } from "effect"
+import { createServer } from "node:net"
+import OpenAI from "openai"
 import {
   labelCache,
   modelLabel,
@@ -94,7 +94,8 @@ describe("GET /metrics", () => {
       await Promise.all([send("/api/chat", auth), send("/api/chat", auth), send("/api/embed", {}), send("/nowhere", auth)])
       const after = await scrape(proxy.url, auth)
       const delta = (name: string, labels: Record<string, string>) => after.total(name, labels) - before.total(name, labels)
-      expect(delta("ollama_proxy_requests_total", { endpoint: "/api/chat", status: "503", outcome: "unavailable", api_key_name: "alice" })).toBe(2)
+      expect(delta("ollama_proxy_requests_total", { endpoint: "/api/chat", status: "503", outcome: "unavailable", api_key_name: "alice" }))
+        .toBe(2)
       expect(delta("ollama_proxy_requests_total", { endpoint: "/api/embed", status: "401", outcome: "rejected" })).toBe(1)
       expect(delta("ollama_proxy_requests_total", { endpoint: "other", status: "503" })).toBe(1)
       expect(delta("http_server_request_duration_count", { http_route: "/api/chat", http_response_status_code: "503" })).toBe(2)
@@ -111,23 +112,34 @@ describe("GET /metrics", () => {
     const proxy = await startProxy({ METRICS_PUBLIC: "true" })
     try {
       // Exchanges played through a tap in this process land in the same registry the app exports.
-      await Effect.runPromise(Effect.gen(function*() {
-        const tap = yield* makeTelemetryTap
-        for (const [input, output] of [[26, 259], [4, 6]] as const) {
-          play(tap, {
-            url: "/api/chat",
-            keyName: "bob",
-            body: `{"model":"tokens-test"}`,
-            response: { status: 200, headers: { "content-type": "application/x-ndjson" }, chunks: chatStream("tokens-test", input, output) }
-          })
-        }
-        yield* Metric.increment(ollamaRestarts)
-        yield* setPreloadState("llama3.2", "warming")
-        yield* Metric.set(webhookQueueDepth, 3)
-        webhookRecords.unsafeUpdate(1, webhookRecordLabels("delivered"))
-      }).pipe(Effect.provide(Layer.merge(Layer.succeed(Tracing, Tracing.off), Logger.remove(Logger.defaultLogger)))))
+      await Effect.runPromise(
+        Effect.gen(function*() {
+          const tap = yield* makeTelemetryTap
+          for (const [input, output] of [[26, 259], [4, 6]] as const) {
+            play(tap, {
+              url: "/api/chat",
+              keyName: "bob",
+              body: `{"model":"tokens-test"}`,
+              response: {
+                status: 200,
+                headers: { "content-type": "application/x-ndjson" },
+                chunks: chatStream("tokens-test", input, output)
+              }
+            })
+          }
+          yield* Metric.increment(ollamaRestarts)
+          yield* setPreloadState("llama3.2", "warming")
+          yield* Metric.set(webhookQueueDepth, 3)
+          webhookRecords.unsafeUpdate(1, webhookRecordLabels("delivered"))
+        }).pipe(Effect.provide(Layer.merge(Layer.succeed(Tracing, Tracing.off), Logger.remove(Logger.defaultLogger))))
+      )
       const m = await scrape(proxy.url)
-      const tokens = { gen_ai_request_model: "tokens-test", gen_ai_operation_name: "chat", gen_ai_provider_name: "ollama", api_key_name: "bob" }
+      const tokens = {
+        gen_ai_request_model: "tokens-test",
+        gen_ai_operation_name: "chat",
+        gen_ai_provider_name: "ollama",
+        api_key_name: "bob"
+      }
       expect(m.value("gen_ai_client_token_usage_sum", { ...tokens, gen_ai_token_type: "input" })).toBe(30)
       expect(m.value("gen_ai_client_token_usage_sum", { ...tokens, gen_ai_token_type: "output" })).toBe(265)
       expect(m.value("gen_ai_client_token_usage_count", { ...tokens, gen_ai_token_type: "output" })).toBe(2)
@@ -181,9 +193,21 @@ describe("/metrics after real traffic through the fake Ollama", () => {
       expect(tokens("text_completion", "llama3.2", "output")).toBe(9)
       expect(tokens("embeddings", "nomic-embed-text", "input")).toBe(fake.expected("/api/embed", embed).promptEvalCount)
       expect(after.value("ollama_up")).toBe(1)
-      expect(after.value("gen_ai_client_operation_duration_count", { gen_ai_operation_name: "embeddings", gen_ai_request_model: "nomic-embed-text" }))
+      expect(
+        after.value("gen_ai_client_operation_duration_count", {
+          gen_ai_operation_name: "embeddings",
+          gen_ai_request_model: "nomic-embed-text"
+        })
+      )
         .toBeGreaterThanOrEqual(1)
-      expect(after.total("ollama_proxy_requests_total", { endpoint: "/v1/chat/completions", status: "200", outcome: "completed", api_key_name: "dave" }))
+      expect(
+        after.total("ollama_proxy_requests_total", {
+          endpoint: "/v1/chat/completions",
+          status: "200",
+          outcome: "completed",
+          api_key_name: "dave"
+        })
+      )
         .toBeGreaterThanOrEqual(1)
     } finally {
       await proxy.close()

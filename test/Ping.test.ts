@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { ping } from "../src/http/Ping.js"
 import { type HealthSnapshot, OllamaHealth } from "../src/ollama/Health.js"
-import { type PreloadSnapshot, Preloader } from "../src/ollama/Preloader.js"
+import { Preloader, type PreloadSnapshot } from "../src/ollama/Preloader.js"
 import { OllamaProcess, ProcessState } from "../src/ollama/Process.js"
 
 const answer = (health: HealthSnapshot, preload: PreloadSnapshot, process: ProcessState = ProcessState.Unmanaged()) =>
@@ -30,7 +30,10 @@ describe("/ping", () => {
 
   it.effect("is 204 while the preload runs", () =>
     Effect.gen(function*() {
-      const { status } = yield* answer({ state: "up", since: 0 }, { state: "running", models: [{ model: "a", state: "pulling", percent: 40 }] })
+      const { status } = yield* answer({ state: "up", since: 0 }, {
+        state: "running",
+        models: [{ model: "a", state: "pulling", percent: 40 }]
+      })
       expect(status).toBe(204)
     }))
 
@@ -44,7 +47,15 @@ describe("/ping", () => {
       expect(status).toBe(200)
       expect(body).toEqual({
         status: "ready",
-        ollama: { state: "up", since: "1970-01-01T00:00:00.000Z", version: "0.32.15", managed: true, process: "running", pid: 42, restarts: 1 },
+        ollama: {
+          state: "up",
+          since: "1970-01-01T00:00:00.000Z",
+          version: "0.32.15",
+          managed: true,
+          process: "running",
+          pid: 42,
+          restarts: 1
+        },
         preload: {
           state: "done",
           ready: 1,

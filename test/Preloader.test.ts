@@ -46,23 +46,27 @@ const setup = (env: Record<string, string>, fake: FakeOllama = {}, initial: Olla
       return n
     }
     const changes = yield* SubscriptionRef.make<HealthSnapshot>({ state: initial, since: 0 })
-    const health = OllamaHealth.make({
-      changes,
-      awaitUp: changes.changes.pipe(Stream.filter((s) => s.state === "up"), Stream.take(1), Stream.runDrain)
-    } as unknown as Parameters<typeof OllamaHealth.make>[0])
-    const client = OllamaClient.make({
-      pull: (model: string) =>
-        Stream.unwrap(Effect.gen(function*() {
-          calls.push({ op: "pull", model, at: yield* Clock.currentTimeMillis })
-          return fake.pull?.(model, attempt(`pull ${model}`)) ?? Stream.fromIterable(success)
-        })),
-      warm: (model: string, keepAlive: string | number) =>
-        Effect.gen(function*() {
-          calls.push({ op: "warm", model, keepAlive, at: yield* Clock.currentTimeMillis })
-          return yield* (fake.warm?.(model, attempt(`warm ${model}`)) ?? Effect.succeed<WarmedWith>("generate"))
-        }),
-      tags: Effect.succeed(fake.tags ?? [])
-    } as unknown as Parameters<typeof OllamaClient.make>[0])
+    const health = OllamaHealth.make(
+      {
+        changes,
+        awaitUp: changes.changes.pipe(Stream.filter((s) => s.state === "up"), Stream.take(1), Stream.runDrain)
+      } as unknown as Parameters<typeof OllamaHealth.make>[0]
+    )
+    const client = OllamaClient.make(
+      {
+        pull: (model: string) =>
+          Stream.unwrap(Effect.gen(function*() {
+            calls.push({ op: "pull", model, at: yield* Clock.currentTimeMillis })
+            return fake.pull?.(model, attempt(`pull ${model}`)) ?? Stream.fromIterable(success)
+          })),
+        warm: (model: string, keepAlive: string | number) =>
+          Effect.gen(function*() {
+            calls.push({ op: "warm", model, keepAlive, at: yield* Clock.currentTimeMillis })
+            return yield* (fake.warm?.(model, attempt(`warm ${model}`)) ?? Effect.succeed<WarmedWith>("generate"))
+          }),
+        tags: Effect.succeed(fake.tags ?? [])
+      } as unknown as Parameters<typeof OllamaClient.make>[0]
+    )
     const logger = Logger.make(({ annotations, logLevel, message }) => {
       const parts = Array.isArray(message) ? message : [message]
       logs.push({ level: logLevel.label, msg: String(parts[0]), annotations: Object.fromEntries(annotations) })

@@ -3,15 +3,15 @@
  * the official `ollama` and `openai` clients, and raw node:http for the edges.
  */
 import { createHash } from "node:crypto"
-import { createServer, type IncomingMessage, type Server } from "node:http"
 import { once } from "node:events"
-import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from "node:net"
+import { createServer, type IncomingMessage, type Server } from "node:http"
+import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from "node:net"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { ndjson, open, raw, readToEnd } from "./support/http.js"
-import { startProxy, type RunningProxy } from "./support/proxy.js"
+import { type RunningProxy, startProxy } from "./support/proxy.js"
 
 const KEY = "test-key-0123456789"
 const BOB_KEY = "bob-key-abcdef"
@@ -380,8 +380,7 @@ describe("lines that arrive in one read", () => {
     upstream?.close()
   })
 
-  const generate = () =>
-    open(`${rawProxy.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "llama3.2", prompt: "Hi" }) })
+  const generate = () => open(`${rawProxy.url}/api/generate`, { method: "POST", body: JSON.stringify({ model: "llama3.2", prompt: "Hi" }) })
 
   it("relays them whole and in order", async () => {
     tail = "0\r\n\r\n"

@@ -14,7 +14,15 @@ const chat = {
     headers: { "content-type": "application/x-ndjson" },
     chunks: ndjson([
       { model: "llama3.2", created_at: "t", message: { role: "assistant", content: "Hi" }, done: false },
-      { model: "llama3.2", created_at: "t", message: { role: "assistant", content: "" }, done: true, done_reason: "stop", prompt_eval_count: 26, eval_count: 259 }
+      {
+        model: "llama3.2",
+        created_at: "t",
+        message: { role: "assistant", content: "" },
+        done: true,
+        done_reason: "stop",
+        prompt_eval_count: 26,
+        eval_count: 259
+      }
     ])
   }
 }
@@ -87,7 +95,9 @@ describe("responseUsage, other API families", () => {
   }
 
   it("OpenAI embeddings: input tokens only", () => {
-    expect(read("/v1/embeddings", "application/json", `{"object":"list","data":[],"model":"e","usage":{"prompt_tokens":4,"total_tokens":4}}`))
+    expect(
+      read("/v1/embeddings", "application/json", `{"object":"list","data":[],"model":"e","usage":{"prompt_tokens":4,"total_tokens":4}}`)
+    )
       .toEqual({ model: "e", inputTokens: 4 })
   })
 
@@ -96,11 +106,22 @@ describe("responseUsage, other API families", () => {
       `event: response.created\ndata: {"type":"response.created","response":{"model":"m","status":"in_progress"}}`,
       `event: response.completed\ndata: {"type":"response.completed","response":{"model":"m","status":"completed","usage":{"input_tokens":3,"output_tokens":5}}}`
     ].join("\n\n") + "\n\n"
-    expect(read("/v1/responses", "text/event-stream", body)).toEqual({ model: "m", inputTokens: 3, outputTokens: 5, finishReasons: ["completed"] })
+    expect(read("/v1/responses", "text/event-stream", body)).toEqual({
+      model: "m",
+      inputTokens: 3,
+      outputTokens: 5,
+      finishReasons: ["completed"]
+    })
   })
 
   it("error events keep their message; a non-2xx answer has no usage", () => {
-    expect(read("/v1/messages", "text/event-stream", `event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n`)?.error)
+    expect(
+      read(
+        "/v1/messages",
+        "text/event-stream",
+        `event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n`
+      )?.error
+    )
       .toBe("busy")
     expect(read("/v1/chat/completions", "text/event-stream", `data: {"error":{"message":"boom"}}\n\n`)?.error).toBe("boom")
     expect(read("/api/chat", "application/json", `{"error":"model 'x' not found"}`, 404)).toBeUndefined()

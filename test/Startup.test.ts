@@ -1,8 +1,8 @@
 /**
  * Start-up as an operator meets it: the built bundle, real environment variables.
  */
-import { createServer } from "node:net"
 import { once } from "node:events"
+import { createServer } from "node:net"
 import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "vitest"
 import { raw } from "./support/http.js"
@@ -30,7 +30,9 @@ describe("bad configuration", () => {
     try {
       const proxy = await spawnProxy({ OLLAMA_MANAGED: "false", PORT: String(port) }, { waitForListening: false })
       expect((await proxy.exited).code).toBe(1)
-      expect(proxy.stderr().trim()).toBe(`ollama-authentication-proxy: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}`)
+      expect(proxy.stderr().trim()).toBe(
+        `ollama-authentication-proxy: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}`
+      )
     } finally {
       blocker.close()
     }

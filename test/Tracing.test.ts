@@ -1,13 +1,13 @@
-import { createServer } from "node:net"
-import type { AddressInfo } from "node:net"
-import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
-import type { ReadableSpan } from "@opentelemetry/sdk-trace-base"
 import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
+import type { ReadableSpan } from "@opentelemetry/sdk-trace-base"
+import { Effect, Layer, Logger } from "effect"
+import { createServer } from "node:net"
+import type { AddressInfo } from "node:net"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger } from "effect"
 import { AppConfig } from "../src/Config.js"
 import type { ExchangeTap } from "../src/http/Exchange.js"
 import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
@@ -15,7 +15,7 @@ import { exchangeParentSpan, Tracing } from "../src/telemetry/Tracing.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
 import { scrape } from "./support/metrics.js"
-import { FAKE_OLLAMA_BIN, spawnProxy, startProxy, type RunningProxy } from "./support/proxy.js"
+import { FAKE_OLLAMA_BIN, type RunningProxy, spawnProxy, startProxy } from "./support/proxy.js"
 import { attributesOf, otlpJsonSpans, startReceiver } from "./support/receiver.js"
 import { spanRecorder } from "./support/spans.js"
 
@@ -38,19 +38,21 @@ const byKind = (spans: ReadonlyArray<ReadableSpan>, kind: SpanKind) => spans.fil
 
 describe("exchange spans", () => {
   it("a server span continuing the client's trace, a GenAI span inside it, traceparent on to Ollama", async () => {
-    const { result: upstream, recorder } = await withTap({ OTEL_SERVICE_NAME: "edge", OTEL_RESOURCE_ATTRIBUTES: "region=eu" }, (tap) =>
-      play(tap, {
-        url: "/api/chat",
-        keyName: "bob",
-        headers: {
-          traceparent: TRACEPARENT,
-          "user-agent": "ollama-js/0.6",
-          "x-openwebui-user-id": "u-42",
-          "x-openwebui-user-name": "Ada%20L."
-        },
-        body: JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "hi" }] }),
-        response: { status: 200, headers: { "content-type": "application/x-ndjson" }, chunks: chatStream("llama3.2", 26, 259) }
-      }).upstreamHeaders
+    const { result: upstream, recorder } = await withTap(
+      { OTEL_SERVICE_NAME: "edge", OTEL_RESOURCE_ATTRIBUTES: "region=eu" },
+      (tap) =>
+        play(tap, {
+          url: "/api/chat",
+          keyName: "bob",
+          headers: {
+            traceparent: TRACEPARENT,
+            "user-agent": "ollama-js/0.6",
+            "x-openwebui-user-id": "u-42",
+            "x-openwebui-user-name": "Ada%20L."
+          },
+          body: JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "hi" }] }),
+          response: { status: 200, headers: { "content-type": "application/x-ndjson" }, chunks: chatStream("llama3.2", 26, 259) }
+        }).upstreamHeaders
     )
     const [server] = byKind(recorder.spans(), SpanKind.SERVER)
     const [genAi] = byKind(recorder.spans(), SpanKind.CLIENT)
@@ -94,9 +96,15 @@ describe("exchange spans", () => {
   })
 
   it("no GenAI span for other endpoints; Ollama gets the server span as parent", async () => {
-    const { result: upstream, recorder } = await withTap({}, (tap) =>
-      play(tap, { method: "GET", url: "/api/tags", response: { status: 200, headers: { "content-type": "application/json" }, chunks: [`{"models":[]}`] } })
-        .upstreamHeaders
+    const { result: upstream, recorder } = await withTap(
+      {},
+      (tap) =>
+        play(tap, {
+          method: "GET",
+          url: "/api/tags",
+          response: { status: 200, headers: { "content-type": "application/json" }, chunks: [`{"models":[]}`] }
+        })
+          .upstreamHeaders
     )
     expect(recorder.spans().map((s) => s.name)).toEqual(["GET /api/tags"])
     const server = recorder.spans()[0]!
@@ -109,7 +117,11 @@ describe("exchange spans", () => {
       play(tap, {
         url: "/api/chat",
         body: `{"model":"nope"}`,
-        response: { status: 404, headers: { "content-type": "application/json; charset=utf-8" }, chunks: [`{"error":"model 'nope' not found"}`] }
+        response: {
+          status: 404,
+          headers: { "content-type": "application/json; charset=utf-8" },
+          chunks: [`{"error":"model 'nope' not found"}`]
+        }
       })
       play(tap, {
         url: "/api/generate",
@@ -139,8 +151,9 @@ describe("exchange spans", () => {
   })
 
   it("an always_off sampler records nothing and still hands Ollama the trace, marked not sampled", async () => {
-    const { result: upstream, recorder } = await withTap({ OTEL_TRACES_SAMPLER: "always_off" }, (tap) =>
-      play(tap, { method: "GET", url: "/api/version", headers: { traceparent: TRACEPARENT } }).upstreamHeaders
+    const { result: upstream, recorder } = await withTap(
+      { OTEL_TRACES_SAMPLER: "always_off" },
+      (tap) => play(tap, { method: "GET", url: "/api/version", headers: { traceparent: TRACEPARENT } }).upstreamHeaders
     )
     expect(recorder.spans()).toHaveLength(0)
     expect(upstream.traceparent).toMatch(new RegExp(`^00-${TRACE_ID}-[0-9a-f]{16}-00$`))
@@ -323,7 +336,10 @@ describe("through the service, with the fake Ollama", () => {
     })
     const embed = genAiUnder("POST /v1/embeddings")
     expect(embed.name).toBe("embeddings nomic-embed-text")
-    expect(embed.attributes).toMatchObject({ "gen_ai.operation.name": "embeddings", "gen_ai.usage.input_tokens": embedFigures.promptEvalCount })
+    expect(embed.attributes).toMatchObject({
+      "gen_ai.operation.name": "embeddings",
+      "gen_ai.usage.input_tokens": embedFigures.promptEvalCount
+    })
     expect(embed.attributes).not.toHaveProperty("gen_ai.usage.output_tokens")
   })
 })
@@ -358,7 +374,16 @@ describe("the Ollama process and the preload", () => {
       await proxy.close()
     }
     const names = new Set(recorder.spans().map((s) => s.name))
-    for (const name of ["OllamaProcess.start", "OllamaProcess.ready", "OllamaProcess.exit", "OllamaProcess.restart", "Preloader.pull", "Preloader.warm"]) {
+    for (
+      const name of [
+        "OllamaProcess.start",
+        "OllamaProcess.ready",
+        "OllamaProcess.exit",
+        "OllamaProcess.restart",
+        "Preloader.pull",
+        "Preloader.warm"
+      ]
+    ) {
       expect(names).toContain(name)
     }
     expect(recorder.named("Preloader.pull")[0]!.attributes).toMatchObject({ model: "qwen3:0.6b" })

@@ -2,17 +2,17 @@
  * Usage metering end to end: the real proxy on a real port in front of the fake Ollama, the real
  * `ollama` and `openai` clients, and a real webhook receiver that the records are POSTed to.
  */
+import { Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import { once } from "node:events"
-import { request as httpRequest, type IncomingMessage } from "node:http"
-import { Schema } from "effect"
+import { type IncomingMessage, request as httpRequest } from "node:http"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { UsageRecord } from "../src/usage/Record.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { freePort, open, raw } from "./support/http.js"
-import { spawnProxy, startProxy, type RunningProxy } from "./support/proxy.js"
+import { type RunningProxy, spawnProxy, startProxy } from "./support/proxy.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
 const KEY = "usage-test-key-5f1e"
@@ -95,7 +95,11 @@ const openai = (requestId: string, base = proxy.url) =>
 
 /** A raw POST of a JSON body; the whole answer. */
 const post = (url: string, body: unknown, headers: Record<string, string> = {}) =>
-  raw(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: typeof body === "string" ? body : JSON.stringify(body) })
+  raw(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body)
+  })
 
 describe("records for the native API, with the ollama client", () => {
   it("streamed chat: the done object's figures, the key's name, timings", async () => {
@@ -126,13 +130,22 @@ describe("records for the native API, with the ollama client", () => {
     const chatId = randomUUID()
     const messages = [{ role: "user", content: "Hi" }]
     await ollama(chatId).chat({ model: "llama3.2", messages, stream: false })
-    expect(await recordOf(chatId)).toMatchObject({ stream: false, outcome: "completed", ...nativeFigures("/api/chat", { model: "llama3.2", messages }) })
+    expect(await recordOf(chatId)).toMatchObject({
+      stream: false,
+      outcome: "completed",
+      ...nativeFigures("/api/chat", { model: "llama3.2", messages })
+    })
 
     fake.set({ splitWrites: true, tokens: 12 })
     const genId = randomUUID()
     const body = { model: "llama3.2", prompt: "Count to twelve", options: { num_predict: 7 } }
     for await (const _ of await ollama(genId).generate({ ...body, stream: true })) void _
-    expect(await recordOf(genId)).toMatchObject({ endpoint: "/api/generate", stream: true, done_reason: "length", ...nativeFigures("/api/generate", body) })
+    expect(await recordOf(genId)).toMatchObject({
+      endpoint: "/api/generate",
+      stream: true,
+      done_reason: "length",
+      ...nativeFigures("/api/generate", body)
+    })
     expect(fake.expected("/api/generate", body).evalCount).toBe(7)
   })
 
@@ -140,11 +153,23 @@ describe("records for the native API, with the ollama client", () => {
     const embedId = randomUUID()
     await ollama(embedId).embed({ model: "nomic-embed-text", input: ["one", "two three"] })
     const f = fake.expected("/api/embed", { model: "nomic-embed-text", input: ["one", "two three"] })
-    expect(await recordOf(embedId)).toMatchObject({ endpoint: "/api/embed", model: "nomic-embed-text", stream: false, prompt_eval_count: f.promptEvalCount, eval_count: 0, done_reason: null })
+    expect(await recordOf(embedId)).toMatchObject({
+      endpoint: "/api/embed",
+      model: "nomic-embed-text",
+      stream: false,
+      prompt_eval_count: f.promptEvalCount,
+      eval_count: 0,
+      done_reason: null
+    })
 
     const legacyId = randomUUID()
     await ollama(legacyId).embeddings({ model: "nomic-embed-text", prompt: "one" })
-    expect(await recordOf(legacyId)).toMatchObject({ endpoint: "/api/embeddings", model: "nomic-embed-text", status: 200, prompt_eval_count: null })
+    expect(await recordOf(legacyId)).toMatchObject({
+      endpoint: "/api/embeddings",
+      model: "nomic-embed-text",
+      status: 200,
+      prompt_eval_count: null
+    })
   })
 
   it("who: the user and chat headers, names percent-decoded", async () => {
@@ -156,7 +181,13 @@ describe("records for the native API, with the ollama client", () => {
       "X-OpenWebUI-User-Role": "admin",
       "X-OpenWebUI-Chat-Id": "chat-7"
     }).chat({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false })
-    expect(await recordOf(id)).toMatchObject({ user_name: "Zoë Müller", user_id: "8c1d-42", user_email: "zoe@example.com", user_role: "admin", chat_id: "chat-7" })
+    expect(await recordOf(id)).toMatchObject({
+      user_name: "Zoë Müller",
+      user_id: "8c1d-42",
+      user_email: "zoe@example.com",
+      user_role: "admin",
+      chat_id: "chat-7"
+    })
   })
 
   it("no record for loading or unloading a model", async () => {
@@ -208,14 +239,23 @@ describe("records for the OpenAI API", () => {
     const proxied = await post(`${proxy.url}/v1/completions`, body, { ...auth, "x-request-id": id })
     expect(normalised(proxied.body)).toBe(normalised(direct.body))
     const u = fake.expected("/v1/completions", body).usage!
-    expect(await recordOf(id)).toMatchObject({ endpoint: "/v1/completions", prompt_eval_count: u.prompt_tokens, eval_count: u.completion_tokens })
+    expect(await recordOf(id)).toMatchObject({
+      endpoint: "/v1/completions",
+      prompt_eval_count: u.prompt_tokens,
+      eval_count: u.completion_tokens
+    })
   })
 
   it("the openai client: a stream that asks for usage gets it, one that does not gets none", async () => {
     const messages = [{ role: "user" as const, content: "Hi" }]
     const asking = randomUUID()
     const chunks: Array<OpenAI.Chat.Completions.ChatCompletionChunk> = []
-    const stream = await openai(asking).chat.completions.create({ model: "llama3.2", messages, stream: true, stream_options: { include_usage: true } })
+    const stream = await openai(asking).chat.completions.create({
+      model: "llama3.2",
+      messages,
+      stream: true,
+      stream_options: { include_usage: true }
+    })
     for await (const chunk of stream) chunks.push(chunk)
     const usage = chunks.at(-1)!.usage!
     expect(usage.completion_tokens).toBe(5)
@@ -225,18 +265,30 @@ describe("records for the OpenAI API", () => {
     const plain: Array<OpenAI.Chat.Completions.ChatCompletionChunk> = []
     for await (const chunk of await openai(silent).chat.completions.create({ model: "llama3.2", messages, stream: true })) plain.push(chunk)
     expect(plain.every((c) => c.usage === undefined || c.usage === null)).toBe(true)
-    expect(plain.map((c) => c.choices[0]?.delta.content ?? "").join("")).toBe(fake.expected("/v1/chat/completions", { model: "llama3.2", messages }).content)
+    expect(plain.map((c) => c.choices[0]?.delta.content ?? "").join("")).toBe(
+      fake.expected("/v1/chat/completions", { model: "llama3.2", messages }).content
+    )
     expect(await recordOf(silent)).toMatchObject({ prompt_eval_count: usage.prompt_tokens, eval_count: 5 })
   })
 
   it("the openai client: a single chat.completion and /v1/embeddings", async () => {
     const chatId = randomUUID()
     const completion = await openai(chatId).chat.completions.create({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }] })
-    expect(await recordOf(chatId)).toMatchObject({ stream: false, prompt_eval_count: completion.usage!.prompt_tokens, eval_count: completion.usage!.completion_tokens, done_reason: "stop" })
+    expect(await recordOf(chatId)).toMatchObject({
+      stream: false,
+      prompt_eval_count: completion.usage!.prompt_tokens,
+      eval_count: completion.usage!.completion_tokens,
+      done_reason: "stop"
+    })
 
     const embedId = randomUUID()
     const embeddings = await openai(embedId).embeddings.create({ model: "nomic-embed-text", input: ["a", "b"] })
-    expect(await recordOf(embedId)).toMatchObject({ endpoint: "/v1/embeddings", model: "nomic-embed-text", prompt_eval_count: embeddings.usage.prompt_tokens, eval_count: 0 })
+    expect(await recordOf(embedId)).toMatchObject({
+      endpoint: "/v1/embeddings",
+      model: "nomic-embed-text",
+      prompt_eval_count: embeddings.usage.prompt_tokens,
+      eval_count: 0
+    })
   })
 
   it("the Responses API", async () => {
@@ -255,7 +307,14 @@ describe("records for the Anthropic API", () => {
     const streamed = await post(`${proxy.url}/v1/messages`, { ...body, stream: true }, { "x-api-key": KEY, "x-request-id": streamId })
     expect(streamed.body.toString()).toContain("event: message_stop")
     const f = fake.expected("/v1/messages", body)
-    expect(await recordOf(streamId)).toMatchObject({ endpoint: "/v1/messages", stream: true, api_key_name: "alice", prompt_eval_count: f.promptEvalCount, eval_count: f.evalCount, done_reason: "end_turn" })
+    expect(await recordOf(streamId)).toMatchObject({
+      endpoint: "/v1/messages",
+      stream: true,
+      api_key_name: "alice",
+      prompt_eval_count: f.promptEvalCount,
+      eval_count: f.evalCount,
+      done_reason: "end_turn"
+    })
 
     const wholeId = randomUUID()
     await post(`${proxy.url}/v1/messages`, body, { "x-api-key": KEY, "x-request-id": wholeId })
@@ -274,7 +333,14 @@ describe("records of exchanges that end badly", () => {
     })
     await once(res, "data")
     req.destroy()
-    expect(await recordOf(id)).toMatchObject({ outcome: "client_aborted", model: "llama3.2", status: 200, stream: true, eval_count: null, done_reason: null })
+    expect(await recordOf(id)).toMatchObject({
+      outcome: "client_aborted",
+      model: "llama3.2",
+      status: 200,
+      stream: true,
+      eval_count: null,
+      done_reason: null
+    })
   })
 
   it("a stream Ollama ends with an error line: upstream_error", async () => {
@@ -288,14 +354,18 @@ describe("records of exchanges that end badly", () => {
   it("an OpenAI stream Ollama stops short: upstream_error", async () => {
     fake.set({ errorAfterChunks: 2 })
     const id = randomUUID()
-    await post(`${proxy.url}/v1/chat/completions`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: true }, { ...auth, "x-request-id": id })
+    await post(`${proxy.url}/v1/chat/completions`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: true }, {
+      ...auth,
+      "x-request-id": id
+    })
     expect(await recordOf(id)).toMatchObject({ outcome: "upstream_error", status: 200, model: "llama3.2" })
   })
 
   it("Ollama dying mid-stream: upstream_error", async () => {
     fake.set({ crashAfterChunks: 2 })
     const id = randomUUID()
-    await post(`${proxy.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }] }, { ...auth, "x-request-id": id }).catch(() => undefined)
+    await post(`${proxy.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }] }, { ...auth, "x-request-id": id })
+      .catch(() => undefined)
     expect(await recordOf(id)).toMatchObject({ outcome: "upstream_error", model: "llama3.2" })
   })
 
@@ -351,7 +421,9 @@ describe("request bodies the proxy reads", () => {
 
   it("a body over the limit streams through unchanged", async () => {
     const id = randomUUID()
-    const body = Buffer.from(JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "x".repeat(33 * 1024 * 1024) }] }))
+    const body = Buffer.from(
+      JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "x".repeat(33 * 1024 * 1024) }] })
+    )
     const res = await post(`${proxy.url}/v1/chat/completions`, body.toString(), { ...auth, "x-request-id": id })
     expect(res.status).toBe(200)
     const forwarded = fake.requests.find((r) => r.headers["x-request-id"] === id)!
@@ -374,7 +446,14 @@ describe("the built service", () => {
     try {
       await waitForReady(child.url)
       const ids = Array.from({ length: 12 }, () => randomUUID())
-      await Promise.all(ids.map((id) => post(`${child.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false }, { ...auth, "x-request-id": id })))
+      await Promise.all(
+        ids.map((id) =>
+          post(`${child.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false }, {
+            ...auth,
+            "x-request-id": id
+          })
+        )
+      )
       expect(own.accepted().length).toBeLessThan(ids.length)
       const exit = await child.kill("SIGTERM")
       expect(exit.code).toBe(0)
@@ -421,9 +500,15 @@ describe("the built service", () => {
     try {
       await waitForReady(child.url)
       const id = randomUUID()
-      await post(`${child.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false }, { ...auth, "x-request-id": id })
+      await post(`${child.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false }, {
+        ...auth,
+        "x-request-id": id
+      })
       const line = await child.waitForLine((l) => l.msg === "usage record not delivered")
-      expect(line).toMatchObject({ level: "error", record: { request_id: id, endpoint: "/api/chat", model: "llama3.2", outcome: "completed" } })
+      expect(line).toMatchObject({
+        level: "error",
+        record: { request_id: id, endpoint: "/api/chat", model: "llama3.2", outcome: "completed" }
+      })
       expect(String(line.reason)).toMatch(/^gave up retrying/)
       expect(JSON.stringify(child.lines) + child.stderr()).not.toContain(WEBHOOK_KEY)
     } finally {

@@ -1,6 +1,6 @@
-import { randomUUID } from "node:crypto"
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Layer, Logger, LogLevel, Schedule } from "effect"
+import { randomUUID } from "node:crypto"
 import { AppConfig } from "../src/Config.js"
 import { makeLogger } from "../src/telemetry/Logging.js"
 import type { UsageRecord } from "../src/usage/Record.js"
@@ -48,10 +48,13 @@ const withWebhook = async (
   use: (webhook: UsageWebhook) => Promise<void> | void
 ): Promise<Array<Record<string, any>>> => {
   const lines: Array<string> = []
-  const logger = Logger.replace(Logger.defaultLogger, makeLogger(true, (line) => {
-    lines.push(line)
-    allLogs.push(line)
-  }))
+  const logger = Logger.replace(
+    Logger.defaultLogger,
+    makeLogger(true, (line) => {
+      lines.push(line)
+      allLogs.push(line)
+    })
+  )
   const layer = UsageWebhook.Default.pipe(
     Layer.provide(AppConfig.fromEnv({ AUTHORIZATION_LOG_LEVEL: "debug", WEBHOOK_RETRY_DELAY: "10ms", ...env })),
     Layer.provide(Layer.merge(logger, Logger.minimumLogLevel(LogLevel.Debug)))
@@ -75,10 +78,13 @@ describe("UsageWebhook delivery", () => {
   it("POSTs the record as JSON with the key, an Idempotency-Key and a User-Agent", async () => {
     receiver = await startWebhook()
     const r = record()
-    const logs = await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, USER_MODEL_METRICS_WEBHOOK_API_KEY: KEY }, async (w) => {
-      w.offer(r)
-      await receiver!.until((got) => got.length === 1)
-    })
+    const logs = await withWebhook(
+      { USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, USER_MODEL_METRICS_WEBHOOK_API_KEY: KEY },
+      async (w) => {
+        w.offer(r)
+        await receiver!.until((got) => got.length === 1)
+      }
+    )
     const [got] = receiver.received
     expect(got!.record).toEqual(r)
     expect(got!.headers["content-type"]).toBe("application/json")

@@ -2,10 +2,10 @@
  * The test double itself: it must look like `ollama serve` to the official clients and, byte for
  * byte, to a proxy (OLLAMA-API.md). Its knobs and its CLI are tested here too.
  */
-import { spawn, type ChildProcess } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import { mkdtempSync, readFileSync } from "node:fs"
-import http, { type IncomingMessage, type IncomingHttpHeaders } from "node:http"
+import http, { type IncomingHttpHeaders, type IncomingMessage } from "node:http"
 import net, { type AddressInfo } from "node:net"
 import os from "node:os"
 import path from "node:path"
@@ -15,13 +15,13 @@ import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import {
   BUSY_ERROR,
-  MIDSTREAM_ERROR,
   embeddingFor,
   expectedFigures,
+  type FakeOllama,
   generatedText,
+  MIDSTREAM_ERROR,
   parseOllamaHost,
-  startFakeOllama,
-  type FakeOllama
+  startFakeOllama
 } from "./fake-ollama/server.mjs"
 
 const BIN = fileURLToPath(new URL("./fake-ollama/bin/ollama", import.meta.url))
@@ -32,7 +32,7 @@ interface Raw {
   body: Buffer
   text: string
   /** The data events as they arrived. */
-  pieces: Buffer[]
+  pieces: Array<Buffer>
 }
 
 /** One request with node:http, the body framed by Content-Length (a DELETE too). */
@@ -41,7 +41,7 @@ function raw(url: string, init: { method?: string; headers?: Record<string, stri
     const body = init.body === undefined ? undefined : Buffer.from(init.body)
     const headers = { ...(body ? { "content-length": String(body.length) } : {}), ...init.headers }
     const req = http.request(url, { method: init.method ?? "GET", headers, agent: false }, (res) => {
-      const pieces: Buffer[] = []
+      const pieces: Array<Buffer> = []
       res.on("data", (d: Buffer) => pieces.push(d))
       res.on("end", () => {
         const all = Buffer.concat(pieces)
@@ -65,7 +65,7 @@ async function open(url: string, body: unknown) {
 /** Reads a response to its end or to its breaking off. */
 function readToEnd(res: IncomingMessage): Promise<{ text: string; complete: boolean }> {
   return new Promise((resolve) => {
-    const chunks: Buffer[] = []
+    const chunks: Array<Buffer> = []
     res.on("data", (d: Buffer) => chunks.push(d))
     res.on("error", () => {})
     res.on("close", () => resolve({ text: Buffer.concat(chunks).toString("utf8"), complete: res.complete }))
@@ -118,7 +118,13 @@ describe("with the ollama client", () => {
     expect(parts.slice(0, -1).every((p) => !p.done)).toBe(true)
     expect(parts.map((p) => p.message.content).join("")).toBe(generatedText(5))
     const last = parts.at(-1)!
-    expect(last).toMatchObject({ model: "llama3.2", done: true, done_reason: "stop", eval_count: 5, prompt_eval_count: expected.promptEvalCount })
+    expect(last).toMatchObject({
+      model: "llama3.2",
+      done: true,
+      done_reason: "stop",
+      eval_count: 5,
+      prompt_eval_count: expected.promptEvalCount
+    })
     expect(last.total_duration).toBe(expected.totalDuration)
     expect(last.created_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$/)
 
@@ -135,7 +141,14 @@ describe("with the ollama client", () => {
     const expected = fake.expected("/api/generate", { prompt: "Why is the sky blue?" })
     expect(expected.promptEvalCount).toBe(5)
     expect(last.context).toHaveLength(expected.promptEvalCount + 3)
-    expect([last.total_duration, last.load_duration, last.prompt_eval_count, last.prompt_eval_duration, last.eval_count, last.eval_duration]).toEqual([
+    expect([
+      last.total_duration,
+      last.load_duration,
+      last.prompt_eval_count,
+      last.prompt_eval_duration,
+      last.eval_count,
+      last.eval_duration
+    ]).toEqual([
       expected.totalDuration,
       expected.loadDuration,
       5,
@@ -158,7 +171,11 @@ describe("with the ollama client", () => {
     expect(layer.some((p) => p.completed > 0 && p.completed < p.total)).toBe(true)
     expect(layer.at(-1)!.completed).toBe(layer.at(-1)!.total)
     expect(fake.models()).toContain("qwen3:0.6b")
-    await expect(client().pull({ model: "no-such-model", stream: true }).then(async (it) => { for await (const _ of it); })).rejects.toThrow(
+    await expect(
+      client().pull({ model: "no-such-model", stream: true }).then(async (it) => {
+        for await (const _ of it);
+      })
+    ).rejects.toThrow(
       "pull model manifest: file does not exist"
     )
   })
@@ -188,7 +205,7 @@ describe("with the ollama client", () => {
 
   it("refuses an embedding model on chat and an unknown model", async () => {
     await expect(client().chat({ model: "nomic-embed-text", messages: [{ role: "user", content: "x" }] })).rejects.toThrow(
-      '"nomic-embed-text" does not support chat'
+      "\"nomic-embed-text\" does not support chat"
     )
     await expect(client().chat({ model: "nope", messages: [] })).rejects.toThrow("model 'nope' not found")
   })
@@ -221,7 +238,9 @@ describe("with the openai client", () => {
     expect(chunks.at(-1)!.usage).toEqual({ prompt_tokens: 4, completion_tokens: 5, total_tokens: 9 })
 
     const plain = []
-    for await (const chunk of await client().chat.completions.create({ model: "llama3.2", messages: chat.messages as never, stream: true })) plain.push(chunk)
+    for await (
+      const chunk of await client().chat.completions.create({ model: "llama3.2", messages: chat.messages as never, stream: true })
+    ) plain.push(chunk)
     expect(plain.some((c) => c.usage)).toBe(false)
     expect(plain).toHaveLength(6)
   })
@@ -250,13 +269,13 @@ describe("on the wire", () => {
     const head = await raw(`${fake.url}/`, { method: "HEAD" })
     expect([head.status, head.headers["content-length"], head.body.length]).toEqual([200, "17", 0])
     const version = await raw(`${fake.url}/api/version`)
-    expect([version.headers["content-type"], version.text]).toEqual(["application/json; charset=utf-8", '{"version":"0.32.15"}'])
+    expect([version.headers["content-type"], version.text]).toEqual(["application/json; charset=utf-8", "{\"version\":\"0.32.15\"}"])
   })
 
   it("lists no models as [], never null", async () => {
     fake.set({ models: [] })
-    expect((await raw(`${fake.url}/api/tags`)).text).toBe('{"models":[]}')
-    expect((await raw(`${fake.url}/api/ps`)).text).toBe('{"models":[]}')
+    expect((await raw(`${fake.url}/api/tags`)).text).toBe("{\"models\":[]}")
+    expect((await raw(`${fake.url}/api/ps`)).text).toBe("{\"models\":[]}")
   })
 
   it("answers an unknown path 404 and a wrong method 405, in plain text", async () => {
@@ -268,7 +287,12 @@ describe("on the wire", () => {
 
   it("copies and deletes with an empty 200, and 404s a model that is not there", async () => {
     const copied = await post(`${fake.url}/api/copy`, { source: "llama3.2", destination: "mine" })
-    expect([copied.status, copied.headers["content-length"], copied.body.length, copied.headers["content-type"]]).toEqual([200, "0", 0, undefined])
+    expect([copied.status, copied.headers["content-length"], copied.body.length, copied.headers["content-type"]]).toEqual([
+      200,
+      "0",
+      0,
+      undefined
+    ])
     expect(fake.models()).toContain("mine:latest")
     const deleted = await raw(`${fake.url}/api/delete`, { method: "DELETE", body: JSON.stringify({ model: "mine" }) })
     expect([deleted.status, deleted.body.length]).toEqual([200, 0])
@@ -293,13 +317,13 @@ describe("on the wire", () => {
     const v1 = await post(`${fake.url}/v1/chat/completions`, chat)
     expect([v1.headers["content-type"], v1.text.endsWith("}\n")]).toEqual(["application/json", true])
     const pulled = await post(`${fake.url}/api/pull`, { name: "all-minilm", stream: false })
-    expect([pulled.status, pulled.headers["content-type"], pulled.text]).toEqual([200, "application/json", '{"status":"success"}\n'])
+    expect([pulled.status, pulled.headers["content-type"], pulled.text]).toEqual([200, "application/json", "{\"status\":\"success\"}\n"])
     const failed = await post(`${fake.url}/api/pull`, { model: "no-such", stream: false })
-    expect([failed.status, failed.text]).toEqual([500, '{"error":"pull model manifest: file does not exist"}\n'])
+    expect([failed.status, failed.text]).toEqual([500, "{\"error\":\"pull model manifest: file does not exist\"}\n"])
     const streamedFail = await post(`${fake.url}/api/pull`, { model: "no-such" })
     expect([streamedFail.status, streamedFail.text]).toEqual([
       200,
-      '{"status":"pulling manifest"}\n{"error":"pull model manifest: file does not exist"}\n'
+      "{\"status\":\"pulling manifest\"}\n{\"error\":\"pull model manifest: file does not exist\"}\n"
     ])
   })
 
@@ -309,7 +333,12 @@ describe("on the wire", () => {
     expect(res.text.endsWith("data: [DONE]\n\n")).toBe(true)
     const events = res.text.split("\n\n").filter(Boolean)
     expect(events.every((e) => e.startsWith("data: "))).toBe(true)
-    const completions = await post(`${fake.url}/v1/completions`, { model: "llama3.2", prompt: "Hi", stream: true, stream_options: { include_usage: true } })
+    const completions = await post(`${fake.url}/v1/completions`, {
+      model: "llama3.2",
+      prompt: "Hi",
+      stream: true,
+      stream_options: { include_usage: true }
+    })
     const chunks = completions.text
       .split("\n\n")
       .filter((e) => e.startsWith("data: {"))
@@ -320,11 +349,21 @@ describe("on the wire", () => {
 
   it("answers the errors of OLLAMA-API.md with their statuses and shapes", async () => {
     const cases: Array<[string, string, number, string]> = [
-      ["/api/chat", "", 400, '{"error":"missing request body"}'],
+      ["/api/chat", "", 400, "{\"error\":\"missing request body\"}"],
       ["/api/chat", "{nope", 400, `{"error":"invalid character 'n' looking for beginning of object key string"}`],
       ["/api/generate", JSON.stringify({ model: "ghost", prompt: "x" }), 404, `{"error":"model 'ghost' not found"}`],
-      ["/api/generate", JSON.stringify({ model: "nomic-embed-text", prompt: "x" }), 400, '{"error":"\\"nomic-embed-text\\" does not support generate"}'],
-      ["/api/generate", JSON.stringify({ model: "llama3.2", keep_alive: "soon" }), 400, '{"error":"time: invalid duration \\"soon\\""}']
+      [
+        "/api/generate",
+        JSON.stringify({ model: "nomic-embed-text", prompt: "x" }),
+        400,
+        "{\"error\":\"\\\"nomic-embed-text\\\" does not support generate\"}"
+      ],
+      [
+        "/api/generate",
+        JSON.stringify({ model: "llama3.2", keep_alive: "soon" }),
+        400,
+        "{\"error\":\"time: invalid duration \\\"soon\\\"\"}"
+      ]
     ]
     for (const [path, body, status, text] of cases) {
       const res = await post(`${fake.url}${path}`, body)
@@ -334,15 +373,25 @@ describe("on the wire", () => {
     const busy = await post(`${fake.url}/api/chat`, chat)
     expect([busy.status, busy.text]).toEqual([503, JSON.stringify({ error: BUSY_ERROR })])
     const v1busy = await post(`${fake.url}/v1/chat/completions`, chat)
-    expect([v1busy.status, v1busy.text]).toEqual([503, `${JSON.stringify({ error: { message: BUSY_ERROR, type: "api_error", param: null, code: null } })}\n`])
+    expect([v1busy.status, v1busy.text]).toEqual([
+      503,
+      `${JSON.stringify({ error: { message: BUSY_ERROR, type: "api_error", param: null, code: null } })}\n`
+    ])
     const v1bad = await post(`${fake.url}/v1/chat/completions`, { model: "llama3.2", messages: [] })
-    expect([v1bad.status, JSON.parse(v1bad.text)]).toEqual([400, { error: { message: "[] is too short - 'messages'", type: "invalid_request_error", param: null, code: null } }])
+    expect([v1bad.status, JSON.parse(v1bad.text)]).toEqual([400, {
+      error: { message: "[] is too short - 'messages'", type: "invalid_request_error", param: null, code: null }
+    }])
   })
 
   it("answers a warm-up with one object even when streaming, and marks the model loaded", async () => {
     const res = await post(`${fake.url}/api/chat`, { model: "llama3.2", messages: [], keep_alive: "10m" })
     expect(res.headers["content-type"]).toBe("application/json; charset=utf-8")
-    expect(JSON.parse(res.text)).toMatchObject({ model: "llama3.2", message: { role: "assistant", content: "" }, done: true, done_reason: "load" })
+    expect(JSON.parse(res.text)).toMatchObject({
+      model: "llama3.2",
+      message: { role: "assistant", content: "" },
+      done: true,
+      done_reason: "load"
+    })
     expect(fake.loaded()).toEqual(["llama3.2:latest"])
     const expires = Date.parse(JSON.parse((await raw(`${fake.url}/api/ps`)).text).models[0].expires_at)
     expect(expires - Date.now()).toBeGreaterThan(9 * 60_000)
@@ -351,7 +400,19 @@ describe("on the wire", () => {
   it("refuses a non-local Host with an empty 403, and lets local names through", async () => {
     const refused = await raw(`${fake.url}/api/tags`, { headers: { host: "api.example.com" } })
     expect([refused.status, refused.headers["content-length"], refused.body.length]).toEqual([403, "0", 0])
-    for (const host of ["localhost:11434", "127.0.0.1", "10.1.2.3:80", "192.168.0.9", "[::1]:8080", "ollama.localhost", "box.local", "svc.internal:1", os.hostname()]) {
+    for (
+      const host of [
+        "localhost:11434",
+        "127.0.0.1",
+        "10.1.2.3:80",
+        "192.168.0.9",
+        "[::1]:8080",
+        "ollama.localhost",
+        "box.local",
+        "svc.internal:1",
+        os.hostname()
+      ]
+    ) {
       expect([host, (await raw(`${fake.url}/api/version`, { headers: { host } })).status]).toEqual([host, 200])
     }
     expect((await raw(`${fake.url}/api/version`, { headers: { host: "8.8.8.8" } })).status).toBe(403)
@@ -402,7 +463,11 @@ describe("on the wire", () => {
     expect(events[0]!.data.message.usage).toEqual({ input_tokens: expected.anthropicInputEstimate, output_tokens: 0 })
     expect(events.at(-2)!.data.usage).toEqual({ input_tokens: expected.promptEvalCount, output_tokens: 5 })
     const whole = JSON.parse((await post(`${fake.url}/v1/messages`, body)).text)
-    expect(whole).toMatchObject({ type: "message", stop_reason: "end_turn", usage: { input_tokens: expected.promptEvalCount, output_tokens: 5 } })
+    expect(whole).toMatchObject({
+      type: "message",
+      stop_reason: "end_turn",
+      usage: { input_tokens: expected.promptEvalCount, output_tokens: 5 }
+    })
   })
 })
 
@@ -434,10 +499,16 @@ describe("knobs", () => {
     fake.set({ errorAfterChunks: 2 })
     const res = await post(`${fake.url}/api/chat`, chat)
     expect(res.status).toBe(200)
-    expect(lines(res.text)).toEqual([expect.objectContaining({ done: false }), expect.objectContaining({ done: false }), { error: MIDSTREAM_ERROR }])
+    expect(lines(res.text)).toEqual([expect.objectContaining({ done: false }), expect.objectContaining({ done: false }), {
+      error: MIDSTREAM_ERROR
+    }])
     fake.set({ errorAfterChunks: 0 })
     const early = await post(`${fake.url}/api/chat`, chat)
-    expect([early.status, early.headers["content-type"], early.text]).toEqual([500, "application/json", JSON.stringify({ error: MIDSTREAM_ERROR })])
+    expect([early.status, early.headers["content-type"], early.text]).toEqual([
+      500,
+      "application/json",
+      JSON.stringify({ error: MIDSTREAM_ERROR })
+    ])
   })
 
   it("crashAfterChunks cuts the connection after N lines, which is not a client abort", async () => {
@@ -453,7 +524,11 @@ describe("knobs", () => {
   it("pullFailTimes drops the first pulls, then they succeed", async () => {
     fake.set({ pullFailTimes: 1, models: [] })
     const client = new Ollama({ host: fake.url })
-    await expect(client.pull({ model: "llama3.2", stream: true }).then(async (it) => { for await (const _ of it); })).rejects.toThrow()
+    await expect(
+      client.pull({ model: "llama3.2", stream: true }).then(async (it) => {
+        for await (const _ of it);
+      })
+    ).rejects.toThrow()
     expect(fake.models()).toEqual([])
     expect((await client.pull({ model: "llama3.2" })).status).toBe("success")
     expect(fake.models()).toEqual(["llama3.2:latest"])
@@ -482,7 +557,7 @@ describe("parseOllamaHost, Ollama's OLLAMA_HOST rules", () => {
     ["https://host:8443/some/path", "host:8443"],
     ["127.0.0.1:abc", "127.0.0.1:11434"],
     ["localhost:99999", "localhost:11434"],
-    [' "127.0.0.1:5000" ', "127.0.0.1:5000"]
+    [" \"127.0.0.1:5000\" ", "127.0.0.1:5000"]
   ])("%j listens on %s", (value, address) => {
     expect(parseOllamaHost(value).address).toBe(address)
   })
@@ -528,7 +603,9 @@ describe("the ollama CLI, as a child process", () => {
   it("logs where it listens before answering, serves, logs slog lines, and exits 0 on SIGTERM", async () => {
     const port = await freePort()
     const ollama = spawnOllama({ OLLAMA_HOST: `127.0.0.1:${port}`, FAKE_OLLAMA_STARTUP_DELAY_MS: "150" })
-    const listening = await ollama.waitForStderr(/^time=\S+ level=INFO source=\S+ msg="Listening on 127\.0\.0\.1:\d+ \(version 0\.32\.15\)"$/m)
+    const listening = await ollama.waitForStderr(
+      /^time=\S+ level=INFO source=\S+ msg="Listening on 127\.0\.0\.1:\d+ \(version 0\.32\.15\)"$/m
+    )
     expect(listening).toContain(`127.0.0.1:${port}`)
     const asked = Date.now()
     const root = await raw(`http://127.0.0.1:${port}/`)
@@ -579,7 +656,9 @@ describe("the ollama CLI, as a child process", () => {
     expect([result.complete, lines(result.text).length]).toEqual([false, 2])
     expect((await ollama.exited).code).toBe(1)
     const recorded = readFileSync(record, "utf8").trim().split("\n").map((l) => JSON.parse(l))
-    expect(recorded).toEqual([expect.objectContaining({ method: "POST", path: "/api/generate", body: '{"model":"llama3.2","prompt":"x"}' })])
+    expect(recorded).toEqual([
+      expect.objectContaining({ method: "POST", path: "/api/generate", body: "{\"model\":\"llama3.2\",\"prompt\":\"x\"}" })
+    ])
   })
 
   it("prints its version, from the server when one runs", async () => {

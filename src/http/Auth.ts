@@ -3,9 +3,9 @@
  * compared with every configured digest in constant time, so neither timing nor the position of
  * a key in the list says anything about it.
  */
+import { Effect, Redacted } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import type { IncomingHttpHeaders } from "node:http"
-import { Effect, Redacted } from "effect"
 import { AppConfig } from "../Config.js"
 
 export type AuthResult =
@@ -39,9 +39,7 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
   effect: Effect.gen(function*() {
     const config = yield* AppConfig
     const names = config.apiKeys.map((k) => k.name)
-    const digests = config.apiKeys.map((k) =>
-      k.hashed ? Buffer.from(Redacted.value(k.secret), "hex") : digest(Redacted.value(k.secret))
-    )
+    const digests = config.apiKeys.map((k) => k.hashed ? Buffer.from(Redacted.value(k.secret), "hex") : digest(Redacted.value(k.secret)))
     const open = digests.length === 0
     if (open) {
       yield* Effect.logWarning("no AUTHORIZATION_APIKEY* is set: the proxy lets every caller in")

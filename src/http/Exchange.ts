@@ -2,8 +2,8 @@
  * One client request and its response as it passes the proxy, and the taps that watch it
  * (usage metering, telemetry). Taps are called synchronously on the hot path: keep them cheap.
  */
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 import { Context, Layer } from "effect"
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 
 export type Outcome =
   /** The whole response reached the client. */

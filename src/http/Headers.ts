@@ -2,8 +2,8 @@
  * Header rules at the proxy boundary: hop-by-hop names never cross it (undici rejects them too),
  * the client's credentials stay here, Ollama gets its own Host and the forwarding headers.
  */
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
 import { randomUUID } from "node:crypto"
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
 
 const HOP_BY_HOP = new Set([
   "connection",

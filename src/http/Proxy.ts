@@ -6,10 +6,10 @@
  * plain callbacks: per-request fibers and Streams cost several times the upstream call itself
  * (DESIGN.md, "What speed costs here").
  */
+import { Effect } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { Readable } from "node:stream"
-import { Effect } from "effect"
-import { Pool, type Dispatcher } from "undici"
+import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { writeJsonError, writeOllamaUnavailable } from "./Errors.js"

@@ -3,20 +3,20 @@
  * authenticated and handed to the Proxy's byte path. With PORT_HEALTH != PORT a second listener
  * answers the control routes only.
  */
-import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
-import type { AddressInfo } from "node:net"
 import { HttpMiddleware, HttpRouter, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { Data, Duration, Effect } from "effect"
+import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
+import type { AddressInfo } from "node:net"
 import { AppConfig } from "../Config.js"
-import { ApiKeys, isPreflight } from "./Auth.js"
-import { writeJsonError } from "./Errors.js"
-import { ExchangeTaps, observe } from "./Exchange.js"
-import { pathOf, requestIdOf } from "./Headers.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
 import { metricsRoute, PrometheusMetrics } from "../telemetry/MetricsExport.js"
+import { ApiKeys, isPreflight } from "./Auth.js"
+import { writeJsonError } from "./Errors.js"
+import { ExchangeTaps, observe } from "./Exchange.js"
+import { pathOf, requestIdOf } from "./Headers.js"
 import { ping } from "./Ping.js"
 import { Proxy } from "./Proxy.js"
 

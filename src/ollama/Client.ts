@@ -143,32 +143,34 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
      */
     const pull = (model: string): Stream.Stream<PullProgress, OllamaUnavailable | OllamaError | ModelNotFound> =>
       Stream.suspend(() => {
-      const operation = "POST /api/pull"
-      let succeeded = false
-      return Stream.unwrapScoped(
-        postJson(operation, model, "/api/pull", { model, stream: true }).pipe(Effect.map((res) => res.stream))
-      ).pipe(
-        Stream.mapError((e) => e._tag === "ResponseError" ? new OllamaUnavailable({ operation, cause: e }) : e),
-        Stream.decodeText(),
-        Stream.splitLines,
-        Stream.filter((line) => line.trim() !== ""),
-        Stream.timeoutFail(
-          () => new OllamaUnavailable({ operation, cause: "no progress from ollama for 5 minutes" }),
-          PULL_IDLE_TIMEOUT
-        ),
-        Stream.mapEffect((line) => {
-          const progress = decodeProgress(line)
-          if (Option.isNone(progress)) {
-            return Effect.fail(new OllamaError({ operation, status: 200, error: `not a progress line: ${line.slice(0, 200)}`, retryable: true }))
-          }
-          if (progress.value.error !== undefined) return Effect.fail(failWith(operation, model, 200, progress.value.error))
-          if (progress.value.status === "success") succeeded = true
-          return Effect.succeed(progress.value)
-        }),
-        Stream.concat(Stream.suspend(() =>
-          succeeded ? Stream.empty : Stream.fail(new OllamaUnavailable({ operation, cause: "the pull ended before success" }))
-        ))
-      )
+        const operation = "POST /api/pull"
+        let succeeded = false
+        return Stream.unwrapScoped(
+          postJson(operation, model, "/api/pull", { model, stream: true }).pipe(Effect.map((res) => res.stream))
+        ).pipe(
+          Stream.mapError((e) => e._tag === "ResponseError" ? new OllamaUnavailable({ operation, cause: e }) : e),
+          Stream.decodeText(),
+          Stream.splitLines,
+          Stream.filter((line) => line.trim() !== ""),
+          Stream.timeoutFail(
+            () => new OllamaUnavailable({ operation, cause: "no progress from ollama for 5 minutes" }),
+            PULL_IDLE_TIMEOUT
+          ),
+          Stream.mapEffect((line) => {
+            const progress = decodeProgress(line)
+            if (Option.isNone(progress)) {
+              return Effect.fail(
+                new OllamaError({ operation, status: 200, error: `not a progress line: ${line.slice(0, 200)}`, retryable: true })
+              )
+            }
+            if (progress.value.error !== undefined) return Effect.fail(failWith(operation, model, 200, progress.value.error))
+            if (progress.value.status === "success") succeeded = true
+            return Effect.succeed(progress.value)
+          }),
+          Stream.concat(Stream.suspend(() =>
+            succeeded ? Stream.empty : Stream.fail(new OllamaUnavailable({ operation, cause: "the pull ended before success" }))
+          ))
+        )
       }).pipe(Stream.withSpan("OllamaClient.pull", { attributes: { model } }))
 
     /**

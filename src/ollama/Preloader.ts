@@ -5,16 +5,9 @@
  */
 import { Clock, Duration, Effect, LogLevel, Option, Schedule, Stream } from "effect"
 import { AppConfig } from "../Config.js"
-import {
-  type ModelNotFound,
-  OllamaClient,
-  type OllamaError,
-  type OllamaUnavailable,
-  type PullProgress,
-  type WarmedWith
-} from "./Client.js"
-import { OllamaHealth } from "./Health.js"
 import { setPreloadState } from "../telemetry/Metrics.js"
+import { type ModelNotFound, OllamaClient, type OllamaError, type OllamaUnavailable, type PullProgress, type WarmedWith } from "./Client.js"
+import { OllamaHealth } from "./Health.js"
 
 export type ModelState = "pending" | "pulling" | "warming" | "ready" | "failed"
 
@@ -36,8 +29,7 @@ export interface PreloadSnapshot {
 
 type PreloadError = OllamaUnavailable | OllamaError | ModelNotFound
 
-const isTransient = (error: PreloadError) =>
-  error._tag === "OllamaUnavailable" || (error._tag === "OllamaError" && error.retryable)
+const isTransient = (error: PreloadError) => error._tag === "OllamaUnavailable" || (error._tag === "OllamaError" && error.retryable)
 
 const RETRIES = 8
 
@@ -204,11 +196,13 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
           Effect.logInfo("model on disk").pipe(
             Effect.annotateLogs({ model: m.name, size: humanBytes(m.size), bytes: m.size })
           )).pipe(
-            Effect.zipRight(Effect.logInfo("models on disk").pipe(Effect.annotateLogs({
-              count: local.length,
-              size: humanBytes(local.reduce((sum, m) => sum + m.size, 0)),
-              bytes: local.reduce((sum, m) => sum + m.size, 0)
-            })))
+            Effect.zipRight(
+              Effect.logInfo("models on disk").pipe(Effect.annotateLogs({
+                count: local.length,
+                size: humanBytes(local.reduce((sum, m) => sum + m.size, 0)),
+                bytes: local.reduce((sum, m) => sum + m.size, 0)
+              }))
+            )
           )
       ),
       Effect.catchAll((error) => Effect.logWarning("cannot list models on disk").pipe(Effect.annotateLogs({ error: error.message })))

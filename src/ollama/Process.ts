@@ -6,20 +6,7 @@
  */
 import { Command, CommandExecutor } from "@effect/platform"
 import { NodeCommandExecutor, NodeFileSystem } from "@effect/platform-node"
-import {
-  Clock,
-  Data,
-  Deferred,
-  Duration,
-  Effect,
-  Fiber,
-  Layer,
-  LogLevel,
-  Metric,
-  Schedule,
-  Stream,
-  SubscriptionRef
-} from "effect"
+import { Clock, Data, Deferred, Duration, Effect, Fiber, Layer, LogLevel, Metric, Schedule, Stream, SubscriptionRef } from "effect"
 import { AppConfig, Environment } from "../Config.js"
 import { ollamaRestarts } from "../telemetry/Metrics.js"
 
@@ -78,9 +65,7 @@ export const supervise = <E, R>(runOnce: Effect.Effect<Duration.Duration, E, R>)
   runOnce.pipe(
     Effect.repeat(
       restartSchedule.pipe(
-        Schedule.tapOutput((delay) =>
-          Effect.logInfo("restarting ollama").pipe(Effect.annotateLogs({ delay_ms: Duration.toMillis(delay) }))
-        )
+        Schedule.tapOutput((delay) => Effect.logInfo("restarting ollama").pipe(Effect.annotateLogs({ delay_ms: Duration.toMillis(delay) })))
       )
     )
   )
@@ -167,9 +152,7 @@ interface ExitStatus {
 const exitStatusOf = (proc: CommandExecutor.Process): Effect.Effect<ExitStatus> =>
   proc.exitCode.pipe(
     Effect.map((code): ExitStatus => ({ code: Number(code), signal: null })),
-    Effect.catchAll((error) =>
-      Effect.succeed<ExitStatus>({ code: null, signal: /signal: (\w+)/.exec(error.message)?.[1] ?? "unknown" })
-    )
+    Effect.catchAll((error) => Effect.succeed<ExitStatus>({ code: null, signal: /signal: (\w+)/.exec(error.message)?.[1] ?? "unknown" }))
   )
 
 /**
@@ -331,8 +314,7 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
                   Effect.as(Duration.zero)
                 )
             )
-          )
-        ),
+          )),
         Effect.withSpan("OllamaProcess.run", { attributes: { restarts } })
       )
 

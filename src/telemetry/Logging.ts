@@ -51,7 +51,8 @@ const KEY_ORDER = [
   "outcome"
 ]
 const rank = new Map(KEY_ORDER.map((k, i) => [k, i]))
-const byRank = (a: string, b: string) => (rank.get(a) ?? KEY_ORDER.length) - (rank.get(b) ?? KEY_ORDER.length) || (a < b ? -1 : a > b ? 1 : 0)
+const byRank = (a: string, b: string) =>
+  (rank.get(a) ?? KEY_ORDER.length) - (rank.get(b) ?? KEY_ORDER.length) || (a < b ? -1 : a > b ? 1 : 0)
 
 const OTEL_SPAN = Symbol.for("@effect/opentelemetry/Tracer/OtelSpan")
 
@@ -94,8 +95,7 @@ export const LoggingLive = Layer.unwrapEffect(
     Layer.merge(
       Logger.replace(Logger.defaultLogger, makeLogger(config.logJson, stdout)),
       Logger.minimumLogLevel(levels[config.logLevel])
-    )
-  )
+    ))
 )
 
 /**

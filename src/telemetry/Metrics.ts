@@ -51,7 +51,22 @@ export const modelLabel = (model: string | undefined): string => {
 
 // Boundaries: HTTP durations up to RunPod's 5.5-minute limit; GenAI ones as OpenTelemetry advises.
 const REQUEST_SECONDS = MetricBoundaries.fromIterable([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300])
-const GENAI_SECONDS = MetricBoundaries.fromIterable([0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92])
+const GENAI_SECONDS = MetricBoundaries.fromIterable([
+  0.01,
+  0.02,
+  0.04,
+  0.08,
+  0.16,
+  0.32,
+  0.64,
+  1.28,
+  2.56,
+  5.12,
+  10.24,
+  20.48,
+  40.96,
+  81.92
+])
 const TOKENS = MetricBoundaries.fromIterable([1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864])
 
 // ---------------------------------------------------------------------------------------------
@@ -126,7 +141,10 @@ export const webhookRecords = Metric.counter("usage.webhook.records", {
   incremental: true
 })
 export const webhookRecordLabels = labelCache(["outcome"])
-export const webhookRetries = Metric.counter("usage.webhook.retries", { description: "Webhook delivery attempts retried", incremental: true })
+export const webhookRetries = Metric.counter("usage.webhook.retries", {
+  description: "Webhook delivery attempts retried",
+  incremental: true
+})
 export const webhookQueueDepth = Metric.gauge("usage.webhook.queue.depth", { description: "Usage records waiting for delivery" })
 
 /** Metrics that should read 0 before anything happened, not be missing. */

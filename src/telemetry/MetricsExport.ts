@@ -2,9 +2,9 @@
  * Exporting the metrics: `ollama.up` fed from OllamaHealth, and `GET /metrics`, Prometheus text
  * made by OpenTelemetry's Prometheus exporter from the Effect metrics bridge.
  */
-import type { IncomingHttpHeaders } from "node:http"
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer, Metric, Stream } from "effect"
+import type { IncomingHttpHeaders } from "node:http"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import { ApiKeys } from "../http/Auth.js"
 import { OllamaHealth } from "../ollama/Health.js"

@@ -29,7 +29,6 @@ import { incomingTraceParent, rememberExchangeTrace, Tracing } from "./Tracing.j
 const PROVIDER = "ollama"
 const NO_LABELS: ReadonlyArray<never> = []
 
-
 /** Low-cardinality class of a failed exchange, or undefined when it succeeded. */
 const errorTypeOf = (outcome: Outcome, status: number, usage: ResponseUsage | undefined): string | undefined => {
   switch (outcome) {
@@ -142,7 +141,9 @@ export const makeTelemetryTap: Effect.Effect<ExchangeTap, never, Tracing> = Effe
           bytesIn,
           bytesOut,
           requestModel,
-          requestStream: operation === undefined ? undefined : meter?.request.stream ?? (upstreamAt === undefined ? undefined : endpoint.streamsByDefault),
+          requestStream: operation === undefined
+            ? undefined
+            : meter?.request.stream ?? (upstreamAt === undefined ? undefined : endpoint.streamsByDefault),
           usage,
           timeToFirstChunk: ttfc,
           errorType

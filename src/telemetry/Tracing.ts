@@ -13,9 +13,9 @@
  *   request, one GenAI client span per inference call) are made with the OpenTelemetry API
  *   directly, through the `ExchangeTracer` below.
  */
-import type { IncomingMessage } from "node:http"
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Context, Effect, Layer, Option, Tracer } from "effect"
+import type { IncomingMessage } from "node:http"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import type { Outcome } from "../http/Exchange.js"
 import type { OperationName, ResponseUsage } from "./GenAi.js"

@@ -23,8 +23,7 @@ export interface OpenAiRequest {
   readonly body: Buffer | undefined
 }
 
-const isObject = (value: unknown): value is Record<string, unknown> =>
-  typeof value === "object" && value !== null && !Array.isArray(value)
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value)
 
 const INSERTED = Buffer.from(`"stream_options":{"include_usage":true},`)
 
@@ -159,8 +158,7 @@ export class UsageEventFilter implements ChunkFilter {
   }
 }
 
-const join = (parts: ReadonlyArray<Buffer>): Buffer =>
-  parts.length === 0 ? NOTHING : parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+const join = (parts: ReadonlyArray<Buffer>): Buffer => parts.length === 0 ? NOTHING : parts.length === 1 ? parts[0]! : Buffer.concat(parts)
 
 /** The event without its `"usage":{...zeros}` member, or the event itself if the usage is not all zero. */
 const withoutZeroUsage = (event: Buffer, usageAt: number): Buffer => {

@@ -352,8 +352,7 @@ export const salvage = ({ head, tail }: LongLine): Json => {
 
 const parseLine = (line: Line): Json | undefined => (isLong(line) ? salvage(line) : parseObject(line.toString("utf8")))
 
-const count = (value: unknown): number | null =>
-  typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : null
+const count = (value: unknown): number | null => typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : null
 const text = (value: unknown): string | null => (typeof value === "string" ? value : null)
 
 // ---------------------------------------------------------------------------------------------
@@ -454,7 +453,7 @@ export class RequestScanner {
       const end = q < 0 ? chunk.length : q
       let backslashes = 0
       for (let j = end - 1; j >= i && chunk[j] === BACKSLASH; j--) backslashes++
-      if (this.capture !== undefined) for (let j = i; j < end; j++) this.captureByte(chunk[j]!)
+      if (this.capture !== undefined) { for (let j = i; j < end; j++) this.captureByte(chunk[j]!) }
       if (q < 0) {
         this.escaped = backslashes % 2 === 1
         return chunk.length
@@ -746,5 +745,4 @@ interface WithReading {
  * The reading of this exchange, created by the first tap that asks. That tap's `claim()` is
  * true: it feeds the meter; the others only read it, after calling `end()` (which runs once).
  */
-export const readingOf = (context: object, kind: ApiKind): ExchangeMeter =>
-  ((context as WithReading)[READING] ??= new ExchangeMeter(kind))
+export const readingOf = (context: object, kind: ApiKind): ExchangeMeter => ((context as WithReading)[READING] ??= new ExchangeMeter(kind))

@@ -3,13 +3,13 @@
  * webhook, once, when the exchange ends. Everything here runs synchronously on the hot path;
  * other requests (model lists, pulls, uploads) get no observer at all.
  */
+import { Effect, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders } from "node:http"
-import { Effect, type Tracer } from "effect"
 import type { ExchangeRewrite, ExchangeTap, Outcome as ExchangeOutcome } from "../http/Exchange.js"
 import { pathOf, whoFrom } from "../http/Headers.js"
-import { includeUsage, INCLUDE_USAGE_ENDPOINTS, MAX_REQUEST_BODY, usageEventFilter } from "./IncludeUsage.js"
 import { exchangeParentSpan } from "../telemetry/Tracing.js"
+import { INCLUDE_USAGE_ENDPOINTS, includeUsage, MAX_REQUEST_BODY, usageEventFilter } from "./IncludeUsage.js"
 import { apiKindOf, type ExchangeMeter, readingOf } from "./Meter.js"
 import type { Outcome, UsageRecord } from "./Record.js"
 import { UsageWebhook } from "./Webhook.js"

@@ -318,7 +318,14 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
           yield* Effect.logInfo("delivering queued usage records").pipe(Effect.annotateLogs({ records: outstanding }))
         }
         // Finalizers run uninterruptibly: without `interruptible` the wait would outlast its deadline.
-        yield* idle.await.pipe(Effect.interruptible, Effect.timeoutTo({ duration: config.shutdownTimeout, onSuccess: () => true, onTimeout: () => false }))
+        yield* idle.await.pipe(
+          Effect.interruptible,
+          Effect.timeoutTo({
+            duration: config.shutdownTimeout,
+            onSuccess: () => true,
+            onTimeout: () => false
+          })
+        )
         stopped = true
         // Out of time: retries log their record as they are interrupted, POSTs under way are cut
         // and logged, and so is every record still waiting.

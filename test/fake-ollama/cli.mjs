@@ -90,7 +90,13 @@ export async function main(argv = process.argv.slice(2), env = process.env) {
         return ["NAME\tID\tSIZE\tUNTIL", ...rows.map((m) => `${m.name}\t${m.digest.slice(0, 12)}\t${m.size}\t${m.expires_at}`)].join("\n")
       })
     case "pull":
-      return client(env, "POST", "/api/pull", { model: args[0] ?? "", stream: false }, (body) => String(/** @type {{ status: string }} */ (body).status))
+      return client(
+        env,
+        "POST",
+        "/api/pull",
+        { model: args[0] ?? "", stream: false },
+        (body) => String(/** @type {{ status: string }} */ (body).status)
+      )
     case "rm":
       return client(env, "DELETE", "/api/delete", { model: args[0] ?? "" }, () => `deleted '${args[0]}'`)
     case "show":
@@ -175,12 +181,16 @@ function listenError(/** @type {NodeJS.ErrnoException} */ err, /** @type {string
 function ginLine(/** @type {import("./server.mjs").RecordedRequest} */ rec, /** @type {number} */ latencyNs) {
   const d = new Date()
   const p2 = (/** @type {number} */ n) => String(n).padStart(2, "0")
-  const stamp = `${d.getFullYear()}/${p2(d.getMonth() + 1)}/${p2(d.getDate())} - ${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())}`
+  const stamp = `${d.getFullYear()}/${p2(d.getMonth() + 1)}/${p2(d.getDate())} - ${p2(d.getHours())}:${p2(d.getMinutes())}:${
+    p2(d.getSeconds())
+  }`
   const forwarded = rec.headers["x-forwarded-for"]?.split(",")[0]?.trim() || rec.headers["x-real-ip"]?.trim()
   const ip = (forwarded || rec.remoteAddress).replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/, "$1")
   const latency = latencyNs > 60e9 ? Math.floor(latencyNs / 1e9) * 1e9 : latencyNs
   const status = rec.status ?? 200
-  return `[GIN] ${stamp} | ${String(status).padStart(3)} | ${goDuration(latency).padStart(13)} | ${ip.padStart(15)} | ${rec.method.padEnd(7)}  ${JSON.stringify(rec.path)}\n`
+  return `[GIN] ${stamp} | ${String(status).padStart(3)} | ${goDuration(latency).padStart(13)} | ${ip.padStart(15)} | ${
+    rec.method.padEnd(7)
+  }  ${JSON.stringify(rec.path)}\n`
 }
 
 /** The `env` attribute of the "server config" line, Go's map formatting. */
@@ -197,9 +207,11 @@ function configMap(/** @type {Env} */ env, /** @type {string} */ url) {
     OLLAMA_NUM_PARALLEL: env.OLLAMA_NUM_PARALLEL ?? "1",
     OLLAMA_ORIGINS: `[${(env.OLLAMA_ORIGINS ?? "").split(",").filter(Boolean).join(" ")}]`
   }
-  return `map[${Object.entries(values)
-    .map(([k, v]) => `${k}:${v}`)
-    .join(" ")}]`
+  return `map[${
+    Object.entries(values)
+      .map(([k, v]) => `${k}:${v}`)
+      .join(" ")
+  }]`
 }
 
 /**
@@ -211,7 +223,12 @@ async function serve(env) {
   const debug = truthy(env.OLLAMA_DEBUG)
   /** @type {import("./server.mjs").LogLevel[]} */
   const levels = debug ? ["DEBUG", "INFO", "WARN", "ERROR"] : ["INFO", "WARN", "ERROR"]
-  const log = (/** @type {import("./server.mjs").LogLevel} */ level, /** @type {string} */ msg, /** @type {Record<string, unknown>} */ attrs = {}, source = "routes.go:0") => {
+  const log = (
+    /** @type {import("./server.mjs").LogLevel} */ level,
+    /** @type {string} */ msg,
+    /** @type {Record<string, unknown>} */ attrs = {},
+    source = "routes.go:0"
+  ) => {
     if (levels.includes(level)) process.stderr.write(`${slogLine(level, source, msg, attrs)}\n`)
   }
 
@@ -225,7 +242,9 @@ async function serve(env) {
   } else process.on("SIGTERM", stop)
 
   const where = parseOllamaHost(env.OLLAMA_HOST)
-  if (where.invalidPort !== undefined) log("WARN", "invalid port, using default", { port: where.invalidPort, default: where.port }, "config.go:63")
+  if (where.invalidPort !== undefined) {
+    log("WARN", "invalid port, using default", { port: where.invalidPort, default: where.port }, "config.go:63")
+  }
 
   const recordFile = env.FAKE_OLLAMA_RECORD_FILE || env.FAKE_OLLAMA_STATE_FILE
   const startupDelayMs = numberVar(env, "STARTUP_DELAY_MS") ?? 0
@@ -255,10 +274,18 @@ async function serve(env) {
       log,
       onRequest: recordFile
         ? (rec) => {
-            const text = rec.body.length <= 65536 ? new TextDecoder("utf-8", { fatal: false }).decode(rec.body) : null
-            const line = { time: new Date().toISOString(), id: rec.id, method: rec.method, path: rec.path, headers: rec.headers, body: text, bodyBytes: rec.body.length }
-            appendFileSync(recordFile, `${JSON.stringify(line)}\n`)
+          const text = rec.body.length <= 65536 ? new TextDecoder("utf-8", { fatal: false }).decode(rec.body) : null
+          const line = {
+            time: new Date().toISOString(),
+            id: rec.id,
+            method: rec.method,
+            path: rec.path,
+            headers: rec.headers,
+            body: text,
+            bodyBytes: rec.body.length
           }
+          appendFileSync(recordFile, `${JSON.stringify(line)}\n`)
+        }
         : undefined,
       onResponse: (rec, latencyNs) => process.stdout.write(ginLine(rec, latencyNs)),
       onCrash: () => process.exit(1)
@@ -287,7 +314,19 @@ async function serve(env) {
   }
 
   if (startupDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, startupDelayMs))
-  log("INFO", "inference compute", { id: "cpu", library: "cpu", compute: "", name: "cpu", description: "cpu", libdirs: "ollama", driver: "", pci_id: "", type: "", total: "15.6 GiB", available: "12.1 GiB" }, "types.go:60")
+  log("INFO", "inference compute", {
+    id: "cpu",
+    library: "cpu",
+    compute: "",
+    name: "cpu",
+    description: "cpu",
+    libdirs: "ollama",
+    driver: "",
+    pci_id: "",
+    type: "",
+    total: "15.6 GiB",
+    available: "12.1 GiB"
+  }, "types.go:60")
   log("WARN", "no compatible GPUs were discovered, running on CPU", {}, "runner.go:126")
   log("INFO", "vram-based default context", { total_vram: "0 B", default_num_ctx: 4096 }, "routes.go:1657")
   markReady()

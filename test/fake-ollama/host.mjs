@@ -131,7 +131,7 @@ export function parseOllamaHost(value) {
 export function classifyIP(text) {
   const bare = text.split("%")[0] ?? ""
   if (text.includes("%") && !net.isIPv6(bare)) return undefined
-  let ip = canonicalIP(bare)
+  const ip = canonicalIP(bare)
   if (ip === undefined) return undefined
   if (net.isIPv4(ip)) {
     const [a = 0, b = 0] = ip.split(".").map(Number)

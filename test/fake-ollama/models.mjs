@@ -183,7 +183,7 @@ export const TOKEN_TEXTS = Object.freeze([
   " naïve",
   " 🦙",
   " says",
-  ' "hi"',
+  " \"hi\"",
   " <3",
   " &",
   "\n",

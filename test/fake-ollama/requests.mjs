@@ -30,7 +30,11 @@ function numPredict(/** @type {NativeRequest} */ req) {
 }
 
 /** What a generation answers: counts, reason, durations. */
-export function planGeneration(/** @type {"generate" | "chat"} */ kind, /** @type {NativeRequest} */ req, /** @type {{ tokens: number, loadDelayMs: number }} */ o) {
+export function planGeneration(
+  /** @type {"generate" | "chat"} */ kind,
+  /** @type {NativeRequest} */ req,
+  /** @type {{ tokens: number, loadDelayMs: number }} */ o
+) {
   const promptEvalCount = promptTokens(promptText(kind, req))
   const limit = numPredict(req)
   const evalCount = limit !== undefined && limit < o.tokens ? limit : Math.max(0, Math.floor(o.tokens))
@@ -51,23 +55,32 @@ export function expectedFigures(path, body, options = {}) {
   const route = path.split("?")[0]
   if (route === "/api/embed" || route === "/v1/embeddings" || route === "/api/embeddings") {
     /** @type {unknown[]} */
-    const inputs = route === "/api/embeddings" ? [b.prompt] : route === "/v1/embeddings" && b.input === "" ? [""] : embedInputs(b.input) ?? []
+    const inputs = route === "/api/embeddings"
+      ? [b.prompt]
+      : route === "/v1/embeddings" && b.input === ""
+      ? [""]
+      : embedInputs(b.input) ?? []
     const promptEvalCount = inputs.reduce((/** @type {number} */ n, s) => n + promptTokens(String(s)), 0)
-    return { promptEvalCount, evalCount: 0, doneReason: "", content: "", ...durations({ promptEvalCount, evalCount: 0, loadDelayMs: o.loadDelayMs }) }
+    return {
+      promptEvalCount,
+      evalCount: 0,
+      doneReason: "",
+      content: "",
+      ...durations({ promptEvalCount, evalCount: 0, loadDelayMs: o.loadDelayMs })
+    }
   }
   /** @type {[ "generate" | "chat", NativeRequest ]} */
-  const [kind, req] =
-    route === "/api/generate"
-      ? ["generate", b]
-      : route === "/v1/completions"
-        ? ["generate", v1CompletionToNative(b)]
-        : route === "/v1/chat/completions"
-          ? ["chat", v1ChatToNative(b)]
-          : route === "/v1/messages"
-            ? ["chat", anthropicToNative(b)]
-            : route === "/v1/responses"
-              ? ["chat", responsesToNative(b)]
-              : ["chat", b]
+  const [kind, req] = route === "/api/generate"
+    ? ["generate", b]
+    : route === "/v1/completions"
+    ? ["generate", v1CompletionToNative(b)]
+    : route === "/v1/chat/completions"
+    ? ["chat", v1ChatToNative(b)]
+    : route === "/v1/messages"
+    ? ["chat", anthropicToNative(b)]
+    : route === "/v1/responses"
+    ? ["chat", responsesToNative(b)]
+    : ["chat", b]
   const plan = planGeneration(kind, req, o)
   return {
     ...plan,
@@ -122,14 +135,14 @@ function goSyntaxError(/** @type {string} */ text, /** @type {string} */ message
   const where = /after property value/.test(message)
     ? "after object key:value pair"
     : /after property name/.test(message)
-      ? "after object key"
-      : /property name or '\}'|Expected double-quoted property name/.test(message)
-        ? "looking for beginning of object key string"
-        : /after array element/.test(message)
-          ? "after array element"
-          : /control character/.test(message)
-            ? "in string literal"
-            : "looking for beginning of value"
+    ? "after object key"
+    : /property name or '\}'|Expected double-quoted property name/.test(message)
+    ? "looking for beginning of object key string"
+    : /after array element/.test(message)
+    ? "after array element"
+    : /control character/.test(message)
+    ? "in string literal"
+    : "looking for beginning of value"
   return `invalid character '${shown}' ${where}`
 }
 
@@ -247,7 +260,11 @@ export function responsesToNative(r) {
   else if (Array.isArray(r.input)) {
     for (const item of r.input) {
       if (!item || (item.type !== undefined && item.type !== "message")) continue
-      const content = typeof item.content === "string" ? item.content : Array.isArray(item.content) ? item.content.map((/** @type {any} */ p) => (typeof p?.text === "string" ? p.text : "")).join("") : ""
+      const content = typeof item.content === "string"
+        ? item.content
+        : Array.isArray(item.content)
+        ? item.content.map((/** @type {any} */ p) => (typeof p?.text === "string" ? p.text : "")).join("")
+        : ""
       messages.push({ role: String(item.role ?? "user"), content })
     }
   }

@@ -46,7 +46,11 @@ export class Out {
   }
 
   /** A whole body with its length: gin's c.JSON / c.String / c.Status. */
-  async send(/** @type {number} */ status, /** @type {string | Buffer} */ body = "", /** @type {string | undefined} */ contentType = undefined) {
+  async send(
+    /** @type {number} */ status,
+    /** @type {string | Buffer} */ body = "",
+    /** @type {string | undefined} */ contentType = undefined
+  ) {
     if (this.ctx.closed || this.started) return
     const buf = Buffer.from(body)
     this.res.statusCode = status
@@ -168,7 +172,11 @@ export async function waitForStream(/** @type {Exchange} */ ctx, /** @type {Asyn
 }
 
 /** The whole answer of a non-streamed generate/chat, or the error that stopped it. */
-export async function collect(/** @type {Exchange} */ ctx, /** @type {AsyncGenerator<Obj | StreamError>} */ items, /** @type {"generate" | "chat"} */ kind) {
+export async function collect(
+  /** @type {Exchange} */ ctx,
+  /** @type {AsyncGenerator<Obj | StreamError>} */ items,
+  /** @type {"generate" | "chat"} */ kind
+) {
   /** @type {Obj | undefined} */
   let last
   let content = ""
@@ -234,7 +242,15 @@ export async function renderOpenAI(ctx, outcome, how) {
     const finish = r.done_reason ? String(r.done_reason) : null
     if (how.kind === "completion") {
       const usage = how.includeUsage ? { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 } : undefined
-      return { id, object, created, choices: [{ text, index: 0, finish_reason: finish }], model: r.model, system_fingerprint: "fp_ollama", usage }
+      return {
+        id,
+        object,
+        created,
+        choices: [{ text, index: 0, finish_reason: finish }],
+        model: r.model,
+        system_fingerprint: "fp_ollama",
+        usage
+      }
     }
     const delta = first ? { role: "assistant", content: r.done ? undefined : text } : r.done ? {} : { content: text }
     first = false
@@ -310,7 +326,15 @@ export async function renderOpenAI(ctx, outcome, how) {
 
 export function anthropicError(/** @type {number} */ status, /** @type {string} */ message) {
   /** @type {Record<number, string>} */
-  const types = { 400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error" }
+  const types = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error"
+  }
   return { type: "error", error: { type: types[status] ?? "api_error", message }, request_id: `req_${randomBytes(12).toString("hex")}` }
 }
 
@@ -400,7 +424,13 @@ export async function renderResponses(ctx, outcome, how) {
   /** @param {string} status @param {string} text @param {Obj | undefined} r */
   const responseOf = (status, text, r) => {
     const done = status !== "in_progress"
-    const usage = r ? { input_tokens: Number(r.prompt_eval_count ?? 0), output_tokens: Number(r.eval_count ?? 0), total_tokens: Number(r.prompt_eval_count ?? 0) + Number(r.eval_count ?? 0) } : null
+    const usage = r
+      ? {
+        input_tokens: Number(r.prompt_eval_count ?? 0),
+        output_tokens: Number(r.eval_count ?? 0),
+        total_tokens: Number(r.prompt_eval_count ?? 0) + Number(r.eval_count ?? 0)
+      }
+      : null
     return {
       id: responseId,
       object: "response",
@@ -409,7 +439,15 @@ export async function renderResponses(ctx, outcome, how) {
       status,
       incomplete_details: status === "incomplete" ? { reason: "max_output_tokens" } : null,
       model: how.model,
-      output: done ? [{ id: itemId, type: "message", status: "completed", role: "assistant", content: [{ type: "output_text", text, annotations: [] }] }] : [],
+      output: done
+        ? [{
+          id: itemId,
+          type: "message",
+          status: "completed",
+          role: "assistant",
+          content: [{ type: "output_text", text, annotations: [] }]
+        }]
+        : [],
       usage
     }
   }
@@ -443,8 +481,16 @@ export async function renderResponses(ctx, outcome, how) {
       const initial = responseOf("in_progress", "", undefined)
       await event("response.created", { response: initial })
       await event("response.in_progress", { response: initial })
-      await event("response.output_item.added", { output_index: 0, item: { id: itemId, type: "message", status: "in_progress", role: "assistant", content: [] } })
-      await event("response.content_part.added", { item_id: itemId, output_index: 0, content_index: 0, part: { type: "output_text", text: "", annotations: [] } })
+      await event("response.output_item.added", {
+        output_index: 0,
+        item: { id: itemId, type: "message", status: "in_progress", role: "assistant", content: [] }
+      })
+      await event("response.content_part.added", {
+        item_id: itemId,
+        output_index: 0,
+        content_index: 0,
+        part: { type: "output_text", text: "", annotations: [] }
+      })
     }
     const delta = /** @type {{ content: string }} */ (item.message).content
     if (delta !== "") {
@@ -455,7 +501,10 @@ export async function renderResponses(ctx, outcome, how) {
       const part = { type: "output_text", text, annotations: [] }
       await event("response.output_text.done", { item_id: itemId, output_index: 0, content_index: 0, text })
       await event("response.content_part.done", { item_id: itemId, output_index: 0, content_index: 0, part })
-      await event("response.output_item.done", { output_index: 0, item: { id: itemId, type: "message", status: "completed", role: "assistant", content: [part] } })
+      await event("response.output_item.done", {
+        output_index: 0,
+        item: { id: itemId, type: "message", status: "completed", role: "assistant", content: [part] }
+      })
       const status = statusOf(item)
       await event(status === "completed" ? "response.completed" : "response.incomplete", { response: responseOf(status, text, item) })
     }

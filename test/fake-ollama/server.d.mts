@@ -14,7 +14,7 @@ export interface ModelSpec {
   /** e.g. `Q4_K_M` */
   quantization?: string | undefined
   /** `["completion"]` (default) or `["embedding"]`; `tools`, `thinking` allow those requests. */
-  capabilities?: Capability[] | undefined
+  capabilities?: Array<Capability> | undefined
   contextLength?: number | undefined
   /** Length of the vectors /api/embed answers with (768 for nomic-embed-text). */
   embeddingLength?: number | undefined
@@ -55,7 +55,7 @@ export interface FakeOllamaOptions {
   /** Default keep-alive of loaded models (OLLAMA_KEEP_ALIVE). Default `5m`. */
   keepAlive?: string | number | undefined
   /** Extra allowed CORS origins (OLLAMA_ORIGINS), `*` wildcards. */
-  origins?: string[] | undefined
+  origins?: Array<string> | undefined
   /** Keep requests in `requests`. Default true. */
   recordRequests?: boolean | undefined
   /** Requests wait for this before being answered (the CLI's start-up delay). */
@@ -78,7 +78,7 @@ export interface RecordedRequest {
   /** Lower-case names, values as received; a repeated header is joined with ", ". */
   readonly headers: Readonly<Record<string, string>>
   /** name, value, name, value, ... as received. */
-  readonly rawHeaders: readonly string[]
+  readonly rawHeaders: ReadonlyArray<string>
   readonly body: Buffer
   /** The client went away before the response ended. */
   aborted: boolean
@@ -111,7 +111,7 @@ export interface FakeOllama {
   /** The bound address. */
   readonly host: string
   /** Every request received, in order. Clear with `requests.length = 0`. */
-  readonly requests: RecordedRequest[]
+  readonly requests: Array<RecordedRequest>
   /** The knobs in force (defaults filled in). */
   readonly options: Readonly<FakeOllamaOptions>
   /** Changes knobs; `undefined` restores a default. `models` replaces the disk, `pullFailTimes` re-arms. */
@@ -121,9 +121,9 @@ export interface FakeOllama {
   /** The first request matching that the client abandoned before the response ended. */
   waitForAbort(predicate?: (request: RecordedRequest) => boolean, timeoutMs?: number): Promise<RecordedRequest>
   /** Models on disk, as /api/tags names them. */
-  models(): string[]
+  models(): Array<string>
   /** Models loaded, as /api/ps names them. */
-  loaded(): string[]
+  loaded(): Array<string>
   /** The figures this server will report for a request, with its current knobs. */
   expected(path: string, body: unknown): Figures
   /** Stops listening and destroys every open connection. */
@@ -140,7 +140,7 @@ export const BUSY_ERROR: string
 export const MIDSTREAM_ERROR: string
 export const PULL_MANIFEST_ERROR: string
 /** The tokens generations cycle through. */
-export const TOKEN_TEXTS: readonly string[]
+export const TOKEN_TEXTS: ReadonlyArray<string>
 /** The i-th generated token (0-based). */
 export function tokenText(i: number): string
 /** The text of a generation of n tokens. */

@@ -6,36 +6,29 @@
  * Types: server.d.mts. The `ollama serve` executable around it: cli.mjs and bin/ollama.
  */
 import { createHash } from "node:crypto"
+import dns from "node:dns/promises"
 import { EventEmitter } from "node:events"
 import http from "node:http"
 import net from "node:net"
-import dns from "node:dns/promises"
+import { allowedOrigins, checkHostHeader, CORS_ALLOW_HEADERS, isLoopbackAddress, joinHostPort, originAllowed } from "./host.mjs"
 import {
-  CORS_ALLOW_HEADERS,
-  allowedOrigins,
-  checkHostHeader,
-  isLoopbackAddress,
-  joinHostPort,
-  originAllowed
-} from "./host.mjs"
-import {
+  contextIds,
   DEFAULT_MODELS,
   DEFAULT_PULLABLE,
-  VERSION,
-  contextIds,
   durations,
   embeddingFor,
   modelLayers,
   parseModelName,
   promptTokens,
   resolveModel,
-  tokenText
+  tokenText,
+  VERSION
 } from "./models.mjs"
 import {
-  DEFAULT_TOKENS,
   anthropicEstimate,
   anthropicToNative,
   decodeBody,
+  DEFAULT_TOKENS,
   embedInputs,
   expectedFigures,
   fieldTypeError,
@@ -46,32 +39,31 @@ import {
   v1CompletionToNative
 } from "./requests.mjs"
 import {
-  JSON_UTF8,
-  Out,
-  SSE,
-  StreamError,
   anthropicError,
   ginJSON,
+  JSON_UTF8,
   openaiAbort,
   openaiWriteError,
+  Out,
   renderAnthropic,
   renderNative,
   renderOpenAI,
   renderResponses,
+  SSE,
+  StreamError,
   streamResponse,
   unixOf,
   waitForStream
 } from "./respond.mjs"
-import { RawJSON, float32Array, goJSON, nowNs, rfc3339Nano } from "./wire.mjs"
+import { float32Array, goJSON, nowNs, RawJSON, rfc3339Nano } from "./wire.mjs"
 
-export { VERSION, TOKEN_TEXTS, tokenText, generatedText, promptTokens, embeddingFor, parseModelName } from "./models.mjs"
-export { parseOllamaHost, checkHostHeader } from "./host.mjs"
+export { checkHostHeader, parseOllamaHost } from "./host.mjs"
+export { embeddingFor, generatedText, parseModelName, promptTokens, TOKEN_TEXTS, tokenText, VERSION } from "./models.mjs"
 export { expectedFigures } from "./requests.mjs"
 
 export const BUSY_ERROR = "server busy, please try again.  maximum pending requests exceeded"
 export const MIDSTREAM_ERROR = "an error was encountered while running the model: unexpected EOF"
 export const PULL_MANIFEST_ERROR = "pull model manifest: file does not exist"
-
 
 /**
  * @typedef {import("./models.mjs").Model} Model
@@ -220,14 +212,20 @@ export async function startFakeOllama(options = {}) {
   const events = new EventEmitter()
   events.setMaxListeners(0)
 
-  const log = (/** @type {"DEBUG" | "INFO" | "WARN" | "ERROR"} */ level, /** @type {string} */ msg, /** @type {Record<string, unknown>} */ attrs = {}, source = "server.go:0") =>
-    opts.log?.(level, msg, attrs, source)
+  const log = (
+    /** @type {"DEBUG" | "INFO" | "WARN" | "ERROR"} */ level,
+    /** @type {string} */ msg,
+    /** @type {Record<string, unknown>} */ attrs = {},
+    source = "server.go:0"
+  ) => opts.log?.(level, msg, attrs, source)
 
   /** @param {Partial<Options>} partial */
   function set(partial) {
     for (const [key, value] of Object.entries(partial)) {
-      if (key === "host" || key === "port") continue
-      /** @type {Record<string, unknown>} */ (opts)[key] = value === undefined ? /** @type {Record<string, unknown>} */ (DEFAULTS)[key] : value
+      if (key === "host" || key === "port") continue /** @type {Record<string, unknown>} */
+      opts[key] = value === undefined
+        ? /** @type {Record<string, unknown>} */ (DEFAULTS)[key]
+        : value
     }
     if ("models" in partial) {
       disk.clear()
@@ -262,7 +260,12 @@ export async function startFakeOllama(options = {}) {
   }
 
   /** The scheduler's part of a request: busy, the load, the keep-alive. */
-  async function schedule(/** @type {Ctx} */ ctx, /** @type {Model} */ model, /** @type {bigint | undefined} */ keepAlive, /** @type {Obj | undefined} */ reqOptions) {
+  async function schedule(
+    /** @type {Ctx} */ ctx,
+    /** @type {Model} */ model,
+    /** @type {bigint | undefined} */ keepAlive,
+    /** @type {Obj | undefined} */ reqOptions
+  ) {
     if (ctx.o.busy) return { error: /** @type {[number, Obj]} */ ([503, { error: BUSY_ERROR }]) }
     const fresh = !loaded.has(model.key)
     if (!(await ctx.sleep(ctx.o.loadDelayMs))) return { closed: true }
@@ -296,7 +299,7 @@ export async function startFakeOllama(options = {}) {
    * @returns {AsyncGenerator<Obj | StreamError>}
    */
   async function* tokens(ctx, plan, chunk, final, onDone) {
-    for (let i = 0; ; i++) {
+    for (let i = 0;; i++) {
       if (i > 0 && !(await ctx.sleep(ctx.o.tokenDelayMs))) return
       if (ctx.closed) return
       if (ctx.o.crashAfterChunks === i) {
@@ -345,7 +348,9 @@ export async function startFakeOllama(options = {}) {
     }
     const model = findModel(name)
     if (!model) return { json: [404, { error: `model '${name}' not found` }] }
-    const empty = kind === "generate" ? typeof req.prompt !== "string" || req.prompt === "" : !Array.isArray(req.messages) || req.messages.length === 0
+    const empty = kind === "generate"
+      ? typeof req.prompt !== "string" || req.prompt === ""
+      : !Array.isArray(req.messages) || req.messages.length === 0
     const createdAt = () => rfc3339Nano(nowNs())
     /** @param {string} reason */
     const loadAnswer = (reason) =>
@@ -380,14 +385,32 @@ export async function startFakeOllama(options = {}) {
 
     const plan = planGeneration(kind, req, ctx.o)
     const metrics = metricsOf(plan)
-    const chunk =
-      kind === "generate"
-        ? (/** @type {number} */ i) => ({ model: name, created_at: createdAt(), response: tokenText(i), done: false })
-        : (/** @type {number} */ i) => ({ model: name, created_at: createdAt(), message: { role: "assistant", content: tokenText(i) }, done: false })
-    const final =
-      kind === "generate"
-        ? () => ({ model: name, created_at: createdAt(), response: "", done: true, done_reason: plan.doneReason, context: contextIds(plan.promptEvalCount + plan.evalCount), ...metrics })
-        : () => ({ model: name, created_at: createdAt(), message: { role: "assistant", content: "" }, done: true, done_reason: plan.doneReason, ...metrics })
+    const chunk = kind === "generate"
+      ? (/** @type {number} */ i) => ({ model: name, created_at: createdAt(), response: tokenText(i), done: false })
+      : (/** @type {number} */ i) => ({
+        model: name,
+        created_at: createdAt(),
+        message: { role: "assistant", content: tokenText(i) },
+        done: false
+      })
+    const final = kind === "generate"
+      ? () => ({
+        model: name,
+        created_at: createdAt(),
+        response: "",
+        done: true,
+        done_reason: plan.doneReason,
+        context: contextIds(plan.promptEvalCount + plan.evalCount),
+        ...metrics
+      })
+      : () => ({
+        model: name,
+        created_at: createdAt(),
+        message: { role: "assistant", content: "" },
+        done: true,
+        done_reason: plan.doneReason,
+        ...metrics
+      })
     return { items: tokens(ctx, plan, chunk, final, () => release(model, keep.ns)), stream: req.stream !== false }
   }
 
@@ -404,7 +427,9 @@ export async function startFakeOllama(options = {}) {
     if (scheduled.closed) return undefined
     if (scheduled.error) return { json: scheduled.error }
     release(model, keep.ns)
-    if (inputs.length === 0) return { json: /** @type {[number, Obj]} */ ([200, { model: name, embeddings: [] }]), vectors: [], promptEvalCount: 0 }
+    if (inputs.length === 0) {
+      return { json: /** @type {[number, Obj]} */ ([200, { model: name, embeddings: [] }]), vectors: [], promptEvalCount: 0 }
+    }
     const dims = typeof req.dimensions === "number" ? req.dimensions : undefined
     const vectors = inputs.map((text) => embeddingFor(text, model.embeddingLength, dims))
     const promptEvalCount = inputs.reduce((n, text) => n + promptTokens(text), 0)
@@ -431,7 +456,14 @@ export async function startFakeOllama(options = {}) {
   const listModels = () =>
     [...disk.values()]
       .sort((a, b) => (a.modifiedNs === b.modifiedNs ? 0 : a.modifiedNs < b.modifiedNs ? 1 : -1))
-      .map((m) => ({ name: m.name, model: m.name, modified_at: rfc3339Nano(m.modifiedNs), size: m.size, digest: m.digest, details: details(m) }))
+      .map((m) => ({
+        name: m.name,
+        model: m.name,
+        modified_at: rfc3339Nano(m.modifiedNs),
+        size: m.size,
+        digest: m.digest,
+        details: details(m)
+      }))
 
   const psModels = () => {
     const now = nowNs()
@@ -452,19 +484,24 @@ export async function startFakeOllama(options = {}) {
 
   const showModel = (/** @type {Model} */ m) => {
     const completion = m.capabilities.includes("completion")
-    const template = completion ? "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n" : ""
+    const template = completion
+      ? "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+      : ""
     const blob = `/root/.ollama/models/blobs/sha256-${modelLayers(m)[0]?.digest.slice(7)}`
-    let modelfile = `# Modelfile generated by "ollama show"\n# To build a new Modelfile based on this, replace FROM with:\n# FROM ${m.name}\n\nFROM ${blob}\n`
+    let modelfile =
+      `# Modelfile generated by "ollama show"\n# To build a new Modelfile based on this, replace FROM with:\n# FROM ${m.name}\n\nFROM ${blob}\n`
     if (completion) modelfile += `TEMPLATE """${template}"""\nPARAMETER stop <|eot_id|>\n`
     const params = Number.parseFloat(m.parameterSize) * (/B$/i.test(m.parameterSize) ? 1e9 : /M$/i.test(m.parameterSize) ? 1e6 : 1)
     /** @type {Obj} */
     const info = {}
-    for (const [k, v] of /** @type {Array<[string, unknown]>} */ ([
-      ["general.architecture", m.family],
-      ["general.parameter_count", Math.round(params) || 0],
-      [`${m.family}.context_length`, m.contextLength],
-      [`${m.family}.embedding_length`, m.embeddingLength]
-    ]).sort(([a], [b]) => (a < b ? -1 : 1))) {
+    for (
+      const [k, v] of /** @type {Array<[string, unknown]>} */ ([
+        ["general.architecture", m.family],
+        ["general.parameter_count", Math.round(params) || 0],
+        [`${m.family}.context_length`, m.contextLength],
+        [`${m.family}.embedding_length`, m.embeddingLength]
+      ]).sort(([a], [b]) => (a < b ? -1 : 1))
+    ) {
       info[k] = v
     }
     return {
@@ -495,10 +532,19 @@ export async function startFakeOllama(options = {}) {
     }
     const present = disk.has(source.key)
     for (const layer of modelLayers(source)) {
-      const steps = present ? [layer.total] : layer.total > 1_000_000 ? [0, 0.25, 0.5, 0.75, 1].map((f) => Math.round(layer.total * f)) : [0, layer.total]
+      const steps = present
+        ? [layer.total]
+        : layer.total > 1_000_000
+        ? [0, 0.25, 0.5, 0.75, 1].map((f) => Math.round(layer.total * f))
+        : [0, layer.total]
       for (const completed of steps) {
         if (!(await ctx.sleep(ctx.o.pullDelayMs))) return
-        yield { status: `pulling ${layer.digest.slice(7, 19)}`, digest: layer.digest, total: layer.total, completed: completed || undefined }
+        yield {
+          status: `pulling ${layer.digest.slice(7, 19)}`,
+          digest: layer.digest,
+          total: layer.total,
+          completed: completed || undefined
+        }
         if (failThisOne) {
           log("WARN", "dropping the pull connection (pullFailTimes)", { model: name }, "download.go:175")
           await ctx.drop()
@@ -518,7 +564,11 @@ export async function startFakeOllama(options = {}) {
   /** @typedef {(ctx: Ctx, params: Record<string, string>) => Promise<void>} Handler */
 
   /** gin's ShouldBindJSON for native endpoints: `missing request body` on EOF. */
-  const bind = async (/** @type {Ctx} */ ctx, /** @type {string} */ goType, /** @type {Record<string, "string" | "bool" | "array" | "object" | "number">} */ fields = {}) => {
+  const bind = async (
+    /** @type {Ctx} */ ctx,
+    /** @type {string} */ goType,
+    /** @type {Record<string, "string" | "bool" | "array" | "object" | "number">} */ fields = {}
+  ) => {
     const decoded = decodeBody(ctx.rec.body, `api.${goType}`)
     if ("eof" in decoded) return void (await ginJSON(ctx, 400, { error: "missing request body" }))
     if ("error" in decoded) return void (await ginJSON(ctx, 400, { error: decoded.error }))
@@ -528,7 +578,12 @@ export async function startFakeOllama(options = {}) {
   }
 
   /** gin's ShouldBindJSON inside the /v1 and /v1/messages middlewares: Go's own messages. */
-  const bindCompat = async (/** @type {Ctx} */ ctx, /** @type {string} */ goType, /** @type {(status: number, message: string) => Promise<void>} */ abort, /** @type {Record<string, "string" | "bool" | "array" | "object" | "number">} */ fields = {}) => {
+  const bindCompat = async (
+    /** @type {Ctx} */ ctx,
+    /** @type {string} */ goType,
+    /** @type {(status: number, message: string) => Promise<void>} */ abort,
+    /** @type {Record<string, "string" | "bool" | "array" | "object" | "number">} */ fields = {}
+  ) => {
     const decoded = decodeBody(ctx.rec.body, goType)
     if ("eof" in decoded) return void (await abort(400, "EOF"))
     if ("error" in decoded) return void (await abort(400, decoded.error))
@@ -588,7 +643,7 @@ export async function startFakeOllama(options = {}) {
       const name = String(body.model || body.name || "")
       if (name === "") return ginJSON(ctx, 400, { error: "model is required" })
       const model = findModel(name)
-      const items = (async function* () {
+      const items = (async function*() {
         yield { status: "retrieving manifest" }
         if (!model) return void (yield new StreamError(`model '${name}' not found`))
         for (const layer of modelLayers(model)) {
@@ -610,7 +665,7 @@ export async function startFakeOllama(options = {}) {
       const files = body.files && typeof body.files === "object" ? Object.values(/** @type {Obj} */ (body.files)).map(String) : []
       if (!body.from && files.length === 0) return ginJSON(ctx, 400, { error: "neither 'from' or 'files' was specified" })
       const base = body.from ? findModel(body.from) : undefined
-      const items = (async function* () {
+      const items = (async function*() {
         if (body.from && !base) return void (yield new StreamError(`model '${String(body.from)}' not found`, 404))
         for (const digest of files) {
           if (!blobs.has(digest.replace("-", ":"))) return void (yield new StreamError(`file ${digest} not found`, 400))
@@ -665,13 +720,21 @@ export async function startFakeOllama(options = {}) {
       if (!/^sha256[:-][0-9a-fA-F]{64}$/.test(digest)) return ginJSON(ctx, 400, { error: "invalid digest format" })
       if (blobs.has(digest.replace("-", ":"))) return ctx.out.send(200)
       const actual = `sha256:${createHash("sha256").update(ctx.rec.body).digest("hex")}`
-      if (actual !== digest) return ginJSON(ctx, 400, { error: `digest mismatch, expected ${JSON.stringify(digest)}, got ${JSON.stringify(actual)}` })
+      if (actual !== digest) {
+        return ginJSON(ctx, 400, { error: `digest mismatch, expected ${JSON.stringify(digest)}, got ${JSON.stringify(actual)}` })
+      }
       blobs.add(actual)
       await ctx.out.send(201)
     },
 
     async generate(ctx) {
-      const body = await bind(ctx, "GenerateRequest", { model: "string", prompt: "string", system: "string", stream: "bool", options: "object" })
+      const body = await bind(ctx, "GenerateRequest", {
+        model: "string",
+        prompt: "string",
+        system: "string",
+        stream: "bool",
+        options: "object"
+      })
       if (!body) return
       const outcome = await inference(ctx, "generate", body)
       if (outcome) await renderNative(ctx, outcome, "generate")
@@ -711,7 +774,12 @@ export async function startFakeOllama(options = {}) {
 
     async v1Chat(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => openaiAbort(ctx, s, m)
-      const body = await bindCompat(ctx, "openai.ChatCompletionRequest", abort, { model: "string", messages: "array", stream: "bool", stream_options: "object" })
+      const body = await bindCompat(ctx, "openai.ChatCompletionRequest", abort, {
+        model: "string",
+        messages: "array",
+        stream: "bool",
+        stream_options: "object"
+      })
       if (!body) return
       if (!Array.isArray(body.messages) || body.messages.length === 0) return abort(400, "[] is too short - 'messages'")
       const req = v1ChatToNative(body)
@@ -722,7 +790,12 @@ export async function startFakeOllama(options = {}) {
 
     async v1Completions(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => openaiAbort(ctx, s, m)
-      const body = await bindCompat(ctx, "openai.CompletionRequest", abort, { model: "string", prompt: "string", stream: "bool", stream_options: "object" })
+      const body = await bindCompat(ctx, "openai.CompletionRequest", abort, {
+        model: "string",
+        prompt: "string",
+        stream: "bool",
+        stream_options: "object"
+      })
       if (!body) return
       const req = v1CompletionToNative(body)
       const outcome = await inference(ctx, "generate", req)
@@ -769,13 +842,23 @@ export async function startFakeOllama(options = {}) {
     async v1Model(ctx, { model: name = "" }) {
       const model = findModel(name)
       if (!model) return openaiWriteError(ctx, 404, `model '${name}' not found`)
-      const body = { id: name, object: "model", created: unixOf(rfc3339Nano(model.modifiedNs)), owned_by: parseModelName(name)?.namespace ?? "library" }
+      const body = {
+        id: name,
+        object: "model",
+        created: unixOf(rfc3339Nano(model.modifiedNs)),
+        owned_by: parseModelName(name)?.namespace ?? "library"
+      }
       await ctx.out.send(200, `${goJSON(body)}\n`, "application/json")
     },
 
     async v1Messages(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => ginJSON(ctx, s, anthropicError(s, m))
-      const body = await bindCompat(ctx, "anthropic.MessagesRequest", abort, { model: "string", messages: "array", stream: "bool", max_tokens: "number" })
+      const body = await bindCompat(ctx, "anthropic.MessagesRequest", abort, {
+        model: "string",
+        messages: "array",
+        stream: "bool",
+        max_tokens: "number"
+      })
       if (!body) return
       if (!body.model) return abort(400, "model is required")
       if (!(typeof body.max_tokens === "number" && body.max_tokens > 0)) return abort(400, "max_tokens is required and must be positive")
@@ -870,7 +953,8 @@ export async function startFakeOllama(options = {}) {
     return { status: 404 }
   }
 
-  const corsAllowHeaders = CORS_ALLOW_HEADERS.map((h) => h.toLowerCase().replace(/(^|-)([a-z])/g, (_, dash, c) => dash + c.toUpperCase())).join(",")
+  const corsAllowHeaders = CORS_ALLOW_HEADERS.map((h) => h.toLowerCase().replace(/(^|-)([a-z])/g, (_, dash, c) => dash + c.toUpperCase()))
+    .join(",")
 
   /** gin-contrib/cors, then allowedHostsMiddleware: true when the request may go on. */
   async function middleware(/** @type {Ctx} */ ctx, /** @type {boolean} */ checkHost) {
@@ -975,7 +1059,13 @@ export async function startFakeOllama(options = {}) {
       const location = `${found.redirect}${query}`
       res.setHeader("Location", location)
       const status = rec.method === "GET" ? 301 : 307
-      if (rec.method === "GET") return ctx.out.send(status, `<a href="${location.replace(/&/g, "&amp;").replace(/"/g, "&#34;")}">Moved Permanently</a>.\n\n`, "text/html; charset=utf-8")
+      if (rec.method === "GET") {
+        return ctx.out.send(
+          status,
+          `<a href="${location.replace(/&/g, "&amp;").replace(/"/g, "&#34;")}">Moved Permanently</a>.\n\n`,
+          "text/html; charset=utf-8"
+        )
+      }
       if (rec.method === "HEAD") res.setHeader("Content-Type", "text/html; charset=utf-8")
       return ctx.out.send(status)
     }
@@ -1043,14 +1133,17 @@ export async function startFakeOllama(options = {}) {
     requests,
     options: /** @type {Readonly<Options>} */ (opts),
     set,
-    waitFor: (/** @type {(r: RecordedRequest) => boolean} */ predicate = () => true, timeoutMs = 5000) => waitForEvent("request", predicate, timeoutMs),
-    waitForAbort: (/** @type {(r: RecordedRequest) => boolean} */ predicate = () => true, timeoutMs = 5000) => waitForEvent("abort", predicate, timeoutMs),
+    waitFor: (/** @type {(r: RecordedRequest) => boolean} */ predicate = () => true, timeoutMs = 5000) =>
+      waitForEvent("request", predicate, timeoutMs),
+    waitForAbort: (/** @type {(r: RecordedRequest) => boolean} */ predicate = () => true, timeoutMs = 5000) =>
+      waitForEvent("abort", predicate, timeoutMs),
     /** Names of the models on disk, as /api/tags lists them. */
     models: () => listModels().map((m) => m.name),
     /** Names of the models loaded, as /api/ps lists them. */
     loaded: () => psModels().map((m) => m.name),
     /** The figures this server will report for a request body, with its current knobs. */
-    expected: (/** @type {string} */ path, /** @type {unknown} */ body) => expectedFigures(path, body, { tokens: opts.tokens, loadDelayMs: opts.loadDelayMs }),
+    expected: (/** @type {string} */ path, /** @type {unknown} */ body) =>
+      expectedFigures(path, body, { tokens: opts.tokens, loadDelayMs: opts.loadDelayMs }),
     close() {
       closing ??= new Promise((resolve) => {
         server.close(() => resolve())

@@ -2,7 +2,7 @@
  * One exchange played through the taps by hand, without sockets: the calls the Proxy makes, in
  * its order, with Node's own request and response objects.
  */
-import { IncomingMessage, type IncomingHttpHeaders, ServerResponse } from "node:http"
+import { type IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 import { Socket } from "node:net"
 import type { ExchangeContext, ExchangeTap, Outcome } from "../../src/http/Exchange.js"
 
@@ -51,5 +51,13 @@ export const ndjson = (lines: ReadonlyArray<object>) => lines.map((l) => `${JSON
 export const chatStream = (model: string, input: number, output: number) =>
   ndjson([
     { model, created_at: "2026-08-20T10:00:00Z", message: { role: "assistant", content: "Hi" }, done: false },
-    { model, created_at: "2026-08-20T10:00:00Z", message: { role: "assistant", content: "" }, done: true, done_reason: "stop", prompt_eval_count: input, eval_count: output }
+    {
+      model,
+      created_at: "2026-08-20T10:00:00Z",
+      message: { role: "assistant", content: "" },
+      done: true,
+      done_reason: "stop",
+      prompt_eval_count: input,
+      eval_count: output
+    }
   ])

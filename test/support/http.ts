@@ -1,8 +1,8 @@
 /**
  * Raw node:http requests for the edge cases the client libraries hide.
  */
-import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from "node:http"
 import { once } from "node:events"
+import { type IncomingHttpHeaders, type IncomingMessage, request as httpRequest } from "node:http"
 import { createServer as createNetServer } from "node:net"
 
 export interface RawResponse {
@@ -54,8 +54,7 @@ export const readToEnd = (res: IncomingMessage) =>
   })
 
 /** The lines of an NDJSON body, parsed. */
-export const ndjson = (body: string) =>
-  body.split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as Record<string, unknown>)
+export const ndjson = (body: string) => body.split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as Record<string, unknown>)
 
 /** A loopback port nothing listens on (just closed: free to bind, refused to connect). */
 export const freePort = () =>

@@ -2,10 +2,10 @@
  * Starting the real service for tests: in-process on a random port (startProxy), or as the
  * built bundle in its own process (spawnProxy), as a user or RunPod would run it.
  */
-import { spawn, type ChildProcess } from "node:child_process"
+import { Layer, ManagedRuntime } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import { fileURLToPath } from "node:url"
-import { Layer, ManagedRuntime } from "effect"
 import { NODE_FLAGS } from "../../scripts/node-flags.mjs"
 import { appFromEnv } from "../../src/App.js"
 import { Server } from "../../src/http/Server.js"
@@ -26,9 +26,14 @@ export interface RunningProxy {
  * The whole app in this process, on a random loopback port, quiet unless told otherwise.
  * `services` supplies optional services the app reads if present (an in-memory span exporter).
  */
-export const startProxy = async (env: Record<string, string>, services: Layer.Layer<any> = Layer.empty as Layer.Layer<any>): Promise<RunningProxy> => {
+export const startProxy = async (
+  env: Record<string, string>,
+  services: Layer.Layer<any> = Layer.empty as Layer.Layer<any>
+): Promise<RunningProxy> => {
   const runtime = ManagedRuntime.make(
-    appFromEnv({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error", ...env }).pipe(Layer.provide(services))
+    appFromEnv({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error", ...env }).pipe(
+      Layer.provide(services)
+    )
   )
   const server = await runtime.runPromise(Server)
   return {
