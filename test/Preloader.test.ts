@@ -12,6 +12,7 @@ import {
 } from "../src/ollama/Client.js"
 import { type HealthSnapshot, OllamaHealth, type OllamaState } from "../src/ollama/Health.js"
 import { humanBytes, Preloader, PullMeter } from "../src/ollama/Preloader.js"
+import { partialLayer } from "./support/layer.js"
 
 type PullError = OllamaUnavailable | OllamaError | ModelNotFound
 
@@ -46,35 +47,31 @@ const setup = (env: Record<string, string>, fake: FakeOllama = {}, initial: Olla
       return n
     }
     const changes = yield* SubscriptionRef.make<HealthSnapshot>({ state: initial, since: 0 })
-    const health = OllamaHealth.make(
-      {
-        changes,
-        awaitUp: changes.changes.pipe(Stream.filter((s) => s.state === "up"), Stream.take(1), Stream.runDrain)
-      } as unknown as Parameters<typeof OllamaHealth.make>[0]
-    )
-    const client = OllamaClient.make(
-      {
-        pull: (model: string) =>
-          Stream.unwrap(Effect.gen(function*() {
-            calls.push({ op: "pull", model, at: yield* Clock.currentTimeMillis })
-            return fake.pull?.(model, attempt(`pull ${model}`)) ?? Stream.fromIterable(success)
-          })),
-        warm: (model: string, keepAlive: string | number) =>
-          Effect.gen(function*() {
-            calls.push({ op: "warm", model, keepAlive, at: yield* Clock.currentTimeMillis })
-            return yield* (fake.warm?.(model, attempt(`warm ${model}`)) ?? Effect.succeed<WarmedWith>("generate"))
-          }),
-        tags: Effect.succeed(fake.tags ?? [])
-      } as unknown as Parameters<typeof OllamaClient.make>[0]
-    )
+    const health = partialLayer(OllamaHealth, {
+      changes,
+      awaitUp: changes.changes.pipe(Stream.filter((s) => s.state === "up"), Stream.take(1), Stream.runDrain)
+    })
+    const client = partialLayer(OllamaClient, {
+      pull: (model: string) =>
+        Stream.unwrap(Effect.gen(function*() {
+          calls.push({ op: "pull", model, at: yield* Clock.currentTimeMillis })
+          return fake.pull?.(model, attempt(`pull ${model}`)) ?? Stream.fromIterable(success)
+        })),
+      warm: (model: string, keepAlive: string | number) =>
+        Effect.gen(function*() {
+          calls.push({ op: "warm", model, keepAlive, at: yield* Clock.currentTimeMillis })
+          return yield* (fake.warm?.(model, attempt(`warm ${model}`)) ?? Effect.succeed<WarmedWith>("generate"))
+        }),
+      tags: Effect.succeed(fake.tags ?? [])
+    })
     const logger = Logger.make(({ annotations, logLevel, message }) => {
       const parts = Array.isArray(message) ? message : [message]
       logs.push({ level: logLevel.label, msg: String(parts[0]), annotations: Object.fromEntries(annotations) })
     })
     const preloader = yield* Layer.build(
       Preloader.DefaultWithoutDependencies.pipe(
-        Layer.provide(Layer.succeed(OllamaClient, client)),
-        Layer.provide(Layer.succeed(OllamaHealth, health)),
+        Layer.provide(client),
+        Layer.provide(health),
         Layer.provide(AppConfig.fromEnv(env))
       )
     ).pipe(
