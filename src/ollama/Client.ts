@@ -206,7 +206,7 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
       Effect.withSpan("OllamaClient.tags")
     )
 
-    return { http, ping, version, pull, warm, tags } as const
+    return { ping, version, pull, warm, tags } as const
   }),
   dependencies: [NodeHttpClient.layerUndici]
 }) {}

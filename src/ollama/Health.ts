@@ -134,8 +134,7 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
           runFork(set("down"))
         }
         nudges.unsafeOffer(undefined)
-      },
-      set
+      }
     } as const
   }),
   dependencies: [OllamaClient.Default, OllamaProcess.Default]

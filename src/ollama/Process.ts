@@ -156,9 +156,10 @@ const exitStatusOf = (proc: CommandExecutor.Process): Effect.Effect<ExitStatus> 
   )
 
 /**
- * SIGTERM, then SIGKILL after the timeout. Command's own release sends SIGTERM and waits for the
- * exit without limit (DESIGN.md trap 7), so this runs first; the waits are made interruptible or
- * the timeouts could not cut them inside a finalizer.
+ * SIGTERM, then SIGKILL after the timeout. Command's own scope release (@effect/platform 0.97)
+ * sends SIGTERM and then waits for the exit without any limit, so a stuck Ollama would hold
+ * shutdown for ever: this runs first. The waits are made interruptible, or the timeouts could not
+ * cut them inside a finalizer.
  */
 const stop = (proc: CommandExecutor.Process, timeout: Duration.Duration, lastLines: Effect.Effect<void>) =>
   Effect.gen(function*() {
