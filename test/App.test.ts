@@ -1,13 +1,13 @@
 /**
  * The shutdown sequence comes from the order the layers are built in: the listeners drain, then
- * the taps (usage records) flush, then Ollama is stopped.
+ * the consumers (usage records) flush, then Ollama is stopped.
  */
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { createServer } from "node:net"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import { appWith } from "../src/App.js"
 import { Environment } from "../src/Config.js"
-import { ExchangeTaps } from "../src/http/Exchange.js"
+import { ExchangeConsumers } from "../src/exchange/Exchange.js"
 import { Server } from "../src/http/Server.js"
 import { waitGone } from "./support/processes.js"
 import { FAKE_OLLAMA_BIN } from "./support/proxy.js"
@@ -25,19 +25,19 @@ afterEach(() => {
 })
 
 describe("the composed app", () => {
-  it("drains, then flushes the taps, then stops Ollama", async () => {
+  it("drains, then flushes the consumers, then stops Ollama", async () => {
     const events: Array<Record<string, unknown>> = []
     // The app's own JSON log lines, read where they are written.
     vi.spyOn(process.stdout, "write").mockImplementation((chunk: string | Uint8Array) => {
       for (const line of String(chunk).split("\n").filter(Boolean)) events.push(JSON.parse(line))
       return true
     })
-    const taps = Layer.scoped(
-      ExchangeTaps,
-      Effect.acquireRelease(Effect.succeed([]), () => Effect.sync(() => events.push({ msg: "taps flushed" })))
+    const consumers = Layer.scoped(
+      ExchangeConsumers,
+      Effect.acquireRelease(Effect.succeed([]), () => Effect.sync(() => events.push({ msg: "consumers flushed" })))
     )
     const runtime = ManagedRuntime.make(
-      appWith(taps).pipe(Layer.provide(Environment.layer({
+      appWith(consumers).pipe(Layer.provide(Environment.layer({
         ...process.env,
         PORT: "0",
         HOST: "127.0.0.1",
@@ -51,14 +51,14 @@ describe("the composed app", () => {
     vi.restoreAllMocks()
 
     const order = events.map((e) => String(e.msg)).filter((m) =>
-      ["ollama started", "listening", "taps flushed", "stopping ollama", "ollama stopped"].includes(m) ||
+      ["ollama started", "listening", "consumers flushed", "stopping ollama", "ollama stopped"].includes(m) ||
       m.startsWith("shutting down")
     )
     expect(order).toEqual([
       "ollama started",
       "listening",
       "shutting down: no new connections, finishing the requests in flight",
-      "taps flushed",
+      "consumers flushed",
       "stopping ollama",
       "ollama stopped"
     ])

@@ -3,9 +3,9 @@ import { Effect, Layer, Logger, LogLevel, Tracer } from "effect"
 import { createServer } from "node:net"
 import type { AddressInfo } from "node:net"
 import { AppConfig } from "../src/Config.js"
-import type { ExchangeTap } from "../src/http/Exchange.js"
+import type { ExchangeConsumer } from "../src/exchange/Exchange.js"
 import { makeLineLogger, makeLogger } from "../src/telemetry/Logging.js"
-import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
+import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
 import { chatStream, play } from "./support/exchange.js"
 import { FAKE_OLLAMA_BIN, spawnProxy } from "./support/proxy.js"
@@ -85,10 +85,10 @@ describe("LineLogger (logging from callbacks)", () => {
 })
 
 describe("access line", () => {
-  const accessLines = (tracing: Layer.Layer<Tracing>, run: (tap: ExchangeTap) => void) => {
+  const accessLines = (tracing: Layer.Layer<Tracing>, run: (tap: ExchangeConsumer) => void) => {
     const { layer, records } = capture()
     return Effect.gen(function*() {
-      run(yield* makeTelemetryTap)
+      run(yield* makeTelemetryConsumer)
       return records().filter((r) => r.msg === "access")
     }).pipe(Effect.provide(Layer.merge(layer, tracing)))
   }

@@ -12,7 +12,7 @@ import {
   webhookRecords
 } from "../src/telemetry/Metrics.js"
 import { PROMETHEUS_CONTENT_TYPE } from "../src/telemetry/MetricsExport.js"
-import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
+import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
@@ -114,7 +114,7 @@ describe("GET /metrics", () => {
       // Exchanges played through a tap in this process land in the same registry the app exports.
       await Effect.runPromise(
         Effect.gen(function*() {
-          const tap = yield* makeTelemetryTap
+          const tap = yield* makeTelemetryConsumer
           for (const [input, output] of [[26, 259], [4, 6]] as const) {
             play(tap, {
               url: "/api/chat",

@@ -1,10 +1,11 @@
 import { describe, expect, it } from "@effect/vitest"
-import { type ExchangeTap, observe } from "../src/http/Exchange.js"
-import { classify, responseUsage } from "../src/telemetry/GenAi.js"
-import { apiKindOf, ExchangeMeter, readingOf } from "../src/usage/Meter.js"
+import { classify } from "../src/exchange/Classify.js"
+import type { ExchangeConsumer } from "../src/exchange/Exchange.js"
+import { makeUsageReader, UsageReader } from "../src/exchange/UsageReader.js"
+import { responseUsage } from "../src/telemetry/GenAi.js"
 import type { UsageRecord } from "../src/usage/Record.js"
-import { makeUsageTap } from "../src/usage/Tap.js"
-import { ndjson, play } from "./support/exchange.js"
+import { makeUsageRecords } from "../src/usage/Records.js"
+import { ndjson, play, readAnswer } from "./support/exchange.js"
 
 const chat = {
   url: "/api/chat",
@@ -27,72 +28,56 @@ const chat = {
   }
 }
 
-/** A tap that reads the exchange's shared meter the way telemetry does, counting what it feeds. */
-const readingTap = (seen: Array<{ meter: ExchangeMeter; fed: number }>): ExchangeTap => (context) => {
-  const kind = apiKindOf(context.req.method, context.req.url ?? "/")
-  if (kind === undefined) return undefined
-  const meter = readingOf(context, kind)
-  const entry = { meter, fed: 0 }
-  seen.push(entry)
-  if (!meter.claim()) return { onEnd: () => meter.end() }
-  return {
-    onRequestData: meter.requestData,
-    onResponseStart: (status, headers) => meter.responseStart(status, headers),
-    onData: (chunk) => {
-      entry.fed++
-      meter.push(chunk)
-    },
-    onEnd: () => meter.end()
+/** A consumer that remembers the reading it was given at the end of each exchange. */
+const watching = (seen: Array<unknown>): ExchangeConsumer => ({
+  name: "watcher",
+  open: () => ({ end: (exchange) => void seen.push(exchange.reading) })
+})
+
+/** A usage reader that breaks on the n-th body chunk, the way a bug in a reader would. */
+class BreakingReader extends UsageReader {
+  private chunks = 0
+  constructor(private readonly breakAt: number) {
+    super("native")
+  }
+  override push(chunk: Buffer) {
+    if (++this.chunks === this.breakAt) throw new Error("reader bug")
+    super.push(chunk)
   }
 }
 
 describe("one reading per exchange", () => {
-  it("is created once per exchange context and claimed once", () => {
-    const a = {}
-    const meter = readingOf(a, "native")
-    expect(readingOf(a, "native")).toBe(meter)
-    expect(readingOf({}, "native")).not.toBe(meter)
-    expect(meter.claim()).toBe(true)
-    expect(meter.claim()).toBe(false)
-  })
-
-  it("the usage tap reads the meter another tap feeds, and feeds it itself when alone", () => {
+  it("every consumer reads the same reading, fed once", () => {
     const records: Array<UsageRecord> = []
-    const usage = makeUsageTap((record) => records.push(record))
-    const seen: Array<{ meter: ExchangeMeter; fed: number }> = []
-    play((context) => observe([readingTap(seen), usage], context), chat)
-    play(usage, chat)
-    expect(seen).toHaveLength(1)
-    expect(seen[0]!.fed).toBe(chat.response.chunks.length)
-    const [shared, alone] = records
-    const figures = { model: "llama3.2", stream: true, done_reason: "stop", prompt_eval_count: 26, eval_count: 259 }
-    expect(shared).toMatchObject(figures)
-    expect(alone).toMatchObject(figures)
-    expect(seen[0]!.meter.request.model).toBe("llama3.2")
+    const seen: Array<unknown> = []
+    const { exchange } = play([watching(seen), makeUsageRecords((record) => records.push(record))], chat)
+    expect(seen).toEqual([exchange.reading])
+    expect(exchange.reading.requestModel).toBe("llama3.2")
+    expect(exchange.reading.bytesOut).toBe(chat.response.chunks.join("").length)
+    expect(records).toHaveLength(1)
+    expect(records[0]).toMatchObject({
+      model: "llama3.2",
+      stream: true,
+      done_reason: "stop",
+      prompt_eval_count: 26,
+      eval_count: 259,
+      metering_error: null
+    })
   })
 
-  it("a tap that did not create the reading gets no feeding hooks", () => {
-    const usage = makeUsageTap(() => undefined)
-    play((context) => {
-      readingOf(context, "native").claim()
-      const observer = usage(context)
-      expect(observer?.onData).toBeUndefined()
-      expect(observer?.onResponseStart).toBeUndefined()
-      expect(observer?.onRequestData).toBeUndefined()
-      return observer
-    }, chat)
+  it("a reader that breaks neither throws into the relay nor goes unnoticed: the record says so", () => {
+    const records: Array<UsageRecord> = []
+    const { exchange } = play(makeUsageRecords((record) => records.push(record)), chat, () => new BreakingReader(2))
+    expect(exchange.reading.meteringError).toBe("response body: reader bug")
+    expect(records).toHaveLength(1)
+    // What was read before the break stays; the final figures never came.
+    expect(records[0]).toMatchObject({ status: 200, outcome: "completed", eval_count: null, metering_error: "response body: reader bug" })
   })
 })
 
 describe("responseUsage, other API families", () => {
-  const read = (path: string, contentType: string, body: string, status = 200) => {
-    const endpoint = classify("POST", path)
-    const meter = new ExchangeMeter(endpoint.kind!)
-    meter.responseStart(status, { "content-type": contentType })
-    meter.push(Buffer.from(body))
-    meter.end()
-    return responseUsage(meter, endpoint.operation!)
-  }
+  const read = (path: string, contentType: string, body: string, status = 200) =>
+    responseUsage(readAnswer(path, { "content-type": contentType }, [body], status, makeUsageReader), classify("POST", path).genAi!)
 
   it("OpenAI embeddings: input tokens only", () => {
     expect(
@@ -120,7 +105,8 @@ describe("responseUsage, other API families", () => {
         "/v1/messages",
         "text/event-stream",
         `event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n`
-      )?.error
+      )
+        ?.error
     )
       .toBe("busy")
     expect(read("/v1/chat/completions", "text/event-stream", `data: {"error":{"message":"boom"}}\n\n`)?.error).toBe("boom")

@@ -3,15 +3,15 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
 import type { ReadableSpan } from "@opentelemetry/sdk-trace-base"
-import { Effect, Layer, Logger } from "effect"
+import { Effect, Layer, Logger, type Tracer } from "effect"
 import { createServer } from "node:net"
 import type { AddressInfo } from "node:net"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { AppConfig } from "../src/Config.js"
-import type { ExchangeTap } from "../src/http/Exchange.js"
-import { makeTelemetryTap } from "../src/telemetry/Telemetry.js"
-import { exchangeParentSpan, Tracing } from "../src/telemetry/Tracing.js"
+import type { ExchangeConsumer } from "../src/exchange/Exchange.js"
+import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
+import { Tracing } from "../src/telemetry/Tracing.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
 import { scrape } from "./support/metrics.js"
@@ -24,10 +24,10 @@ const CLIENT_SPAN = "b7ad6b7169203331"
 const TRACEPARENT = `00-${TRACE_ID}-${CLIENT_SPAN}-01`
 
 /** A telemetry tap with tracing on, exporting to memory; `run` plays exchanges through it. */
-const withTap = async <A>(env: Record<string, string>, run: (tap: ExchangeTap) => A) => {
+const withTap = async <A>(env: Record<string, string>, run: (tap: ExchangeConsumer) => A) => {
   const recorder = spanRecorder()
   const tracing = Tracing.layer.pipe(Layer.provide(AppConfig.fromEnv(env)), Layer.provide(recorder.layer), Layer.orDie)
-  const result = await Effect.runPromise(Effect.map(makeTelemetryTap, run).pipe(Effect.provide(Layer.merge(tracing, quiet))))
+  const result = await Effect.runPromise(Effect.map(makeTelemetryConsumer, run).pipe(Effect.provide(Layer.merge(tracing, quiet))))
   return { result, recorder }
 }
 
@@ -167,8 +167,8 @@ describe("work that outlives the request (the usage webhook)", () => {
   })
   afterAll(() => receiver.close())
 
-  /** A POST made the way the webhook makes it: Effect HttpClient, parented by exchangeParentSpan. */
-  const post = (parent: ReturnType<typeof exchangeParentSpan>, marker: string) =>
+  /** A POST made the way the webhook makes it: Effect HttpClient, parented by the exchange's parent span. */
+  const post = (parent: Tracer.ExternalSpan | undefined, marker: string) =>
     Effect.gen(function*() {
       const client = yield* HttpClient.HttpClient
       yield* client.execute(HttpClientRequest.post(`${receiver.url}/usage/${marker}`)).pipe(Effect.scoped)
@@ -182,9 +182,9 @@ describe("work that outlives the request (the usage webhook)", () => {
     const recorder = spanRecorder()
     const tracing = Tracing.layer.pipe(Layer.provide(AppConfig.fromEnv({})), Layer.provide(recorder.layer), Layer.orDie)
     return Effect.gen(function*() {
-      const tap = yield* makeTelemetryTap
-      const { req } = play(tap, { method: "GET", url: "/api/ps", headers: { traceparent: TRACEPARENT } })
-      yield* post(exchangeParentSpan(req), "on")
+      const tap = yield* makeTelemetryConsumer
+      const { exchange } = play(tap, { method: "GET", url: "/api/ps", headers: { traceparent: TRACEPARENT } })
+      yield* post(exchange.parentSpan(), "on")
       const sent = yield* Effect.promise(() => receiver.waitFor((r) => r.path === "/usage/on"))
       const server = recorder.spans().find((s) => s.kind === SpanKind.SERVER)!
       const delivery = recorder.named("usage.webhook.deliver")[0]
@@ -197,9 +197,9 @@ describe("work that outlives the request (the usage webhook)", () => {
 
   it.live("carries the client's trace id when tracing is off", () =>
     Effect.gen(function*() {
-      const tap = yield* makeTelemetryTap
-      const { req } = play(tap, { method: "GET", url: "/api/ps", headers: { traceparent: TRACEPARENT } })
-      yield* post(exchangeParentSpan(req), "off")
+      const tap = yield* makeTelemetryConsumer
+      const { exchange } = play(tap, { method: "GET", url: "/api/ps", headers: { traceparent: TRACEPARENT } })
+      yield* post(exchange.parentSpan(), "off")
       const sent = yield* Effect.promise(() => receiver.waitFor((r) => r.path === "/usage/off"))
       expect(String(sent.headers.traceparent)).toMatch(new RegExp(`^00-${TRACE_ID}-`))
     }).pipe(Effect.provide(Layer.merge(Layer.succeed(Tracing, Tracing.off), quiet))))

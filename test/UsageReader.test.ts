@@ -1,6 +1,8 @@
 import { describe, expect, it } from "@effect/vitest"
-import { includeUsage, UsageEventFilter } from "../src/usage/IncludeUsage.js"
-import { type ApiKind, apiKindOf, ExchangeMeter, type Line, LineReader, METER_LINE_LIMIT, TailLines } from "../src/usage/Meter.js"
+import { classify, type UsageFormat } from "../src/exchange/Classify.js"
+import { includeUsage, UsageEventFilter } from "../src/exchange/IncludeUsage.js"
+import { type Line, LINE_LIMIT, LineReader, TailLines } from "../src/exchange/Lines.js"
+import { readAnswer } from "./support/exchange.js"
 
 const NDJSON = { "content-type": "application/x-ndjson" }
 const JSON_TYPE = { "content-type": "application/json; charset=utf-8" }
@@ -60,15 +62,30 @@ const splits = function*(body: Buffer): Generator<Array<Buffer>> {
   for (let cut = 1; cut < body.length; cut++) yield [body.subarray(0, cut), body.subarray(cut)]
 }
 
-const meter = (kind: ApiKind, headers: Record<string, string>, chunks: Iterable<Buffer>, status = 200) => {
-  const m = new ExchangeMeter(kind)
-  m.responseStart(status, headers)
-  for (const chunk of chunks) m.push(chunk)
-  m.end()
-  return m
+/** An inference endpoint of each usage format. */
+const PATHS: Record<Exclude<UsageFormat, "none">, string> = {
+  native: "/api/chat",
+  openai: "/v1/chat/completions",
+  anthropic: "/v1/messages",
+  responses: "/v1/responses"
 }
 
-const expectNativeFigures = (m: ExchangeMeter) => {
+/** What the exchange's reading made of an answer in `format`. */
+const meter = (format: Exclude<UsageFormat, "none">, headers: Record<string, string>, chunks: Iterable<Buffer>, status = 200) => {
+  const reading = readAnswer(PATHS[format], headers, chunks, status)
+  const answer = reading.answer!
+  return {
+    usage: answer.usage,
+    measured: answer.measured,
+    failed: answer.failed,
+    firstModel: answer.firstModel,
+    loadOnly: reading.loadOnly,
+    stream: reading.stream,
+    firstChunkAt: reading.firstChunkAt
+  }
+}
+
+const expectNativeFigures = (m: ReturnType<typeof meter>) => {
   expect(m.measured).toBe(true)
   expect(m.usage).toMatchObject({
     model: "llama3.2",
@@ -82,15 +99,16 @@ const expectNativeFigures = (m: ExchangeMeter) => {
   })
 }
 
-describe("apiKindOf", () => {
+describe("the usage format of a request", () => {
   it("meters the inference endpoints only, POST only", () => {
-    expect(apiKindOf("POST", "/api/chat")).toBe("native")
-    expect(apiKindOf("POST", "/api/embeddings")).toBe("native")
-    expect(apiKindOf("POST", "/v1/completions")).toBe("openai")
-    expect(apiKindOf("POST", "/v1/messages")).toBe("anthropic")
-    expect(apiKindOf("GET", "/api/chat")).toBeUndefined()
-    expect(apiKindOf("POST", "/api/pull")).toBeUndefined()
-    expect(apiKindOf("POST", "__proto__")).toBeUndefined()
+    const usageOf = (method: string, path: string) => classify(method, path).usage
+    expect(usageOf("POST", "/api/chat")).toBe("native")
+    expect(usageOf("POST", "/api/embeddings")).toBe("native")
+    expect(usageOf("POST", "/v1/completions")).toBe("openai")
+    expect(usageOf("POST", "/v1/messages")).toBe("anthropic")
+    expect(usageOf("GET", "/api/chat")).toBe("none")
+    expect(usageOf("POST", "/api/pull")).toBe("none")
+    expect(usageOf("POST", "__proto__")).toBe("none")
   })
 })
 
@@ -144,7 +162,7 @@ describe("LineReader", () => {
   })
 })
 
-describe("ExchangeMeter, native", () => {
+describe("reading usage, native", () => {
   it("reads the done object of an NDJSON stream at every chunk boundary", () => {
     const body = chatStream(3)
     for (const chunks of splits(body)) {
@@ -229,13 +247,13 @@ describe("ExchangeMeter, native", () => {
   it("reads the figures of a done line of many MB (a long context)", () => {
     const context = Array.from({ length: 700_000 }, (_, i) => (i * 7919) % 128000)
     const done = JSON.stringify({ model: "llama3.2", created_at: "t", response: "", done: true, done_reason: "stop", context, ...FIGURES })
-    expect(done.length).toBeGreaterThan(4 * METER_LINE_LIMIT)
+    expect(done.length).toBeGreaterThan(4 * LINE_LIMIT)
     const body = Buffer.from(`{"model":"llama3.2","response":"a","done":false}\n${done}\n`)
     for (const size of [1000, 65536, 1_000_003]) expectNativeFigures(meter("native", NDJSON, chunked(body, [size])))
   })
 
   it("skips a huge line that is not the last and reads the done line after it", () => {
-    const image = JSON.stringify({ model: "llama3.2", created_at: "t", response: "x".repeat(3 * METER_LINE_LIMIT), done: false })
+    const image = JSON.stringify({ model: "llama3.2", created_at: "t", response: "x".repeat(3 * LINE_LIMIT), done: false })
     const body = Buffer.concat([Buffer.from(`${image}\n`), chatStream(1)])
     const m = meter("native", NDJSON, chunked(body, [65536]))
     expectNativeFigures(m)
@@ -246,7 +264,7 @@ describe("ExchangeMeter, native", () => {
     const body = Buffer.from(
       JSON.stringify({ model: "nomic-embed-text", embeddings: vectors, total_duration: 5, load_duration: 1, prompt_eval_count: 1600 })
     )
-    expect(body.length).toBeGreaterThan(METER_LINE_LIMIT)
+    expect(body.length).toBeGreaterThan(LINE_LIMIT)
     const m = meter("native", JSON_TYPE, chunked(body, [65536]))
     expect(m.measured).toBe(true)
     expect(m.usage).toMatchObject({ model: "nomic-embed-text", promptEvalCount: 1600, totalDuration: 5 })
@@ -311,7 +329,7 @@ const completionSse = (withUsage: boolean) => {
   return sse([text("Hi", null), text("!", "stop"), ...(withUsage ? [final] : []), "data: [DONE]\n\n"])
 }
 
-describe("ExchangeMeter, OpenAI", () => {
+describe("reading usage, OpenAI", () => {
   it("reads the usage event of a chat stream at every chunk boundary", () => {
     for (const chunks of splits(chatSse(true))) {
       const m = meter("openai", SSE, chunks)
@@ -362,7 +380,7 @@ describe("ExchangeMeter, OpenAI", () => {
     const body = Buffer.from(
       JSON.stringify({ object: "list", data, model: "all-minilm", usage: { prompt_tokens: 700, total_tokens: 700 } }) + "\n"
     )
-    expect(body.length).toBeGreaterThan(METER_LINE_LIMIT)
+    expect(body.length).toBeGreaterThan(LINE_LIMIT)
     const m = meter("openai", { "content-type": "application/json" }, chunked(body, [65536]))
     expect(m.usage).toMatchObject({ model: "all-minilm", promptEvalCount: 700 })
   })
@@ -379,7 +397,7 @@ describe("ExchangeMeter, OpenAI", () => {
   })
 })
 
-describe("ExchangeMeter, Anthropic and Responses", () => {
+describe("reading usage, Anthropic and Responses", () => {
   it("adds the input tokens of message_start to the output tokens of message_delta", () => {
     const body = Buffer.from([
       `event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"llama3.2","content":[],"stop_reason":null,"usage":{"input_tokens":21,"output_tokens":0}}}\n\n`,
@@ -423,10 +441,7 @@ describe("ExchangeMeter, Anthropic and Responses", () => {
 })
 
 describe("includeUsage", () => {
-  const rewrite = (body: string) => {
-    const r = includeUsage(Buffer.from(body))
-    return { ...r, body: r.body?.toString() }
-  }
+  const rewrite = (body: string) => ({ body: includeUsage(Buffer.from(body))?.toString() })
 
   it("splices stream_options into a streamed request, keeping every other byte", () => {
     const body = `{"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`
@@ -434,7 +449,6 @@ describe("includeUsage", () => {
     expect(r.body).toBe(
       `{"stream_options":{"include_usage":true},"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`
     )
-    expect(r).toMatchObject({ model: "llama3.2", stream: true })
     expect(rewrite(` \n{ "stream": true }`).body).toBe(` \n{"stream_options":{"include_usage":true}, "stream": true }`)
   })
 
@@ -448,13 +462,9 @@ describe("includeUsage", () => {
   })
 
   it("leaves alone what does not stream, what asks already, and what is not valid", () => {
-    expect(rewrite(`{"model":"m","stream":false}`)).toEqual({ model: "m", stream: false, body: undefined })
+    expect(rewrite(`{"model":"m","stream":false}`).body).toBeUndefined()
     expect(rewrite(`{"model":"m"}`).body).toBeUndefined()
-    expect(rewrite(`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`)).toEqual({
-      model: "m",
-      stream: true,
-      body: undefined
-    })
+    expect(rewrite(`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`).body).toBeUndefined()
     expect(rewrite(`{"stream":true,"stream_options":"yes"}`).body).toBeUndefined()
     expect(rewrite(`{"stream":tru`).body).toBeUndefined()
     expect(rewrite(`[1]`).body).toBeUndefined()

@@ -19,9 +19,21 @@ export const writeJsonError = (
   res.end(body)
 }
 
-export const OLLAMA_UNAVAILABLE = "ollama is not available"
+/** A request without a valid key, wherever it is refused (the proxy, `/metrics`). */
+export const unauthorized = (reason: string) => ({
+  status: 401,
+  message: `unauthorized: ${reason}`,
+  headers: { "www-authenticate": "Bearer" }
+})
+
+export const writeUnauthorized = (res: ServerResponse, reason: string, requestId: string) => {
+  const answer = unauthorized(reason)
+  writeJsonError(res, answer.status, answer.message, { ...answer.headers, "x-request-id": requestId })
+}
+
+const OLLAMA_UNAVAILABLE = "ollama is not available"
 /** Seconds a client should wait before retrying while Ollama is down. */
-export const RETRY_AFTER_SECONDS = "5"
+const RETRY_AFTER_SECONDS = "5"
 
 export const writeOllamaUnavailable = (res: ServerResponse, requestId: string) =>
   writeJsonError(res, 503, OLLAMA_UNAVAILABLE, { "retry-after": RETRY_AFTER_SECONDS, "x-request-id": requestId })

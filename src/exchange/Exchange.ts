@@ -1,49 +1,76 @@
 /**
- * One client request and its response as it passes the proxy, and the taps that watch it
- * (usage metering, telemetry). Taps are called synchronously on the hot path: keep them cheap.
+ * One client request and its response as they pass the proxy: what the request is (its route,
+ * classified once), who sent it, and the one reading of its bytes. The parts that watch traffic
+ * (telemetry, usage records, limits) are consumers of an exchange: they read it, they never read
+ * the bytes themselves, and none of them knows of another.
  */
-import { Context, Layer } from "effect"
+import { Context, Tracer } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
+import type { Caller } from "./Caller.js"
+import type { Route } from "./Classify.js"
+import { type Outcome, Reading } from "./Reading.js"
+import type { UsageReaderFactory } from "./UsageReader.js"
 
-export type Outcome =
-  /** The whole response reached the client. */
-  | "completed"
-  /** The client went away first; the upstream request was aborted. */
-  | "client_aborted"
-  /** Ollama failed or vanished mid-response; the client's connection was cut. */
-  | "upstream_error"
-  /** Ollama could not be reached; the client got a 503. */
-  | "unavailable"
-  /** The proxy refused the request (no or invalid API key, a 401); Ollama never saw it. */
-  | "rejected"
+export type UpstreamHeaders = Record<string, string | Array<string>>
 
-export interface ExchangeContext {
-  readonly requestId: string
-  /** The API key's name; null on an open proxy. */
-  readonly keyName: string | null
-  readonly req: IncomingMessage
-  /** Read-only for taps: the status of answers the proxy writes itself (401, 502, 503) is here. */
-  readonly res: ServerResponse
-  /** performance.now() when the request arrived. */
-  readonly startedAt: number
+/**
+ * What a consumer does with one exchange. Both run synchronously on the request path: keep them
+ * cheap, and do the heavy work (spans, records) once, in `end`.
+ */
+export interface ExchangeWatch {
+  /** The request is about to go to Ollama; a watch may add headers (`traceparent`). */
+  readonly upstream?: (exchange: Exchange, headers: UpstreamHeaders) => void
+  /** The exchange is over and its reading final. */
+  readonly end: (exchange: Exchange) => void
 }
 
-export interface ExchangeObserver {
-  /** The request to Ollama is about to go; a tap may add headers (`traceparent`). */
-  onUpstreamRequest?(headers: Record<string, string | Array<string>>): void
-  /** A chunk of the request body, as it is sent to Ollama. */
-  onRequestData?(chunk: Buffer): void
-  onResponseStart?(status: number, headers: IncomingHttpHeaders): void
-  /** Every body chunk as Ollama sent it, before any rewrite. */
-  onData?(chunk: Buffer): void
-  onEnd?(outcome: Outcome, error?: Error): void
-  /** Set by the rare observer that must also change the bytes of its exchange. */
-  readonly rewrite?: ExchangeRewrite | undefined
+export interface ExchangeConsumer {
+  /** Names the consumer in the log line and metric when it fails. */
+  readonly name: string
+  /** Called when an exchange arrives: what watches it, or undefined when this one does not care. */
+  readonly open: (exchange: Exchange) => ExchangeWatch | undefined
+}
+
+/** The consumers in force, in the order they see each exchange. */
+export class ExchangeConsumers extends Context.Tag("app/ExchangeConsumers")<ExchangeConsumers, ReadonlyArray<ExchangeConsumer>>() {}
+
+/** A consumer's watch of one exchange, and whose it is. */
+export interface OpenWatch {
+  readonly consumer: ExchangeConsumer
+  readonly watch: ExchangeWatch
+}
+
+/** What to do with a consumer's failure: it must reach neither the relay nor the other consumers. */
+export type ConsumerFailed = (exchange: Exchange, consumer: ExchangeConsumer, stage: "start" | "end", cause: unknown) => void
+
+/** Lets every consumer open its watch of a new exchange. */
+export const openWatches = (exchange: Exchange, consumers: ReadonlyArray<ExchangeConsumer>, failed: ConsumerFailed): void => {
+  const watches: Array<OpenWatch> = []
+  for (const consumer of consumers) {
+    try {
+      const watch = consumer.open(exchange)
+      if (watch !== undefined) watches.push({ consumer, watch })
+    } catch (cause) {
+      failed(exchange, consumer, "start", cause)
+    }
+  }
+  exchange.watches = watches
+}
+
+/** Ends every watch of a finished exchange, each on its own. */
+export const endWatches = (exchange: Exchange, failed: ConsumerFailed): void => {
+  for (const { consumer, watch } of exchange.watches) {
+    try {
+      watch.end(exchange)
+    } catch (cause) {
+      failed(exchange, consumer, "end", cause)
+    }
+  }
 }
 
 /**
- * A change to the bytes of one exchange (e.g. asking Ollama for usage the client did not ask for,
- * and hiding it again). Exchanges without one take the plain pass-through path.
+ * A change to the bytes of one exchange (asking Ollama for usage the client did not ask for, and
+ * hiding it again). Exchanges without one take the plain pass-through path.
  */
 export interface ExchangeRewrite {
   /** Largest request body buffered for `request`; a larger one streams through unchanged. */
@@ -62,46 +89,74 @@ export interface ChunkFilter {
   end(): Buffer
 }
 
-/** Makes the observer of one exchange, or undefined when it has nothing to watch there. */
-export type ExchangeTap = (context: ExchangeContext) => ExchangeObserver | undefined
+const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-([\da-f]{16})-([\da-f]{2})$/
 
-/** The taps in force; each part that watches traffic adds its own. */
-export class ExchangeTaps extends Context.Tag("app/ExchangeTaps")<ExchangeTaps, ReadonlyArray<ExchangeTap>>() {
-  static readonly none = Layer.succeed(ExchangeTaps, [])
+/** The client's own `traceparent`, when it is well-formed. */
+const incomingTraceParent = (req: IncomingMessage): Tracer.ExternalSpan | undefined => {
+  const header = req.headers.traceparent
+  const match = typeof header === "string" ? TRACEPARENT.exec(header.trim()) : null
+  if (match === null || /^0+$/.test(match[1]!) || /^0+$/.test(match[2]!)) return undefined
+  return Tracer.externalSpan({ traceId: match[1]!, spanId: match[2]!, sampled: (parseInt(match[3]!, 16) & 1) === 1 })
 }
 
-/** One observer standing for several, or undefined when there are none. */
-export const observe = (taps: ReadonlyArray<ExchangeTap>, context: ExchangeContext): ExchangeObserver | undefined => {
-  if (taps.length === 0) return undefined
-  const observers: Array<ExchangeObserver> = []
-  for (const tap of taps) {
-    const observer = tap(context)
-    if (observer !== undefined) observers.push(observer)
-  }
-  if (observers.length <= 1) return observers[0]
-  const merged: Record<string, unknown> = {
-    // Two rewrites of one exchange would have to agree on the bytes: the first one wins.
-    rewrite: observers.find((o) => o.rewrite !== undefined)?.rewrite
-  }
-  for (const hook of HOOKS) {
-    const fn = everyOne(observers, hook)
-    if (fn !== undefined) merged[hook] = fn
-  }
-  return merged as ExchangeObserver
-}
+const NO_WATCHES: ReadonlyArray<OpenWatch> = []
 
-const HOOKS = ["onUpstreamRequest", "onRequestData", "onResponseStart", "onData", "onEnd"] as const
-type Hook = (typeof HOOKS)[number]
+export class Exchange {
+  readonly reading: Reading
+  /** The consumers watching this exchange; set by the boundary once they are open. */
+  watches: ReadonlyArray<OpenWatch> = NO_WATCHES
+  /**
+   * The span this exchange is traced under, set by the consumer that traces it. Work the exchange
+   * causes after it ends (the usage POST) continues it.
+   */
+  span: Tracer.ExternalSpan | undefined = undefined
+  /** Set for the exchanges whose bytes the proxy changes. */
+  rewrite: ExchangeRewrite | undefined = undefined
+  private finished = false
 
-/**
- * The observers' `hook`, called in order: undefined when none has it (the proxy then skips the
- * work, a body listener, nobody asked for), the one function itself when only one has it (onData
- * runs per chunk: no loop around a single call).
- */
-const everyOne = (observers: ReadonlyArray<ExchangeObserver>, hook: Hook) => {
-  const fns = observers.flatMap((o) => (o[hook] === undefined ? [] : [o[hook] as (a?: unknown, b?: unknown) => void]))
-  if (fns.length <= 1) return fns[0]
-  return (a?: unknown, b?: unknown) => {
-    for (const fn of fns) fn(a, b)
+  constructor(
+    readonly requestId: string,
+    readonly req: IncomingMessage,
+    /** Read-only for consumers: the status of answers the proxy writes itself (401, 502, 503) is here. */
+    readonly res: ServerResponse,
+    /** performance.now() when the request arrived. */
+    readonly startedAt: number,
+    /** The path Ollama routes the request by (Target.ts): the one path every consumer reports. */
+    readonly path: string,
+    readonly route: Route,
+    readonly caller: Caller,
+    readers: UsageReaderFactory,
+    private readonly onFinish: (exchange: Exchange) => void
+  ) {
+    this.reading = new Reading(route, readers)
+  }
+
+  /** The request is about to go to Ollama with these headers. */
+  upstream(headers: UpstreamHeaders): void {
+    this.reading.upstreamAt = performance.now()
+    for (const { watch } of this.watches) watch.upstream?.(this, headers)
+  }
+
+  /** The exchange is over; only the first call counts. */
+  finish(outcome: Outcome, error?: Error): void {
+    if (this.finished) return
+    this.finished = true
+    this.reading.finish(outcome, error)
+    this.onFinish(this)
+  }
+
+  /**
+   * The span work caused by this exchange should continue: the proxy's own when the exchange is
+   * traced, else the client's `traceparent` (so a usage POST still carries the client's trace id).
+   */
+  parentSpan(): Tracer.ExternalSpan | undefined {
+    return this.span ?? incomingTraceParent(this.req)
+  }
+
+  /** The status the client got: Ollama's, the one the proxy wrote, or 499 when the client left first. */
+  get clientStatus(): number {
+    if (this.reading.status !== null && this.reading.status >= 200) return this.reading.status
+    if (this.res.headersSent) return this.res.statusCode
+    return this.reading.outcome === "client_aborted" ? 499 : this.res.statusCode
   }
 }

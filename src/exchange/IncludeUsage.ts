@@ -5,53 +5,46 @@
  * it again, so the client receives exactly the bytes Ollama would have sent it.
  */
 import type { IncomingHttpHeaders } from "node:http"
-import type { ChunkFilter } from "../http/Exchange.js"
+import type { Route } from "./Classify.js"
+import type { ChunkFilter, ExchangeRewrite } from "./Exchange.js"
 
-export const INCLUDE_USAGE_ENDPOINTS: ReadonlySet<string> = new Set(["/v1/chat/completions", "/v1/completions"])
+/** The two endpoints whose streams report usage only when asked. */
+export const asksForUsage = (route: Route): boolean =>
+  route.inference && route.usage === "openai" && (route.operation === "chat" || route.operation === "completions")
 
 /**
  * Request bodies read whole to add include_usage. Above RunPod's 30 MB payload limit, so on RunPod
  * every body fits; a larger one streams through unchanged (and its stream goes unmetered).
  */
-export const MAX_REQUEST_BODY = 32 * 1024 * 1024
-
-/** What the proxy learnt from an OpenAI request body. */
-export interface OpenAiRequest {
-  readonly model: string | null
-  readonly stream: boolean
-  /** The body to send instead (with include_usage), or undefined to send it as it came. */
-  readonly body: Buffer | undefined
-}
+const MAX_REQUEST_BODY = 32 * 1024 * 1024
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value)
 
 const INSERTED = Buffer.from(`"stream_options":{"include_usage":true},`)
 
 /**
- * Reads the request and, when it streams without asking for usage, adds the request for it.
- * Without `stream_options` the member is spliced in after the opening brace, so every other byte
- * (and every number, whatever its size) reaches Ollama as the client wrote it.
+ * The request body to send instead, when the request streams without asking for usage; undefined
+ * to send it as it came. Without `stream_options` the member is spliced in after the opening
+ * brace, so every other byte (and every number, whatever its size) reaches Ollama as the client
+ * wrote it.
  */
-export const includeUsage = (body: Buffer): OpenAiRequest => {
+export const includeUsage = (body: Buffer): Buffer | undefined => {
   let request: unknown
   try {
     request = JSON.parse(body.toString("utf8"))
   } catch {
-    return { model: null, stream: false, body: undefined }
+    return undefined
   }
-  if (!isObject(request)) return { model: null, stream: false, body: undefined }
-  const model = typeof request.model === "string" ? request.model : null
-  const stream = request.stream === true
+  if (!isObject(request)) return undefined
   const options = request.stream_options
-  if (!stream || (isObject(options) && options.include_usage === true)) return { model, stream, body: undefined }
+  if (request.stream !== true || (isObject(options) && options.include_usage === true)) return undefined
   if (options === undefined) {
     const brace = body.indexOf("{")
-    return { model, stream, body: Buffer.concat([body.subarray(0, brace + 1), INSERTED, body.subarray(brace + 1)]) }
+    return Buffer.concat([body.subarray(0, brace + 1), INSERTED, body.subarray(brace + 1)])
   }
   // Anything but an object (or null) is the client's error to receive from Ollama as it is.
-  if (options !== null && !isObject(options)) return { model, stream, body: undefined }
-  const rewritten = { ...request, stream_options: { ...options, include_usage: true } }
-  return { model, stream, body: Buffer.from(JSON.stringify(rewritten)) }
+  if (options !== null && !isObject(options)) return undefined
+  return Buffer.from(JSON.stringify({ ...request, stream_options: { ...options, include_usage: true } }))
 }
 
 const EVENT_END = Buffer.from("\n\n")
@@ -171,7 +164,24 @@ const withoutZeroUsage = (event: Buffer, usageAt: number): Buffer => {
 }
 
 /** The filter for a response to a request the proxy added include_usage to. */
-export const usageEventFilter = (path: string, status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined =>
+const usageEventFilter = (route: Route, status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined =>
   status === 200 && (headers["content-type"] ?? "").startsWith("text/event-stream")
-    ? new UsageEventFilter(path === "/v1/completions")
+    ? new UsageEventFilter(route.operation === "completions")
     : undefined
+
+/**
+ * The rewrite for those endpoints: add include_usage to a streamed request, then hide the usage
+ * event again when the proxy was the one asking.
+ */
+export const includeUsageRewrite = (route: Route): ExchangeRewrite => {
+  let injected = false
+  return {
+    maxRequestBody: MAX_REQUEST_BODY,
+    request: (body) => {
+      const rewritten = includeUsage(body)
+      injected = rewritten !== undefined
+      return rewritten
+    },
+    response: (status, headers) => (injected ? usageEventFilter(route, status, headers) : undefined)
+  }
+}

@@ -1,25 +1,18 @@
 /**
- * Proxy: the hot path. One client request becomes one Ollama request; bytes flow both ways as
- * they arrive, with backpressure, through undici's dispatcher without an intermediate stream.
- *
- * The service is built as an Effect layer (config, pool lifecycle, health), but a request is
- * plain callbacks: per-request fibers and Streams cost several times the upstream call itself
- * (DESIGN.md, "What speed costs here").
+ * Relay: one client request becomes one Ollama request; bytes flow both ways as they arrive, with
+ * backpressure, through undici's dispatcher without an intermediate stream. It feeds the
+ * exchange's reading as the bytes pass (see Boundary.ts for why all of this is plain callbacks).
  */
 import { Effect } from "effect"
-import type { IncomingMessage, ServerResponse } from "node:http"
+import type { IncomingMessage } from "node:http"
 import { Readable } from "node:stream"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { writeJsonError, writeOllamaUnavailable } from "./Errors.js"
-import type { ChunkFilter, ExchangeObserver, Outcome } from "./Exchange.js"
+import type { ChunkFilter, Exchange } from "./Exchange.js"
 import { clientResponseHeaders, upstreamRequestHeaders } from "./Headers.js"
-
-export interface Exchange {
-  readonly requestId: string
-  readonly observer?: ExchangeObserver | undefined
-}
+import type { Outcome } from "./Reading.js"
 
 class ClientAborted extends Error {
   constructor() {
@@ -94,7 +87,7 @@ const readBody = (
   req.on("end", onEnd)
 }
 
-export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
+export class Relay extends Effect.Service<Relay>()("app/Relay", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
     const health = yield* OllamaHealth
@@ -112,12 +105,11 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
     )
     const ollamaHost = config.ollama.hostHeader
 
-    const forward = (req: IncomingMessage, res: ServerResponse, exchange: Exchange): void => {
-      const { requestId, observer } = exchange
-      const rewrite = observer?.rewrite
+    const forward = (exchange: Exchange): void => {
+      const { reading, req, requestId, res, rewrite } = exchange
       if (!health.isUp()) {
         writeOllamaUnavailable(res, requestId)
-        observer?.onEnd?.("unavailable")
+        exchange.finish("unavailable")
         return
       }
 
@@ -128,7 +120,7 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
       const finish = (outcome: Outcome, error?: Error) => {
         if (finished) return
         finished = true
-        observer?.onEnd?.(outcome, error)
+        exchange.finish(outcome, error)
       }
       const resume = () => {
         waitingForDrain = false
@@ -142,7 +134,7 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
       })
 
       const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress: req.socket.remoteAddress, requestId })
-      observer?.onUpstreamRequest?.(headers)
+      exchange.upstream(headers)
       let body: UpstreamBody = hasBody(req) ? req : null
 
       // Chunks parsed from one read of Ollama's socket go to the client in one write, at the end of
@@ -172,21 +164,20 @@ export class Proxy extends Effect.Service<Proxy>()("app/Proxy", {
           }
           // undici attaches its own 'data' listener synchronously after this call, so both see
           // every chunk and its pause() still holds the body back for backpressure.
-          const onRequestData = observer?.onRequestData
-          if (onRequestData === undefined || body === null) return
-          if (Buffer.isBuffer(body)) onRequestData(body)
-          else body.on("data", (chunk: Buffer) => onRequestData(chunk))
+          if (body === null) return
+          if (Buffer.isBuffer(body)) reading.requestData(body)
+          else body.on("data", (chunk: Buffer) => reading.requestData(chunk))
         },
         onResponseStart(_c, status, headers) {
           if (status < 200) return // 1xx interim answers stay between us and Ollama
           res.writeHead(status, clientResponseHeaders(headers, requestId))
           // A filter may change the body's length: only a body without a declared one is filtered.
           if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response(status, headers)
-          observer?.onResponseStart?.(status, headers)
+          reading.responseStart(status, headers)
           if (headers["content-length"] === undefined) res.flushHeaders()
         },
         onResponseData(_c, chunk) {
-          observer?.onData?.(chunk)
+          reading.responseData(chunk)
           const out = filter === undefined ? chunk : filter.push(chunk)
           if (out.length === 0) return
           if (batch === undefined) {

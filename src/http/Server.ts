@@ -1,6 +1,6 @@
 /**
- * Server: the listeners. Control routes (/ping) are an Effect HttpRouter; every other request is
- * authenticated and handed to the Proxy's byte path. With PORT_HEALTH != PORT a second listener
+ * Server: the listeners. Control routes (/ping, /metrics) are an Effect HttpRouter; every other
+ * request enters the exchange boundary (src/exchange/). With PORT_HEALTH != PORT a second listener
  * answers the control routes only.
  */
 import { HttpMiddleware, HttpRouter, HttpServerResponse } from "@effect/platform"
@@ -9,16 +9,13 @@ import { Data, Duration, Effect } from "effect"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import { AppConfig } from "../Config.js"
+import { ExchangeBoundary } from "../exchange/Boundary.js"
+import { ApiKeys } from "../keys/ApiKeys.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
 import { metricsRoute, PrometheusMetrics } from "../telemetry/MetricsExport.js"
-import { ApiKeys, isPreflight } from "./Auth.js"
-import { writeJsonError } from "./Errors.js"
-import { ExchangeTaps, observe } from "./Exchange.js"
-import { pathOf, requestIdOf } from "./Headers.js"
 import { ping } from "./Ping.js"
-import { Proxy } from "./Proxy.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{
   readonly address: string
@@ -88,35 +85,13 @@ const makeServer = (handler: (req: IncomingMessage, res: ServerResponse) => void
 export class Server extends Effect.Service<Server>()("app/Server", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
-    const keys = yield* ApiKeys
-    const proxy = yield* Proxy
-    const taps = yield* ExchangeTaps
+    const boundary = yield* ExchangeBoundary
     // No span per health check or scrape: the handler's runtime has the tracer middleware off.
     const control = yield* NodeHttpServer.makeHandler(
       controlRoutes.pipe(Effect.catchTag("RouteNotFound", () => HttpServerResponse.text("404 page not found", { status: 404 })))
     ).pipe(HttpMiddleware.withTracerDisabledWhenEffect(() => true))
 
-    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
-      if (CONTROL_PATHS.has(pathOf(req.url))) return control(req, res)
-      const startedAt = performance.now()
-      const requestId = requestIdOf(req.headers)
-      let keyName: string | null = null
-      if (!isPreflight(req.method, req.headers)) {
-        const auth = keys.authenticate(req.headers)
-        if (!auth.ok) {
-          const observer = observe(taps, { requestId, keyName: null, req, res, startedAt })
-          writeJsonError(res, 401, `unauthorized: ${auth.reason}`, {
-            "www-authenticate": "Bearer",
-            "x-request-id": requestId
-          })
-          return observer?.onEnd?.("rejected")
-        }
-        keyName = auth.keyName
-      }
-      proxy.forward(req, res, { requestId, observer: observe(taps, { requestId, keyName, req, res, startedAt }) })
-    }
-
-    const main = makeServer(onRequest)
+    const main = makeServer(boundary.handler(CONTROL_PATHS, control))
     const port = yield* listen(main, config.port, config.host)
     yield* Effect.addFinalizer(() =>
       Effect.logInfo("shutting down: no new connections, finishing the requests in flight").pipe(
@@ -137,5 +112,12 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     )
     return { port, healthPort } as const
   }),
-  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default, Preloader.Default, OllamaProcess.Default, PrometheusMetrics.Default]
+  dependencies: [
+    ExchangeBoundary.Default,
+    ApiKeys.Default,
+    OllamaHealth.Default,
+    Preloader.Default,
+    OllamaProcess.Default,
+    PrometheusMetrics.Default
+  ]
 }) {}

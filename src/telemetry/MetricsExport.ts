@@ -6,7 +6,8 @@ import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer, Metric, Stream } from "effect"
 import type { IncomingHttpHeaders } from "node:http"
 import { AppConfig, type AppConfigShape } from "../Config.js"
-import { ApiKeys } from "../http/Auth.js"
+import { unauthorized } from "../exchange/Errors.js"
+import { ApiKeys } from "../keys/ApiKeys.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { NO_LABELS, ollamaUp, preregistered } from "./Metrics.js"
 import { resourceOf } from "./Tracing.js"
@@ -75,10 +76,8 @@ export const metricsRoute = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const auth = keys.authenticate(request.headers as IncomingHttpHeaders)
     if (!auth.ok) {
-      return HttpServerResponse.unsafeJson({ error: `unauthorized: ${auth.reason}` }, {
-        status: 401,
-        headers: { "www-authenticate": "Bearer" }
-      })
+      const answer = unauthorized(auth.reason)
+      return HttpServerResponse.unsafeJson({ error: answer.message }, { status: answer.status, headers: answer.headers })
     }
   }
   const text = yield* (yield* PrometheusMetrics).scrape

@@ -45,7 +45,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type { AppConfigShape, OtlpTarget, SamplerConfig } from "../Config.js"
-import { pathOf } from "../http/Headers.js"
 import { makeProducer } from "./MetricsBridge.js"
 import type { ExchangeStart, ExchangeSummary, ExchangeTrace, ExchangeTracer, Tracing, TracingShape } from "./Tracing.js"
 
@@ -95,7 +94,7 @@ export const layer = ({ config, extraProcessors, off, resource, tag }: SdkOption
 
   const ResourceLive = Resource.layer(resource)
 
-  const MetricsLive = Option.match(otel.metrics, {
+  const OtlpMetricsLive = Option.match(otel.metrics, {
     onNone: () => Layer.empty,
     onSome: (target) =>
       Layer.scopedDiscard(
@@ -120,7 +119,7 @@ export const layer = ({ config, extraProcessors, off, resource, tag }: SdkOption
       Layer.provide(NodeSdk.layerTracerProvider([first, ...rest], { sampler: samplerOf(otel.sampler), shutdownTimeout: SHUTDOWN_TIMEOUT }))
     )
 
-  return Layer.merge(TracingLive, MetricsLive).pipe(Layer.provide(ResourceLive))
+  return Layer.merge(TracingLive, OtlpMetricsLive).pipe(Layer.provide(ResourceLive))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -145,7 +144,7 @@ export const makeExchangeTracer = (tracer: OtelTracer, ollamaHost: string, ollam
     const method = req.method ?? "GET"
     const attributes: Attributes = {
       "http.request.method": method,
-      "url.path": pathOf(req.url),
+      "url.path": start.path,
       "url.scheme": "http",
       "http.request.header.x-request-id": [start.requestId]
     }

@@ -8,17 +8,18 @@
  *   the layer installs @effect/opentelemetry's tracer so those spans are exported. Names follow
  *   `Service.operation`: OllamaProcess.start / .ready / .exit / .restart / .stop, Preloader.pull /
  *   .warm (attribute `model`); the usage webhook's delivery attempts continue the trace of the
- *   request that produced the record with `Effect.withParentSpan(exchangeParentSpan(req))`.
+ *   request that produced the record (`Exchange.parentSpan()`, with `Effect.withParentSpan`).
  * - The proxy's hot path is plain callbacks without fibers, so its spans (one server span per
  *   request, one GenAI client span per inference call) are made with the OpenTelemetry API
  *   directly, through the `ExchangeTracer` below.
  */
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Context, Effect, Layer, Option, Tracer } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
 import type { IncomingMessage } from "node:http"
 import { AppConfig, type AppConfigShape } from "../Config.js"
-import type { Outcome } from "../http/Exchange.js"
-import type { OperationName, ResponseUsage } from "./GenAi.js"
+import type { GenAiOperation } from "../exchange/Classify.js"
+import type { Outcome } from "../exchange/Reading.js"
+import type { ResponseUsage } from "./GenAi.js"
 
 /** Extra span processors, beside the OTLP exporter; tests add an in-memory one. */
 export class SpanProcessors extends Context.Reference<SpanProcessors>()("app/SpanProcessors", {
@@ -52,6 +53,8 @@ export interface ExchangeSummary {
 
 export interface ExchangeStart {
   readonly req: IncomingMessage
+  /** The path Ollama routes the request by. */
+  readonly path: string
   readonly startedAt: number
   readonly route: string
   /** true when the route is one the proxy knows (`http.route` is then set). */
@@ -69,7 +72,7 @@ export interface ExchangeTrace {
   readonly spanId: string
   readonly sampled: boolean
   /** The upstream call starts: opens the GenAI span for inference, sets `traceparent` for Ollama. */
-  readonly upstream: (headers: Record<string, string | Array<string>>, operation: OperationName | undefined) => void
+  readonly upstream: (headers: Record<string, string | Array<string>>, operation: GenAiOperation | undefined) => void
   readonly end: (summary: ExchangeSummary) => void
 }
 
@@ -101,42 +104,4 @@ export class Tracing extends Context.Tag("app/Tracing")<Tracing, TracingShape>()
       return sdk.layer({ tag: Tracing, off: Tracing.off, config, resource: resourceOf(config), extraProcessors: processors })
     })
   )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The trace an exchange belongs to, for work that outlives it (the usage webhook).
-
-/** The trace rides on the request object: a WeakMap would give the GC an ephemeron per request. */
-const EXCHANGE_TRACE = Symbol("app/ExchangeTrace")
-
-interface WithTrace {
-  [EXCHANGE_TRACE]?: ExchangeTrace
-}
-
-/** Called by the telemetry tap when it opens the server span. */
-export const rememberExchangeTrace = (req: IncomingMessage, trace: ExchangeTrace) => {
-  ;(req as WithTrace)[EXCHANGE_TRACE] = trace
-}
-
-const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-([\da-f]{16})-([\da-f]{2})$/
-
-/** The client's own `traceparent`, when it is well-formed. */
-export const incomingTraceParent = (req: IncomingMessage): Tracer.ExternalSpan | undefined => {
-  const header = req.headers.traceparent
-  const match = typeof header === "string" ? TRACEPARENT.exec(header.trim()) : null
-  if (match === null || /^0+$/.test(match[1]!) || /^0+$/.test(match[2]!)) return undefined
-  return Tracer.externalSpan({ traceId: match[1]!, spanId: match[2]!, sampled: (parseInt(match[3]!, 16) & 1) === 1 })
-}
-
-/**
- * The span that work caused by this request should continue: the proxy's server span when
- * tracing is on, else the client's `traceparent` (so the webhook still carries the client's
- * trace id), else undefined. Use as `Effect.withParentSpan(parent)`; Effect's HttpClient then
- * sends `traceparent` on the POST.
- */
-export const exchangeParentSpan = (req: IncomingMessage): Tracer.ExternalSpan | undefined => {
-  const trace = (req as WithTrace)[EXCHANGE_TRACE]
-  return trace === undefined
-    ? incomingTraceParent(req)
-    : Tracer.externalSpan({ traceId: trace.traceId, spanId: trace.spanId, sampled: trace.sampled })
 }

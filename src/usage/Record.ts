@@ -4,11 +4,13 @@
  * as Ollama reports them), so existing consumers keep working; the rest are additions.
  */
 import { Schema } from "effect"
+import { Outcome as ExchangeOutcome } from "../exchange/Reading.js"
 
 const Count = Schema.NullOr(Schema.NonNegativeInt)
 const Text = Schema.NullOr(Schema.String)
 
-export const Outcome = Schema.Literal("completed", "client_aborted", "upstream_error")
+/** An exchange that reached Ollama ended in one of these; the others make no record. */
+export const Outcome = ExchangeOutcome.pipe(Schema.pickLiteral("completed", "client_aborted", "upstream_error"))
 export type Outcome = typeof Outcome.Type
 
 export const UsageRecord = Schema.Struct({
@@ -41,6 +43,11 @@ export const UsageRecord = Schema.Struct({
   prompt_eval_duration: Count,
   eval_count: Count,
   eval_duration: Count,
+  /**
+   * null when the figures were read as they should be; otherwise what broke the reading of this
+   * exchange: the figures above are then incomplete (also logged, with the request id).
+   */
+  metering_error: Text,
   /** From the request's arrival to the first response byte from Ollama. */
   time_to_first_chunk_ms: Schema.NullOr(Schema.NonNegative),
   /** From the request's arrival to the end of the exchange. */

@@ -1,10 +1,16 @@
 /**
- * One exchange played through the taps by hand, without sockets: the calls the Proxy makes, in
- * its order, with Node's own request and response objects.
+ * One exchange played through consumers by hand, without sockets: the calls the boundary and the
+ * relay make, in their order, with Node's own request and response objects and the real
+ * classification and reading.
  */
 import { type IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 import { Socket } from "node:net"
-import type { ExchangeContext, ExchangeTap, Outcome } from "../../src/http/Exchange.js"
+import { callerOf } from "../../src/exchange/Caller.js"
+import { classify } from "../../src/exchange/Classify.js"
+import { endWatches, Exchange, type ExchangeConsumer, openWatches } from "../../src/exchange/Exchange.js"
+import { type Outcome, Reading } from "../../src/exchange/Reading.js"
+import { pathOf } from "../../src/exchange/Target.js"
+import { makeUsageReader, type UsageReaderFactory } from "../../src/exchange/UsageReader.js"
 
 export interface PlayedExchange {
   readonly method?: string
@@ -20,29 +26,48 @@ export interface PlayedExchange {
   readonly proxyStatus?: number
 }
 
-export const play = (tap: ExchangeTap, exchange: PlayedExchange) => {
+const rethrow = (_exchange: Exchange, _consumer: ExchangeConsumer, _stage: string, cause: unknown) => {
+  throw cause
+}
+
+export const play = (
+  consumers: ExchangeConsumer | ReadonlyArray<ExchangeConsumer>,
+  played: PlayedExchange,
+  readers: UsageReaderFactory = makeUsageReader
+) => {
   const req = new IncomingMessage(new Socket())
-  req.method = exchange.method ?? "POST"
-  req.url = exchange.url
-  req.headers = { host: "proxy.test", ...exchange.headers }
+  req.method = played.method ?? "POST"
+  req.url = played.url
+  req.headers = { host: "proxy.test", ...played.headers }
   const res = new ServerResponse(req)
-  const context: ExchangeContext = { requestId: "req-1", keyName: exchange.keyName ?? null, req, res, startedAt: performance.now() }
-  const observer = tap(context)
+  const path = pathOf(req.url)
+  const exchange = new Exchange(
+    "req-1",
+    req,
+    res,
+    performance.now(),
+    path,
+    classify(req.method, path),
+    callerOf(played.keyName ?? null, req.headers),
+    readers,
+    (e) => endWatches(e, rethrow)
+  )
+  openWatches(exchange, Array.isArray(consumers) ? consumers : [consumers as ExchangeConsumer], rethrow)
   const upstreamHeaders: Record<string, string | Array<string>> = {}
-  if (exchange.proxyStatus !== undefined) {
-    res.statusCode = exchange.proxyStatus
+  if (played.proxyStatus !== undefined) {
+    res.statusCode = played.proxyStatus
     // what writeJsonError leaves behind: the status is on the response, the headers went out
     Object.defineProperty(res, "headersSent", { value: true })
   } else {
-    observer?.onUpstreamRequest?.(upstreamHeaders)
-    if (exchange.body !== undefined) observer?.onRequestData?.(Buffer.from(exchange.body))
-    if (exchange.response !== undefined) {
-      observer?.onResponseStart?.(exchange.response.status, exchange.response.headers ?? {})
-      for (const chunk of exchange.response.chunks) observer?.onData?.(Buffer.from(chunk))
+    exchange.upstream(upstreamHeaders)
+    if (played.body !== undefined) exchange.reading.requestData(Buffer.from(played.body))
+    if (played.response !== undefined) {
+      exchange.reading.responseStart(played.response.status, played.response.headers ?? {})
+      for (const chunk of played.response.chunks) exchange.reading.responseData(Buffer.from(chunk))
     }
   }
-  observer?.onEnd?.(exchange.outcome ?? "completed", exchange.error)
-  return { req, upstreamHeaders }
+  exchange.finish(played.outcome ?? "completed", played.error)
+  return { exchange, req, upstreamHeaders }
 }
 
 export const ndjson = (lines: ReadonlyArray<object>) => lines.map((l) => `${JSON.stringify(l)}\n`)
@@ -61,3 +86,18 @@ export const chatStream = (model: string, input: number, output: number) =>
       eval_count: output
     }
   ])
+
+/** The reading of one answer on `path`, fed as the relay feeds it. */
+export const readAnswer = (
+  path: string,
+  headers: IncomingHttpHeaders,
+  chunks: Iterable<Buffer | string>,
+  status = 200,
+  readers: UsageReaderFactory = makeUsageReader
+) => {
+  const reading = new Reading(classify("POST", path), readers)
+  reading.responseStart(status, headers)
+  for (const chunk of chunks) reading.responseData(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk))
+  reading.finish("completed", undefined)
+  return reading
+}

@@ -7,7 +7,9 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../../scripts/node-flags.mjs"
-import { appFromEnv } from "../../src/App.js"
+import { AppLive, appWith } from "../../src/App.js"
+import { Environment } from "../../src/Config.js"
+import type { ExchangeConsumers } from "../../src/exchange/Exchange.js"
 import { Server } from "../../src/http/Server.js"
 import { makeSignal } from "./signal.js"
 
@@ -24,14 +26,18 @@ export interface RunningProxy {
 
 /**
  * The whole app in this process, on a random loopback port, quiet unless told otherwise.
- * `services` supplies optional services the app reads if present (an in-memory span exporter).
+ * `services` supplies optional services the app reads if present (an in-memory span exporter);
+ * `consumers` replaces the consumers of exchanges the app runs with.
  */
 export const startProxy = async (
   env: Record<string, string>,
-  services: Layer.Layer<any> = Layer.empty as Layer.Layer<any>
+  services: Layer.Layer<any> = Layer.empty as Layer.Layer<any>,
+  consumers?: Layer.Layer<ExchangeConsumers, never, any>
 ): Promise<RunningProxy> => {
+  const app = consumers === undefined ? AppLive : appWith(consumers)
   const runtime = ManagedRuntime.make(
-    appFromEnv({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error", ...env }).pipe(
+    app.pipe(
+      Layer.provide(Environment.layer({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error", ...env })),
       Layer.provide(services)
     )
   )

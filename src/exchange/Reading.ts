@@ -1,0 +1,131 @@
+/**
+ * The one reading of an exchange, made as its bytes pass and shared by every consumer: the
+ * request's model and `stream` flag from its body (bounded memory), the response's status, first
+ * chunk time, sizes, usage figures and outcome.
+ *
+ * The relay feeds it synchronously from its callbacks. A failure inside the reading (a bug in a
+ * reader, a body no reader expected) must neither break the relay nor vanish: it is caught here,
+ * the reading stops, and `meteringError` says what went wrong, so the boundary logs and counts it
+ * and every record made from this reading says it is incomplete.
+ */
+import { Schema } from "effect"
+import type { IncomingHttpHeaders } from "node:http"
+import type { Route } from "./Classify.js"
+import { RequestScanner } from "./RequestScan.js"
+import type { UsageReader, UsageReaderFactory } from "./UsageReader.js"
+
+export const Outcome = Schema.Literal(
+  /** The whole response reached the client. */
+  "completed",
+  /** The client went away first; the upstream request was aborted. */
+  "client_aborted",
+  /** Ollama failed or vanished mid-response; the client's connection was cut. */
+  "upstream_error",
+  /** Ollama could not be reached; the client got a 503. */
+  "unavailable",
+  /** The proxy refused the request (no or invalid API key, a 401); Ollama never saw it. */
+  "rejected"
+)
+export type Outcome = typeof Outcome.Type
+
+const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+export class Reading {
+  /** The request body's top-level `model` and `stream`; undefined where the body is not JSON. */
+  readonly request: RequestScanner | undefined
+  /** The usage figures of an inference answer; undefined for other requests. */
+  readonly answer: UsageReader | undefined
+  bytesIn = 0
+  /** performance.now() when the request went to Ollama; null when it never did. */
+  upstreamAt: number | null = null
+  /** Ollama's status; null when no answer came from Ollama (the proxy answered, or nobody did). */
+  status: number | null = null
+  /** Whether the answer streams (NDJSON or SSE); null until the response head says. */
+  stream: boolean | null = null
+  /** performance.now() of the first body chunk from Ollama. */
+  firstChunkAt: number | null = null
+  /** Body bytes Ollama sent. */
+  bytesOut = 0
+  endedAt = 0
+  outcome: Outcome = "completed"
+  error: Error | undefined = undefined
+  /** What broke the reading, when something did; the figures are then incomplete. */
+  meteringError: string | null = null
+  private feeding = true
+
+  constructor(route: Route, readers: UsageReaderFactory) {
+    this.request = route.inference && route.jsonBody ? new RequestScanner() : undefined
+    this.answer = route.inference && route.usage !== "none" ? readers(route.usage) : undefined
+  }
+
+  requestData(chunk: Buffer): void {
+    this.bytesIn += chunk.length
+    if (this.request === undefined || !this.feeding) return
+    try {
+      this.request.write(chunk)
+    } catch (cause) {
+      this.broke("request body", cause)
+    }
+  }
+
+  responseStart(status: number, headers: IncomingHttpHeaders): void {
+    this.status = status
+    const type = headers["content-type"] ?? ""
+    this.stream = type.startsWith("text/event-stream") || type.startsWith("application/x-ndjson")
+    if (this.answer === undefined || !this.feeding) return
+    try {
+      this.answer.start(status, type)
+    } catch (cause) {
+      this.broke("response head", cause)
+    }
+  }
+
+  responseData(chunk: Buffer): void {
+    if (this.firstChunkAt === null) this.firstChunkAt = performance.now()
+    this.bytesOut += chunk.length
+    if (this.answer === undefined || !this.feeding) return
+    try {
+      this.answer.push(chunk)
+    } catch (cause) {
+      this.broke("response body", cause)
+    }
+  }
+
+  finish(outcome: Outcome, error: Error | undefined): void {
+    this.endedAt = performance.now()
+    this.outcome = outcome
+    this.error = error
+    // Ollama never answered: there is nothing to read.
+    if (this.answer === undefined || !this.feeding || this.status === null) return
+    try {
+      this.answer.end()
+    } catch (cause) {
+      this.broke("response end", cause)
+    }
+  }
+
+  /** The request's model, as the client named it. */
+  get requestModel(): string | undefined {
+    return this.request?.model
+  }
+
+  /** The request's `stream` flag, as the client set it. */
+  get requestStream(): boolean | undefined {
+    return this.request?.stream
+  }
+
+  /** A load or unload request (`done_reason` load/unload): not an inference, nothing to bill. */
+  get loadOnly(): boolean {
+    return this.answer?.loadOnly === true
+  }
+
+  /** Ollama reported an error inside a 2xx answer (an error line mid-stream, a stream stopped short). */
+  get failedInBody(): boolean {
+    return this.answer?.failed === true && this.status !== null && this.status < 300
+  }
+
+  private broke(stage: string, cause: unknown) {
+    this.feeding = false
+    this.meteringError = `${stage}: ${describe(cause)}`
+  }
+}

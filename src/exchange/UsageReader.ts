@@ -1,0 +1,150 @@
+/**
+ * Reads the usage figures out of an inference answer as it streams to the client, without holding
+ * the body and without slowing the relay: it runs synchronously inside the relay's data callback.
+ *
+ * Native NDJSON and single JSON objects carry their figures in the last line (the `done` object,
+ * or the whole body): only the last complete line is kept, and parsed once, at the end. SSE streams
+ * (OpenAI, Anthropic, Responses) are scanned line by line for the few events that carry `usage`.
+ * What each family's objects mean is ApiUsage.ts's business.
+ */
+import { emptyUsage, type Figures, readAnthropic, readNative, readOpenAi, readResponses, type Usage } from "./ApiUsage.js"
+import type { UsageFormat } from "./Classify.js"
+import { type Json, jsonString, parseLine } from "./Json.js"
+import { isLong, type Line, LineReader, TailLines } from "./Lines.js"
+
+const DATA = Buffer.from("data:")
+const USAGE = Buffer.from(`"usage":{`)
+const FINISH = Buffer.from(`"finish_reason":"`)
+const ERROR_NATIVE = Buffer.from(`{"error":`)
+const ERROR_TYPED = Buffer.from(`{"type":"error"`)
+const DONE = Buffer.from("[DONE]")
+const MESSAGE_STOP = Buffer.from(`{"type":"message_stop"`)
+const SSE_PIECES_KEPT = 6
+const MODEL = /"model":"((?:[^"\\]|\\.){1,512})"/
+const FINISH_REASON = /"finish_reason":"([^"\\]{1,64})"/
+
+const startsWith = (bytes: Buffer, prefix: Buffer, at = 0) =>
+  bytes.length - at >= prefix.length && bytes.compare(prefix, 0, prefix.length, at, at + prefix.length) === 0
+
+/** The payload of an SSE `data:` line, or undefined for any other line. */
+const ssePayload = (line: Line): Line | undefined => {
+  const bytes = isLong(line) ? line.head : line
+  if (!startsWith(bytes, DATA)) return undefined
+  const skip = bytes[5] === 32 ? 6 : 5
+  return isLong(line) ? { head: line.head.subarray(skip), tail: line.tail } : line.subarray(skip)
+}
+
+type Reader = (figures: Figures, value: Json) => void
+
+const READERS: Record<Exclude<UsageFormat, "none">, Reader> = {
+  native: readNative,
+  openai: readOpenAi,
+  anthropic: readAnthropic,
+  responses: readResponses
+}
+
+/** Makes the reader of one answer in a given format; tests replace it to break a reading on purpose. */
+export type UsageReaderFactory = (format: Exclude<UsageFormat, "none">) => UsageReader
+
+export const makeUsageReader: UsageReaderFactory = (format) => new UsageReader(format)
+
+export class UsageReader implements Figures {
+  readonly usage: Usage = emptyUsage()
+  measured = false
+  failed = false
+  error: string | null = null
+  /** The model named in the first chunk: for answers cut off before their figures. */
+  firstModel: string | null = null
+  private readonly read: Reader
+  private status = 0
+  private sse = false
+  private sawFirst = false
+  private sawLastEvent = false
+  /** The last lines of the body: all that native and OpenAI answers need. */
+  private tail: TailLines | undefined
+  /** Anthropic streams put input tokens in their first event: every line is looked at. */
+  private lines: LineReader | undefined
+  /**
+   * OpenAI streams: the last line with `usage` (with include_usage every /v1/completions chunk
+   * carries a zero usage: only the last one counts).
+   */
+  private usageLine: Line | undefined
+
+  constructor(readonly format: Exclude<UsageFormat, "none">) {
+    this.read = READERS[format]
+  }
+
+  start(status: number, contentType: string): void {
+    this.status = status
+    this.sse = contentType.startsWith("text/event-stream")
+    if (!this.sse) this.tail = new TailLines(1)
+    else if (this.format === "anthropic") this.lines = new LineReader((line) => this.sseLine(line))
+    // The usage event, the finish event before it and [DONE] after it, with room for split events.
+    else this.tail = new TailLines(SSE_PIECES_KEPT)
+  }
+
+  push(chunk: Buffer): void {
+    if (!this.sawFirst) this.first(chunk)
+    if (this.tail !== undefined) this.tail.push(chunk)
+    else this.lines?.push(chunk)
+  }
+
+  private first(chunk: Buffer) {
+    this.sawFirst = true
+    const match = MODEL.exec(chunk.toString("utf8", 0, Math.min(chunk.length, 4096)))
+    if (match !== null) this.firstModel = jsonString(match[1]!) ?? null
+  }
+
+  /** The body ended (or was cut off): read what is left. */
+  end(): void {
+    if (this.tail !== undefined) {
+      const lines = this.tail.end()
+      if (this.sse) {
+        for (const line of lines) this.sseLine(line)
+      } else {
+        const last = lines.at(-1)
+        const value = last === undefined ? undefined : parseLine(last)
+        if (value !== undefined) this.read(this, value)
+      }
+    } else {
+      this.lines?.end()
+    }
+    const value = this.usageLine === undefined ? undefined : parseLine(this.usageLine)
+    if (value !== undefined) this.read(this, value)
+    // Once an SSE answer has started, Ollama reports a failure by stopping the stream short of
+    // its last event ([DONE], message_stop, response.completed).
+    const ended = this.format === "responses" ? this.measured : this.sawLastEvent
+    if (this.sse && !ended && this.status >= 200 && this.status < 300) this.failed = true
+  }
+
+  /** A load or unload request (`done_reason` load/unload): not an inference. */
+  get loadOnly(): boolean {
+    return this.format === "native" && (this.usage.doneReason === "load" || this.usage.doneReason === "unload")
+  }
+
+  private sseLine(line: Line): void {
+    const payload = ssePayload(line)
+    if (payload === undefined) return
+    const bytes = isLong(payload) ? payload.head : payload
+    if (startsWith(bytes, DONE) || startsWith(bytes, MESSAGE_STOP)) {
+      this.sawLastEvent = true
+      return
+    }
+    if (startsWith(bytes, ERROR_NATIVE) || startsWith(bytes, ERROR_TYPED)) {
+      const value = parseLine(payload)
+      if (value !== undefined) this.read(this, value)
+      return
+    }
+    if (isLong(payload) ? payload.tail.indexOf(USAGE) >= 0 : bytes.indexOf(USAGE) >= 0) {
+      if (this.format === "openai") this.usageLine = payload
+      else {
+        const value = parseLine(payload)
+        if (value !== undefined) this.read(this, value)
+      }
+    }
+    if (this.format === "openai" && !isLong(payload) && bytes.indexOf(FINISH) >= 0) {
+      const match = FINISH_REASON.exec(bytes.toString("latin1"))
+      if (match !== null) this.usage.doneReason = match[1]!
+    }
+  }
+}
