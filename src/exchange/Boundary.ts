@@ -2,7 +2,8 @@
  * The exchange boundary: the one place a client request enters the proxy's request path. What
  * happens to one request, in order:
  *
- *   1. Target.ts    the path Ollama will route it by, read once;
+ *   1. Target.ts    the path Ollama will route it by, read once (a spelling that could route
+ *                   otherwise is refused with 400);
  *   2. Classify.ts  what it is (family, operation, inference?, route), decided once;
  *   3. ApiKeys      who is calling (Caller.ts adds the forwarded user headers);
  *   4. consumers    open their watch of the exchange (telemetry, usage records, ...);
@@ -45,13 +46,13 @@ import { Context, Effect, Metric, MetricLabel, Runtime } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { ApiKeys, isPreflight } from "../keys/ApiKeys.js"
 import { callerOf } from "./Caller.js"
-import { classify } from "./Classify.js"
-import { writeUnauthorized } from "./Errors.js"
+import { classify, UNKNOWN } from "./Classify.js"
+import { writeBadTarget, writeUnauthorized } from "./Errors.js"
 import { type ConsumerFailed, endWatches, Exchange, ExchangeConsumers, openWatches } from "./Exchange.js"
 import { requestIdOf } from "./Headers.js"
 import { asksForUsage, includeUsageRewrite } from "./IncludeUsage.js"
 import { Relay } from "./Relay.js"
-import { pathOf } from "./Target.js"
+import { pathOf, type Target, targetOf } from "./Target.js"
 import { makeUsageReader, type UsageReaderFactory } from "./UsageReader.js"
 
 /** How usage readers are made; a test supplies one that fails, to see failures reported. */
@@ -109,10 +110,12 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       endWatches(exchange, consumerFailed)
     }
 
-    const handle = (req: IncomingMessage, res: ServerResponse, path: string): void => {
+    const handle = (req: IncomingMessage, res: ServerResponse, target: Target): void => {
       const startedAt = performance.now()
       const requestId = requestIdOf(req.headers)
-      const route = classify(req.method, path)
+      // A refused target is still seen (logged, counted) under the path it came with.
+      const path = target.ok ? target.path : pathOf(req.url)
+      const route = target.ok ? classify(req.method, path) : UNKNOWN
       let keyName: string | null = null
       let refusal: string | undefined
       if (!isPreflight(req.method, req.headers)) {
@@ -120,10 +123,25 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         if (auth.ok) keyName = auth.keyName
         else refusal = auth.reason
       }
-      const exchange = new Exchange(requestId, req, res, startedAt, path, route, callerOf(keyName, req.headers), readers, finished)
+      const exchange = new Exchange(
+        requestId,
+        req,
+        res,
+        startedAt,
+        path,
+        target.ok ? target.forward : path,
+        route,
+        callerOf(keyName, req.headers),
+        readers,
+        finished
+      )
       openWatches(exchange, consumers, consumerFailed)
       if (refusal !== undefined) {
         writeUnauthorized(res, refusal, requestId)
+        return exchange.finish("rejected")
+      }
+      if (!target.ok) {
+        writeBadTarget(res, target.reason, requestId)
         return exchange.finish("rejected")
       }
       if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route)
@@ -138,9 +156,9 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       handler:
         (controlPaths: ReadonlySet<string>, control: (req: IncomingMessage, res: ServerResponse) => void) =>
         (req: IncomingMessage, res: ServerResponse): void => {
-          const path = pathOf(req.url)
-          if (controlPaths.has(path)) control(req, res)
-          else handle(req, res, path)
+          const target = targetOf(req.url)
+          if (target.ok && controlPaths.has(target.path)) control(req, res)
+          else handle(req, res, target)
         }
     } as const
   }),

@@ -149,6 +149,9 @@ const OTHER: Record<Family, Route> = {
   other: route("other", "unknown")
 }
 
+/** A request whose target was refused: nothing is known of it. */
+export const UNKNOWN: Route = OTHER.other
+
 /** The route of a request; `path` is the path Ollama will route (see Target.ts). */
 export const classify = (method: string | undefined, path: string): Route => {
   const exact = ROUTES.get(`${method} ${path}`) ?? known.get(path)

@@ -31,6 +31,10 @@ export const writeUnauthorized = (res: ServerResponse, reason: string, requestId
   writeJsonError(res, answer.status, answer.message, { ...answer.headers, "x-request-id": requestId })
 }
 
+/** A request target the proxy will not interpret (see Target.ts); nothing reaches Ollama. */
+export const writeBadTarget = (res: ServerResponse, reason: string, requestId: string) =>
+  writeJsonError(res, 400, `bad request target: ${reason}`, { "x-request-id": requestId })
+
 const OLLAMA_UNAVAILABLE = "ollama is not available"
 /** Seconds a client should wait before retrying while Ollama is down. */
 const RETRY_AFTER_SECONDS = "5"

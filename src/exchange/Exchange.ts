@@ -123,6 +123,8 @@ export class Exchange {
     readonly startedAt: number,
     /** The path Ollama routes the request by (Target.ts): the one path every consumer reports. */
     readonly path: string,
+    /** The request target sent to Ollama: that path, encoded, and the query. */
+    readonly target: string,
     readonly route: Route,
     readonly caller: Caller,
     readers: UsageReaderFactory,

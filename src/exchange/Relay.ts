@@ -217,7 +217,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         }
       }
 
-      const dispatch = () => pool.dispatch({ method: req.method ?? "GET", path: req.url ?? "/", headers, body }, handler)
+      const dispatch = () => pool.dispatch({ method: req.method ?? "GET", path: exchange.target, headers, body }, handler)
       if (rewrite === undefined || body === null) return void dispatch()
       readBody(req, rewrite.maxRequestBody, (read) => {
         if (finished) return

@@ -930,14 +930,37 @@ export async function startFakeOllama(options = {}) {
       const g = got[i] ?? ""
       if (w.startsWith(":")) {
         if (g === "") return undefined
-        try {
-          params[w.slice(1)] = decodeURIComponent(g)
-        } catch {
-          params[w.slice(1)] = g
-        }
+        params[w.slice(1)] = g
       } else if (w !== g) return undefined
     }
     return params
+  }
+
+  /**
+   * The path Go's net/http hands gin (`URL.Path`): an absolute-form target's path, percent-escapes
+   * decoded (`%2F` too: gin's UseRawPath is off); undefined for a target Go refuses with 400.
+   */
+  function goPath(/** @type {string} */ target) {
+    let t = target
+    const absolute = /^[a-z][a-z0-9+.-]*:\/\/[^/?]*/i.exec(t)
+    if (absolute) t = t.slice(absolute[0].length)
+    const q = t.indexOf("?")
+    const raw = q < 0 ? t : t.slice(0, q)
+    if (absolute && raw === "") return "/"
+    if (!raw.startsWith("/")) return undefined
+    /** @type {number[]} */
+    const bytes = []
+    for (let i = 0; i < raw.length; i++) {
+      if (raw[i] !== "%") {
+        bytes.push(raw.charCodeAt(i) & 0xff)
+        continue
+      }
+      const pair = raw.slice(i + 1, i + 3)
+      if (!/^[0-9a-fA-F]{2}$/.test(pair)) return undefined
+      bytes.push(parseInt(pair, 16))
+      i += 2
+    }
+    return Buffer.from(bytes).toString("utf8")
   }
 
   /** gin's router: a handler, a trailing-slash redirect, 405 or 404. */
@@ -1052,7 +1075,11 @@ export async function startFakeOllama(options = {}) {
     record()
     if (ctx.closed) return
 
-    const path = rec.path.split("?")[0] ?? "/"
+    const path = goPath(rec.path)
+    if (path === undefined) {
+      res.setHeader("Connection", "close")
+      return ctx.out.send(400, "400 Bad Request", "text/plain; charset=utf-8")
+    }
     const found = route(rec.method, path)
     if ("redirect" in found) {
       const query = rec.path.includes("?") ? rec.path.slice(rec.path.indexOf("?")) : ""

@@ -9,7 +9,7 @@ import { callerOf } from "../../src/exchange/Caller.js"
 import { classify } from "../../src/exchange/Classify.js"
 import { endWatches, Exchange, type ExchangeConsumer, openWatches } from "../../src/exchange/Exchange.js"
 import { type Outcome, Reading } from "../../src/exchange/Reading.js"
-import { pathOf } from "../../src/exchange/Target.js"
+import { targetOf } from "../../src/exchange/Target.js"
 import { makeUsageReader, type UsageReaderFactory } from "../../src/exchange/UsageReader.js"
 
 export interface PlayedExchange {
@@ -40,13 +40,16 @@ export const play = (
   req.url = played.url
   req.headers = { host: "proxy.test", ...played.headers }
   const res = new ServerResponse(req)
-  const path = pathOf(req.url)
+  const target = targetOf(req.url)
+  if (!target.ok) throw new Error(target.reason)
+  const { path } = target
   const exchange = new Exchange(
     "req-1",
     req,
     res,
     performance.now(),
     path,
+    target.forward,
     classify(req.method, path),
     callerOf(played.keyName ?? null, req.headers),
     readers,
