@@ -323,23 +323,83 @@ describe("records for the Anthropic API", () => {
 })
 
 describe("records of exchanges that end badly", () => {
-  it("a client that aborts mid-stream: client_aborted, the model, no figures", async () => {
-    fake.set({ tokens: 50, tokenDelayMs: 20 })
+  it("a client that aborts mid-stream is billed for the tokens it received, as an estimate", async () => {
+    fake.set({ tokens: 50, tokenDelayMs: 50 })
     const id = randomUUID()
     const { req, res } = await open(`${proxy.url}/api/chat`, {
       method: "POST",
       headers: { ...auth, "x-request-id": id },
       body: JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "Tell me a story" }] })
     })
-    await once(res, "data")
+    // Three token lines, one per chunk Ollama streams; then the client hangs up.
+    let received = ""
+    for await (const chunk of res) {
+      received += String(chunk)
+      if (received.split("\n").length > 3) break
+    }
     req.destroy()
+    const lines = received.split("\n").length - 1
     expect(await recordOf(id)).toMatchObject({
       outcome: "client_aborted",
       model: "llama3.2",
       status: 200,
       stream: true,
-      eval_count: null,
+      eval_count: lines,
+      prompt_eval_count: null,
+      eval_duration: null,
+      usage_estimated: true,
+      usage_counted_by: "received_chunks",
       done_reason: null
+    })
+  })
+
+  /** Opens a streamed request, reads until `enough` says so, then hangs up; what arrived. */
+  const readThenHangUp = async (path: string, headers: Record<string, string>, body: unknown, enough: (text: string) => boolean) => {
+    const { req, res } = await open(`${proxy.url}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body: JSON.stringify(body)
+    })
+    let received = ""
+    for await (const chunk of res) {
+      received += String(chunk)
+      if (enough(received)) break
+    }
+    req.destroy()
+    return received
+  }
+
+  it("an OpenAI stream the client leaves: the data events it received, as an estimate", async () => {
+    fake.set({ tokens: 50, tokenDelayMs: 50 })
+    const id = randomUUID()
+    const events = (text: string) => text.split("\n\n").filter((e) => e.startsWith("data: {")).length
+    const received = await readThenHangUp("/v1/chat/completions", { ...auth, "x-request-id": id }, {
+      model: "llama3.2",
+      messages: [{ role: "user", content: "Tell me a story" }],
+      stream: true
+    }, (text) => events(text) >= 4)
+    expect(await recordOf(id)).toMatchObject({
+      outcome: "client_aborted",
+      eval_count: events(received),
+      prompt_eval_count: null,
+      usage_estimated: true,
+      usage_counted_by: "received_chunks"
+    })
+  })
+
+  it("an Anthropic stream the client cancels: its deltas, and message_start's input estimate flagged as one", async () => {
+    fake.set({ tokens: 50, tokenDelayMs: 50 })
+    const id = randomUUID()
+    const body = { model: "llama3.2", max_tokens: 100, messages: [{ role: "user", content: "Tell me a long story, please" }], stream: true }
+    const deltas = (text: string) => text.split("event: content_block_delta\n").length - 1
+    const received = await readThenHangUp("/v1/messages", { "x-api-key": KEY, "x-request-id": id }, body, (text) => deltas(text) >= 3)
+    const record = await recordOf(id)
+    expect(record).toMatchObject({
+      outcome: "client_aborted",
+      eval_count: deltas(received),
+      prompt_eval_count: fake.expected("/v1/messages", body).anthropicInputEstimate,
+      usage_estimated: true,
+      usage_counted_by: "received_chunks"
     })
   })
 
@@ -348,7 +408,15 @@ describe("records of exchanges that end badly", () => {
     const id = randomUUID()
     const res = await post(`${proxy.url}/api/generate`, { model: "llama3.2", prompt: "Hi" }, { ...auth, "x-request-id": id })
     expect(res.body.toString()).toContain(`{"error":`)
-    expect(await recordOf(id)).toMatchObject({ outcome: "upstream_error", status: 200, model: "llama3.2", eval_count: null })
+    // The two tokens before the error line reached the client: billed, as an estimate.
+    expect(await recordOf(id)).toMatchObject({
+      outcome: "upstream_error",
+      status: 200,
+      model: "llama3.2",
+      eval_count: 2,
+      usage_estimated: true,
+      usage_counted_by: "received_chunks"
+    })
   })
 
   it("an OpenAI stream Ollama stops short: upstream_error", async () => {
@@ -428,8 +496,15 @@ describe("request bodies the proxy reads", () => {
     expect(res.status).toBe(200)
     const forwarded = fake.requests.find((r) => r.headers["x-request-id"] === id)!
     expect(forwarded.body.equals(body)).toBe(true)
-    // Not rewritten, so Ollama sent no usage: the record has the model but no counts.
-    expect(await recordOf(id)).toMatchObject({ model: "llama3.2", outcome: "completed", eval_count: null })
+    // Not rewritten, so Ollama sent no usage: the record counts the token chunks, as an estimate.
+    expect(await recordOf(id)).toMatchObject({
+      model: "llama3.2",
+      outcome: "completed",
+      eval_count: fake.expected("/v1/chat/completions", { model: "llama3.2" }).evalCount,
+      prompt_eval_count: null,
+      usage_estimated: true,
+      usage_counted_by: "received_chunks"
+    })
   })
 })
 

@@ -81,7 +81,9 @@ const meter = (format: Exclude<UsageFormat, "none">, headers: Record<string, str
     firstModel: answer.firstModel,
     loadOnly: reading.loadOnly,
     stream: reading.stream,
-    firstChunkAt: reading.firstChunkAt
+    firstChunkAt: reading.firstChunkAt,
+    estimated: answer.estimated,
+    countedBy: answer.countedBy
   }
 }
 
@@ -275,7 +277,9 @@ describe("reading usage, native", () => {
     const answer = JSON.stringify({ model: "m", created_at: "t", response: fake.repeat(50_000), done: false })
     const m = meter("native", NDJSON, chunked(Buffer.from(`${answer}\n`), [65536]))
     expect(m.measured).toBe(false)
-    expect(m.usage.evalCount).toBeNull()
+    // Not Ollama's figures: the one chunk the client received, as an estimate.
+    expect(m.usage.evalCount).toBe(1)
+    expect(m.estimated).toBe(true)
   })
 })
 
@@ -437,6 +441,72 @@ describe("reading usage, Anthropic and Responses", () => {
     ].join(""))
     const m = meter("responses", SSE, [body])
     expect(m.usage).toMatchObject({ model: "llama3.2", promptEvalCount: 9, evalCount: 3, doneReason: "completed" })
+  })
+})
+
+describe("a stream cut short is billed for the chunks the client received, as an estimate", () => {
+  it("native: every NDJSON line before the cut is one token; Ollama's figures when they came", () => {
+    const whole = chatStream(7)
+    const cut = whole.subarray(0, whole.indexOf("\n", whole.indexOf("tok4")) + 1)
+    for (const chunks of [[cut], chunked(cut, [5]), chunked(cut, [64])]) {
+      expect(meter("native", NDJSON, chunks)).toMatchObject({
+        measured: false,
+        estimated: true,
+        countedBy: "received_chunks",
+        usage: { evalCount: 5, promptEvalCount: null, evalDuration: null }
+      })
+    }
+    // Half a line is not a token the client could read.
+    expect(meter("native", NDJSON, [cut, Buffer.from(`{"model":"llama3.2","mes`)]).usage.evalCount).toBe(5)
+    expect(meter("native", NDJSON, [whole])).toMatchObject({ estimated: false, countedBy: "ollama" })
+  })
+
+  it("OpenAI: each data event is one token; the finish event and [DONE] are not", () => {
+    const cut = sse([chunk("a"), chunk("b"), chunk("c")])
+    for (const chunks of splits(cut)) {
+      expect(meter("openai", SSE, chunks)).toMatchObject({ estimated: true, usage: { evalCount: 3, promptEvalCount: null } })
+    }
+    // A whole stream without the usage event (the proxy could not ask for it): its tokens, counted.
+    expect(meter("openai", SSE, [chatSse(false)])).toMatchObject({ estimated: true, usage: { evalCount: 2 } })
+    expect(meter("openai", SSE, [chatSse(true)])).toMatchObject({ estimated: false, countedBy: "ollama", usage: { evalCount: 2 } })
+  })
+
+  it("Anthropic: the deltas received; the input is message_start's, an estimate, never a count", () => {
+    const body = Buffer.from([
+      `event: message_start\ndata: {"type":"message_start","message":{"model":"llama3.2","usage":{"input_tokens":21,"output_tokens":0}}}\n\n`,
+      `event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n`,
+      `event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n`,
+      `event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" there"}}\n\n`
+    ].join(""))
+    for (const chunks of splits(body)) {
+      expect(meter("anthropic", SSE, chunks)).toMatchObject({
+        measured: false,
+        estimated: true,
+        countedBy: "received_chunks",
+        usage: { promptEvalCount: 21, evalCount: 2 }
+      })
+    }
+  })
+
+  it("Responses: the delta events received", () => {
+    const event = (type: string, data: Record<string, unknown>) => `event: ${type}\ndata: ${JSON.stringify({ ...data, type })}\n\n`
+    const body = Buffer.from([
+      event("response.created", { response: { model: "m", status: "in_progress", usage: null } }),
+      event("response.output_item.added", { output_index: 0 }),
+      event("response.output_text.delta", { delta: "a" }),
+      event("response.output_text.delta", { delta: "b" }),
+      event("response.output_text.delta", { delta: "c" })
+    ].join(""))
+    expect(meter("responses", SSE, chunked(body, [17]))).toMatchObject({ estimated: true, usage: { evalCount: 3 } })
+  })
+
+  it("an answer that delivered no token, or did not stream, estimates nothing", () => {
+    expect(meter("native", NDJSON, [Buffer.from(`{"error":"model runner has unexpectedly stopped"}\n`)])).toMatchObject({
+      estimated: false,
+      countedBy: null,
+      usage: { evalCount: null }
+    })
+    expect(meter("native", JSON_TYPE, [Buffer.from(`{"model":"m","response":"par`)])).toMatchObject({ estimated: false })
   })
 })
 

@@ -32,6 +32,8 @@ const record = (n = 0): UsageRecord => ({
   prompt_eval_duration: 130079000,
   eval_count: 259,
   eval_duration: 4232710000,
+  usage_estimated: false,
+  usage_counted_by: "ollama",
   metering_error: null,
   time_to_first_chunk_ms: 12.5,
   duration_ms: 4300.25

@@ -33,7 +33,7 @@ export const emptyUsage = (): Usage => ({
 /** What the readers fill in. */
 export interface Figures {
   readonly usage: Usage
-  /** Usage figures were found (a done object, a `usage`...). */
+  /** Ollama's final figures were found (a done object, a `usage`...). */
   measured: boolean
   /** Ollama reported an error in a 2xx body (a mid-stream failure), or a stream stopped short. */
   failed: boolean
@@ -85,16 +85,25 @@ export const readOpenAi = (figures: Figures, value: Json): void => {
   }
 }
 
-/** `/v1/messages`: input tokens in `message_start`, output tokens (so far) in `message_delta`. */
+/**
+ * `/v1/messages`: the final figures in `message_delta` (or the whole message). `message_start`
+ * carries input tokens too, but Ollama fills them with its own rough estimate of the request
+ * (length / 4) when it has no count yet: they are kept only as the estimate of a stream cut
+ * before its end, never as its final figures.
+ */
 export const readAnthropic = (figures: Figures, value: Json): void => {
   const u = figures.usage
   switch (value.type) {
     case "error":
       fail(figures, value)
       return
-    case "message_start":
-      if (isObject(value.message)) readAnthropic(figures, value.message)
+    case "message_start": {
+      const message = value.message
+      if (!isObject(message)) return
+      u.model = text(message.model) ?? u.model
+      if (isObject(message.usage)) u.promptEvalCount = count(message.usage.input_tokens)
       return
+    }
     case "message_delta":
       if (isObject(value.delta)) u.doneReason = text(value.delta.stop_reason) ?? u.doneReason
       break

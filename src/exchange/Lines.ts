@@ -182,3 +182,29 @@ export class LineReader {
     if (line !== undefined) this.onLine(line)
   }
 }
+
+/**
+ * Counts the complete lines of a body (ended by a newline, not blank), optionally only those that
+ * begin with one byte (`d` for SSE `data:` lines). One indexOf per line: about 10 us for a
+ * 1000-line response, the only per-line work on the relay's path.
+ */
+export class LineCounter {
+  count = 0
+  /** The first byte of the line in progress; -1 before it has one. */
+  private first = -1
+
+  constructor(private readonly want: number = -1) {}
+
+  push(chunk: Buffer): void {
+    let at = 0
+    for (;;) {
+      if (this.first < 0 && at < chunk.length) this.first = chunk[at]!
+      const nl = chunk.indexOf(NEWLINE, at)
+      if (nl < 0) return
+      const first = this.first
+      if (first !== NEWLINE && first !== 13 && (this.want < 0 || first === this.want)) this.count++
+      this.first = -1
+      at = nl + 1
+    }
+  }
+}

@@ -12,6 +12,8 @@ export interface ResponseUsage {
   outputTokens?: number
   /** An `{"error": ...}` object, mid-stream or as the whole body. */
   error?: string
+  /** The token counts are the proxy's estimate of a stream cut short (see UsageReader.ts). */
+  estimated?: boolean
 }
 
 /**
@@ -28,6 +30,10 @@ export const responseUsage = (reading: Reading, operation: GenAiOperation): Resp
   if (u.doneReason !== null) usage.finishReasons = [u.doneReason]
   if (answer.measured) {
     usage.inputTokens = u.promptEvalCount ?? 0
+    if (operation !== "embeddings") usage.outputTokens = u.evalCount ?? 0
+  } else if (answer.estimated) {
+    usage.estimated = true
+    if (u.promptEvalCount !== null) usage.inputTokens = u.promptEvalCount
     if (operation !== "embeddings") usage.outputTokens = u.evalCount ?? 0
   }
   if (answer.error !== null) usage.error = answer.error

@@ -215,6 +215,7 @@ const endGenAi = (span: Span, operation: string, summary: ExchangeSummary, now: 
   if (usage?.finishReasons !== undefined) span.setAttribute("gen_ai.response.finish_reasons", usage.finishReasons)
   if (usage?.inputTokens !== undefined) span.setAttribute("gen_ai.usage.input_tokens", usage.inputTokens)
   if (usage?.outputTokens !== undefined) span.setAttribute("gen_ai.usage.output_tokens", usage.outputTokens)
+  if (usage?.estimated === true) span.setAttribute("ollama_proxy.usage_estimated", true)
   if (summary.timeToFirstChunk !== undefined) span.setAttribute("gen_ai.response.time_to_first_chunk", summary.timeToFirstChunk)
   if (summary.errorType !== undefined) {
     span.setAttribute("error.type", summary.errorType)

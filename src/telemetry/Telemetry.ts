@@ -114,6 +114,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
         outcome,
         input_tokens: usage?.inputTokens,
         output_tokens: operation === "embeddings" ? undefined : usage?.outputTokens,
+        usage_estimated: usage?.estimated,
         error: outcome === "upstream_error" || outcome === "unavailable" ? reading.error?.message : undefined
       })
     }

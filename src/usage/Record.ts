@@ -44,6 +44,15 @@ export const UsageRecord = Schema.Struct({
   eval_count: Count,
   eval_duration: Count,
   /**
+   * false: the counts are Ollama's own. true: Ollama never sent its final figures (the client hung
+   * up, the stream was cut): `eval_count` is the token chunks the client received, one token each,
+   * and `prompt_eval_count` is what Ollama said before the cut, if anything (Anthropic's
+   * `message_start` estimate), else null. Durations are then null.
+   */
+  usage_estimated: Schema.Boolean,
+  /** How the counts were had: `ollama` (its final figures), `received_chunks` (counted), null (no counts). */
+  usage_counted_by: Schema.NullOr(Schema.Literal("ollama", "received_chunks")),
+  /**
    * null when the figures were read as they should be; otherwise what broke the reading of this
    * exchange: the figures above are then incomplete (also logged, with the request id).
    */

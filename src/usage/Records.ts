@@ -45,6 +45,8 @@ export const recordOf = (exchange: Exchange): UsageRecord | undefined => {
     prompt_eval_duration: u?.promptEvalDuration ?? null,
     eval_count: u?.evalCount ?? null,
     eval_duration: u?.evalDuration ?? null,
+    usage_estimated: answer?.estimated === true,
+    usage_counted_by: answer?.countedBy ?? null,
     metering_error: reading.meteringError,
     time_to_first_chunk_ms: reading.firstChunkAt === null ? null : millis(reading.firstChunkAt - exchange.startedAt),
     duration_ms: millis(reading.endedAt - exchange.startedAt)
