@@ -3,6 +3,7 @@
  * A bad value fails start-up with an AppConfigError naming the variable; secrets stay Redacted.
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import type { Scope } from "./exchange/Classify.js"
 import { type OllamaHost, parseOllamaHost } from "./ollama/Host.js"
 
 export class AppConfigError extends Data.TaggedError("AppConfigError")<{
@@ -34,6 +35,12 @@ export interface AppConfigShape {
   readonly ollamaStopTimeout: Duration.Duration
   readonly shutdownTimeout: Duration.Duration
   readonly apiKeys: ReadonlyArray<ApiKeyConfig>
+  /** The scopes of AUTHORIZATION_APIKEY* keys, and of key file entries that name none. */
+  readonly defaultScopes: ReadonlySet<Scope>
+  /** AUTHORIZATION_KEYS_FILE: keys with their rules, read again when it changes. */
+  readonly keysFile: Option.Option<string>
+  /** How often the key file is read to see whether it changed. */
+  readonly keysFilePoll: Duration.Duration
   readonly preloadModels: ReadonlyArray<string>
   readonly preloadKeepAlive: string | number
   readonly preloadConcurrency: number
@@ -247,6 +254,17 @@ const firstOf = <A>(names: ReadonlyArray<string>, parse: Parse<A>) =>
 
 const text: Parse<string> = (raw) => Either.right(raw.trim())
 
+const SCOPES: ReadonlyArray<Scope> = ["inference", "read", "manage", "metrics"]
+
+/** A comma-separated list of scopes; `all` is every scope. */
+const parseScopes: Parse<ReadonlySet<Scope>> = (raw) => {
+  const names = raw.split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "")
+  const wrong = names.filter((n) => n !== "all" && !SCOPES.includes(n as Scope))
+  if (wrong.length > 0) return Either.left(`${quoted(wrong[0]!)} is not a scope (${SCOPES.join(", ")}, or all)`)
+  if (names.length === 0) return Either.left("no scope given (inference, read, manage, metrics, or all)")
+  return Either.right(new Set(names.includes("all") ? SCOPES : names as ReadonlyArray<Scope>))
+}
+
 const KEY_PREFIX = "AUTHORIZATION_APIKEY"
 const MODEL_PREFIX = "PRELOAD_MODEL"
 
@@ -307,6 +325,9 @@ const fromConfig = Config.all({
   webhookRetryDelay: withDefault("WEBHOOK_RETRY_DELAY", parseDuration, Duration.seconds(1)),
   webhookTimeout: withDefault("WEBHOOK_TIMEOUT", parsePositiveDuration, Duration.seconds(10)),
   metricsPublic: withDefault("METRICS_PUBLIC", parseBoolean, false),
+  defaultScopes: withDefault("AUTHORIZATION_DEFAULT_SCOPES", parseScopes, new Set<Scope>(["inference", "read"])),
+  keysFile: optional("AUTHORIZATION_KEYS_FILE", text),
+  keysFilePoll: withDefault("AUTHORIZATION_KEYS_FILE_POLL", parsePositiveDuration, Duration.seconds(2)),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
   otelResourceAttributes: withDefault("OTEL_RESOURCE_ATTRIBUTES", parseKeyValues("attributes", true), {}),
@@ -392,6 +413,9 @@ export const loadAppConfig = Effect.gen(function*() {
     ollamaStopTimeout: raw.ollamaStopTimeout,
     shutdownTimeout: raw.shutdownTimeout,
     apiKeys,
+    defaultScopes: raw.defaultScopes,
+    keysFile: raw.keysFile,
+    keysFilePoll: raw.keysFilePoll,
     preloadModels: readPreloadModels(env),
     preloadKeepAlive: raw.preloadKeepAlive,
     preloadConcurrency: raw.preloadConcurrency,

@@ -118,6 +118,7 @@ describe("access line", () => {
         "bytes_in",
         "bytes_out",
         "api_key_name",
+        "scope",
         "user_id",
         "model",
         "outcome",

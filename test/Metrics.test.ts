@@ -42,7 +42,7 @@ describe("instruments", () => {
 
 describe("GET /metrics", () => {
   it("needs a valid API key when keys are configured, and serves Prometheus text", async () => {
-    const proxy = await startProxy({ AUTHORIZATION_APIKEY: KEY, OLLAMA_HOST: "127.0.0.1:9" })
+    const proxy = await startProxy({ AUTHORIZATION_APIKEY: KEY, AUTHORIZATION_DEFAULT_SCOPES: "all", OLLAMA_HOST: "127.0.0.1:9" })
     try {
       expect((await scrape(proxy.url)).status).toBe(401)
       expect((await scrape(proxy.url, { authorization: "Bearer wrong" })).status).toBe(401)
@@ -75,7 +75,7 @@ describe("GET /metrics", () => {
 
   it("is served by the health listener when PORT_HEALTH differs from PORT", async () => {
     const healthPort = await freePort()
-    const proxy = await startProxy({ PORT_HEALTH: String(healthPort), AUTHORIZATION_APIKEY: KEY })
+    const proxy = await startProxy({ PORT_HEALTH: String(healthPort), AUTHORIZATION_APIKEY: KEY, AUTHORIZATION_DEFAULT_SCOPES: "all" })
     try {
       expect(proxy.healthUrl).toBe(`http://127.0.0.1:${healthPort}`)
       expect((await scrape(proxy.healthUrl, auth)).status).toBe(200)
@@ -86,7 +86,7 @@ describe("GET /metrics", () => {
   })
 
   it("counts real requests by endpoint, status and outcome, and their durations", async () => {
-    const proxy = await startProxy({ AUTHORIZATION_APIKEY_ALICE: KEY, OLLAMA_HOST: "127.0.0.1:9" })
+    const proxy = await startProxy({ AUTHORIZATION_APIKEY_ALICE: KEY, AUTHORIZATION_DEFAULT_SCOPES: "all", OLLAMA_HOST: "127.0.0.1:9" })
     try {
       const before = await scrape(proxy.url, auth)
       const send = (path: string, headers: Record<string, string>) =>
@@ -155,10 +155,46 @@ describe("GET /metrics", () => {
   })
 })
 
+describe("who sees the series per API key", () => {
+  it("METRICS_PUBLIC=true shows every counter summed over keys, without a key's name; a metrics key sees them per key", async () => {
+    const fake = await startFakeOllama({ tokens: 4 })
+    const proxy = await startProxy({
+      OLLAMA_HOST: fake.url,
+      METRICS_PUBLIC: "true",
+      AUTHORIZATION_APIKEY_ANN: "key-ann-1",
+      AUTHORIZATION_APIKEY_BEN: "key-ben-2",
+      AUTHORIZATION_DEFAULT_SCOPES: "inference,metrics"
+    })
+    try {
+      for (let i = 0; i < 200 && (await fetch(`${proxy.url}/ping`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 20))
+      const chat = JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false })
+      const before = await scrape(proxy.url)
+      for (const key of ["key-ann-1", "key-ben-2", "key-ben-2"]) {
+        await fetch(`${proxy.url}/api/chat`, { method: "POST", headers: { authorization: `Bearer ${key}` }, body: chat }).then((r) =>
+          r.text()
+        )
+      }
+      const anyone = await scrape(proxy.url)
+      expect(anyone.text).not.toContain("api_key_name")
+      expect(anyone.text).not.toMatch(/\bann\b|\bben\b/)
+      const labels = { endpoint: "/api/chat", outcome: "completed" }
+      expect(anyone.total("ollama_proxy_requests_total", labels) - before.total("ollama_proxy_requests_total", labels)).toBe(3)
+      const output = { gen_ai_token_type: "output" }
+      expect(anyone.total("gen_ai_client_token_usage_sum", output) - before.total("gen_ai_client_token_usage_sum", output)).toBe(12)
+      const operator = await scrape(proxy.url, { authorization: "Bearer key-ann-1" })
+      expect(operator.total("ollama_proxy_requests_total", { ...labels, api_key_name: "ben" })).toBe(2)
+      expect(operator.total("ollama_proxy_requests_total", { ...labels, api_key_name: "ann" })).toBe(1)
+    } finally {
+      await proxy.close()
+      await fake.close()
+    }
+  })
+})
+
 describe("/metrics after real traffic through the fake Ollama", () => {
   it("token counters equal the fake's figures, per model, operation and key", async () => {
     const fake = await startFakeOllama({ tokens: 9 })
-    const proxy = await startProxy({ OLLAMA_HOST: fake.url, AUTHORIZATION_APIKEY_DAVE: KEY })
+    const proxy = await startProxy({ OLLAMA_HOST: fake.url, AUTHORIZATION_APIKEY_DAVE: KEY, AUTHORIZATION_DEFAULT_SCOPES: "all" })
     try {
       for (let i = 0; i < 200 && (await fetch(`${proxy.url}/ping`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 20))
       const post = (path: string, body: object) =>

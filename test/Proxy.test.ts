@@ -28,6 +28,8 @@ beforeAll(async () => {
   proxy = await startProxy({
     OLLAMA_HOST: fake.url,
     AUTHORIZATION_APIKEY: KEY,
+    // These tests are about relaying every kind of request, management ones included.
+    AUTHORIZATION_DEFAULT_SCOPES: "all",
     AUTHORIZATION_APIKEY_BOB: `sha256:${createHash("sha256").update(BOB_KEY).digest("hex")}`
   })
   await waitForPing(proxy, 200)

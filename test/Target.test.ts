@@ -74,6 +74,8 @@ describe("every spelling, against the real proxy and a fake Ollama that routes a
     proxy = await startProxy({
       OLLAMA_HOST: fake.url,
       AUTHORIZATION_APIKEY: KEY,
+      // Paths Ollama routes nowhere are `manage` by default: this key may send them, to see Ollama's answer.
+      AUTHORIZATION_DEFAULT_SCOPES: "all",
       USER_MODEL_METRICS_WEBHOOK_URL: webhook.url
     })
     const deadline = Date.now() + 10_000

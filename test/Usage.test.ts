@@ -30,6 +30,7 @@ const proxyEnv = (webhookUrl: string) => ({
   OLLAMA_MANAGED: "false",
   OLLAMA_HOST: fake.url,
   AUTHORIZATION_APIKEY_ALICE: KEY,
+  AUTHORIZATION_DEFAULT_SCOPES: "inference,read,metrics",
   USER_MODEL_METRICS_WEBHOOK_URL: webhookUrl,
   USER_MODEL_METRICS_WEBHOOK_API_KEY: WEBHOOK_KEY,
   WEBHOOK_RETRY_DELAY: "10ms"
@@ -487,24 +488,41 @@ describe("request bodies the proxy reads", () => {
     expect(await recordOf(id)).toMatchObject({ eval_count: 5 })
   })
 
-  it("a body over the limit streams through unchanged", async () => {
+  it("a body over the limit streams through unchanged on an open proxy", async () => {
+    const { AUTHORIZATION_APIKEY_ALICE: _, ...withoutKeys } = proxyEnv(webhook.url)
+    const open = await startProxy(withoutKeys)
+    try {
+      await waitForReady(open.url)
+      const id = randomUUID()
+      const body = Buffer.from(
+        JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "x".repeat(33 * 1024 * 1024) }] })
+      )
+      const res = await post(`${open.url}/v1/chat/completions`, body.toString(), { "x-request-id": id })
+      expect(res.status).toBe(200)
+      const forwarded = fake.requests.find((r) => r.headers["x-request-id"] === id)!
+      expect(forwarded.body.equals(body)).toBe(true)
+      // Not rewritten, so Ollama sent no usage: the record counts the token chunks, as an estimate.
+      expect(await recordOf(id)).toMatchObject({
+        model: "llama3.2",
+        outcome: "completed",
+        eval_count: fake.expected("/v1/chat/completions", { model: "llama3.2" }).evalCount,
+        prompt_eval_count: null,
+        usage_estimated: true,
+        usage_counted_by: "received_chunks"
+      })
+    } finally {
+      await open.close()
+    }
+  })
+
+  it("with keys, a body too large to check its model in is refused, and its connection closed", async () => {
     const id = randomUUID()
-    const body = Buffer.from(
-      JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "x".repeat(33 * 1024 * 1024) }] })
-    )
-    const res = await post(`${proxy.url}/v1/chat/completions`, body.toString(), { ...auth, "x-request-id": id })
-    expect(res.status).toBe(200)
-    const forwarded = fake.requests.find((r) => r.headers["x-request-id"] === id)!
-    expect(forwarded.body.equals(body)).toBe(true)
-    // Not rewritten, so Ollama sent no usage: the record counts the token chunks, as an estimate.
-    expect(await recordOf(id)).toMatchObject({
-      model: "llama3.2",
-      outcome: "completed",
-      eval_count: fake.expected("/v1/chat/completions", { model: "llama3.2" }).evalCount,
-      prompt_eval_count: null,
-      usage_estimated: true,
-      usage_counted_by: "received_chunks"
-    })
+    const body = JSON.stringify({ messages: [{ role: "user", content: "x".repeat(33 * 1024 * 1024) }], model: "llama3.2", stream: true })
+    const res = await post(`${proxy.url}/v1/chat/completions`, body, { ...auth, "x-request-id": id })
+    expect(res.status).toBe(413)
+    expect(res.headers.connection).toBe("close")
+    expect(JSON.parse(res.text).error.message).toBe("the request body is larger than the proxy checks a model in (32 MB)")
+    expect(fake.requests.some((r) => r.headers["x-request-id"] === id)).toBe(false)
   })
 })
 

@@ -17,6 +17,7 @@ const record = (n = 0): UsageRecord => ({
   endpoint: "/api/chat",
   model: "llama3.2",
   api_key_name: "alice",
+  key_metadata: null,
   user_id: "u-1",
   user_name: "Zoë",
   user_email: "zoe@example.com",

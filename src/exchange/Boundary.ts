@@ -5,7 +5,8 @@
  *   1. Target.ts    the path Ollama will route it by, read once (a spelling that could route
  *                   otherwise is refused with 400);
  *   2. Classify.ts  what it is (family, operation, inference?, route), decided once;
- *   3. ApiKeys      who is calling (Caller.ts adds the forwarded user headers);
+ *   3. ApiKeys      who is calling (Caller.ts adds the forwarded user headers), and Policy.ts
+ *                   what the key may do: its scope now, the model it names once the body is read;
  *   4. consumers    open their watch of the exchange (telemetry, usage records, ...);
  *   5. Relay.ts     the bytes go to Ollama and back, feeding the exchange's one Reading;
  *   6. finish       the reading is final; each consumer's watch ends, reading the same figures.
@@ -46,11 +47,12 @@ import { Context, Effect, Metric, MetricLabel, Runtime } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { ApiKeys, isPreflight } from "../keys/ApiKeys.js"
 import { callerOf } from "./Caller.js"
-import { classify, UNKNOWN } from "./Classify.js"
-import { writeBadTarget, writeUnauthorized } from "./Errors.js"
+import { classify, unknownRoute } from "./Classify.js"
+import { badTarget, type Refusal, unauthorized, writeRefusal } from "./Errors.js"
 import { type ConsumerFailed, endWatches, Exchange, ExchangeConsumers, openWatches } from "./Exchange.js"
 import { requestIdOf } from "./Headers.js"
 import { asksForUsage, includeUsageRewrite } from "./IncludeUsage.js"
+import { listsModels, modelListFilter, namesModelInBody, pathModelRefusal, scopeRefusal } from "./Policy.js"
 import { Relay } from "./Relay.js"
 import { pathOf, type Target, targetOf } from "./Target.js"
 import { makeUsageReader, type UsageReaderFactory } from "./UsageReader.js"
@@ -65,6 +67,9 @@ const exchangeFailures = Metric.counter("ollama_proxy.exchange.failures", {
   description: "Failures inside the request path's reading or its consumers; each is also logged with the request id",
   incremental: true
 })
+
+/** A CORS preflight carries no key by design: Ollama's CORS layer answers it. */
+const PREFLIGHT = { ok: true, key: null } as const
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
@@ -110,19 +115,21 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       endWatches(exchange, consumerFailed)
     }
 
+    /** Answers for Ollama, and ends the exchange: Ollama never sees the request. */
+    const refuse = (exchange: Exchange, refusal: Refusal, outcome: "rejected" | "forbidden") => {
+      exchange.refusal = refusal.message
+      writeRefusal(exchange.res, exchange.route.family, refusal, exchange.requestId)
+      exchange.finish(outcome)
+    }
+
     const handle = (req: IncomingMessage, res: ServerResponse, target: Target): void => {
       const startedAt = performance.now()
       const requestId = requestIdOf(req.headers)
       // A refused target is still seen (logged, counted) under the path it came with.
       const path = target.ok ? target.path : pathOf(req.url)
-      const route = target.ok ? classify(req.method, path) : UNKNOWN
-      let keyName: string | null = null
-      let refusal: string | undefined
-      if (!isPreflight(req.method, req.headers)) {
-        const auth = keys.authenticate(req.headers)
-        if (auth.ok) keyName = auth.keyName
-        else refusal = auth.reason
-      }
+      const route = target.ok ? classify(req.method, path) : unknownRoute(path)
+      const auth = isPreflight(req.method, req.headers) ? PREFLIGHT : keys.authenticate(req.headers)
+      const key = auth.ok ? auth.key : null
       const exchange = new Exchange(
         requestId,
         req,
@@ -131,18 +138,18 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         path,
         target.ok ? target.forward : path,
         route,
-        callerOf(keyName, req.headers),
+        callerOf(key, req.headers),
         readers,
         finished
       )
       openWatches(exchange, consumers, consumerFailed)
-      if (refusal !== undefined) {
-        writeUnauthorized(res, refusal, requestId)
-        return exchange.finish("rejected")
-      }
-      if (!target.ok) {
-        writeBadTarget(res, target.reason, requestId)
-        return exchange.finish("rejected")
+      if (!auth.ok) return refuse(exchange, unauthorized(auth.reason), "rejected")
+      if (!target.ok) return refuse(exchange, badTarget(target.reason), "rejected")
+      if (key !== null) {
+        const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path)
+        if (refusal !== undefined) return refuse(exchange, refusal, "forbidden")
+        if (namesModelInBody(route)) exchange.modelRule = key.models
+        if (listsModels(route)) exchange.rewrite = modelListFilter(key.models, route)
       }
       if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route)
       relay.forward(exchange)

@@ -2,8 +2,11 @@
  * Who is calling: the API key's name, and the person a front end says it calls for.
  */
 import type { IncomingHttpHeaders } from "node:http"
+import type { KeyPolicy } from "../keys/ApiKeys.js"
 
 export interface Caller {
+  /** The API key and what it may do; null on an open proxy and for refused requests. */
+  readonly key: KeyPolicy | null
   /** The API key's name; null on an open proxy and for refused requests. */
   readonly keyName: string | null
   user_id: string | null
@@ -13,7 +16,7 @@ export interface Caller {
   chat_id: string | null
 }
 
-const WHO_HEADERS: ReadonlyArray<readonly [suffix: string, field: Exclude<keyof Caller, "keyName">]> = [
+const WHO_HEADERS: ReadonlyArray<readonly [suffix: string, field: Exclude<keyof Caller, "key" | "keyName">]> = [
   ["-user-id", "user_id"],
   ["-user-name", "user_name"],
   ["-user-email", "user_email"],
@@ -34,8 +37,8 @@ const percentDecoded = (value: string) => {
  * -user-email, -user-role and -chat-id, whatever their prefix (Open WebUI sends
  * X-OpenWebUI-User-*; Node gives header names in lower case). Open WebUI percent-encodes names.
  */
-export const callerOf = (keyName: string | null, headers: IncomingHttpHeaders): Caller => {
-  const who: Caller = { keyName, user_id: null, user_name: null, user_email: null, user_role: null, chat_id: null }
+export const callerOf = (key: KeyPolicy | null, headers: IncomingHttpHeaders): Caller => {
+  const who: Caller = { key, keyName: key?.name ?? null, user_id: null, user_name: null, user_email: null, user_role: null, chat_id: null }
   for (const name in headers) {
     for (const [suffix, field] of WHO_HEADERS) {
       if (who[field] !== null || !name.endsWith(suffix)) continue

@@ -39,6 +39,13 @@ export type Operation =
   | "experimental"
   | "unknown"
 
+/**
+ * What a key must be allowed to do for the request: generate or embed (`inference`), read the
+ * server's state (`read`), change it (`manage`: everything else, including any path Ollama adds
+ * later, so what is not known is denied by default), or scrape the proxy's own `metrics`.
+ */
+export type Scope = "inference" | "read" | "manage" | "metrics"
+
 /** `gen_ai.operation.name` of the OpenTelemetry GenAI conventions. */
 export type GenAiOperation = "chat" | "text_completion" | "embeddings"
 
@@ -50,11 +57,12 @@ export interface Route {
   readonly route: string
   readonly family: Family
   readonly operation: Operation
+  readonly scope: Scope
   /** A model generates or embeds: the exchange is metered and gets a GenAI span. */
   readonly inference: boolean
   readonly genAi: GenAiOperation | undefined
   readonly usage: UsageFormat
-  /** The request body is JSON with a top-level `model` (multipart for transcriptions). */
+  /** The request body is JSON that names a model at its top level (transcriptions: a multipart form). */
   readonly jsonBody: boolean
   /** Whether the endpoint streams when the request does not say (`"stream"` absent). */
   readonly streamsByDefault: boolean
@@ -63,10 +71,11 @@ export interface Route {
 const familyOf = (path: string): Family =>
   path === "/v1/messages" ? "anthropic" : path.startsWith("/v1/") ? "openai" : path.startsWith("/api/") ? "native" : "other"
 
-const route = (path: string, operation: Operation): Route => ({
+const route = (path: string, operation: Operation, scope: Scope = "manage"): Route => ({
   route: path,
   family: familyOf(path),
   operation,
+  scope,
   inference: false,
   genAi: undefined,
   usage: "none",
@@ -81,7 +90,7 @@ const inference = (
   usage: UsageFormat,
   streamsByDefault = false
 ): Route => ({
-  ...route(path, operation),
+  ...route(path, operation, "inference"),
   inference: true,
   genAi,
   usage,
@@ -101,10 +110,19 @@ const ROUTES = new Map<string, Route>([
   ["POST /v1/responses", inference("/v1/responses", "responses", "chat", "responses")],
   ["POST /v1/messages", inference("/v1/messages", "messages", "chat", "anthropic")],
   // Answered through the chat handler, with only the text: no usage to read.
-  ["POST /v1/audio/transcriptions", inference("/v1/audio/transcriptions", "transcription", undefined, "none")]
+  ["POST /v1/audio/transcriptions", inference("/v1/audio/transcriptions", "transcription", undefined, "none")],
+  ["GET /", route("/", "root", "read")],
+  ["HEAD /", route("/", "root", "read")],
+  ["GET /api/version", route("/api/version", "version", "read")],
+  ["HEAD /api/version", route("/api/version", "version", "read")],
+  ["GET /api/tags", route("/api/tags", "list", "read")],
+  ["HEAD /api/tags", route("/api/tags", "list", "read")],
+  ["POST /api/show", { ...route("/api/show", "show", "read"), jsonBody: true }],
+  ["GET /api/ps", route("/api/ps", "running", "read")],
+  ["GET /v1/models", route("/v1/models", "list", "read")]
 ])
 
-/** The operation of a path whatever the method (a wrong method gets 405 from Ollama). */
+/** The operation of a path with any other method (Ollama answers 405): `manage`, as unknown. */
 const PATHS = new Map<string, Operation>([
   ["/", "root"],
   ["/api/version", "version"],
@@ -133,11 +151,12 @@ const PATHS = new Map<string, Operation>([
 ])
 
 /** Routes with a parameter: one route each, so the metric labels stay few. */
-const PREFIXES: ReadonlyArray<readonly [prefix: string, route: Route]> = [
-  ["/api/blobs/", route("/api/blobs/:digest", "blobs")],
-  ["/v1/models/", route("/v1/models/:model", "show")],
-  ["/api/experimental/", route("/api/experimental/*", "experimental")],
-  ["/api/user/keys/", route("/api/user/keys/:encodedKey", "account")]
+const PREFIXES: ReadonlyArray<readonly [prefix: string, methods: ReadonlyArray<string>, route: Route]> = [
+  ["/api/blobs/", [], route("/api/blobs/:digest", "blobs")],
+  ["/v1/models/", ["GET"], route("/v1/models/:model", "show", "read")],
+  ["/v1/models/", [], route("/v1/models/:model", "show")],
+  ["/api/experimental/", [], route("/api/experimental/*", "experimental")],
+  ["/api/user/keys/", [], route("/api/user/keys/:encodedKey", "account")]
 ]
 
 const known = new Map<string, Route>()
@@ -149,15 +168,15 @@ const OTHER: Record<Family, Route> = {
   other: route("other", "unknown")
 }
 
-/** A request whose target was refused: nothing is known of it. */
-export const UNKNOWN: Route = OTHER.other
+/** A request whose target was refused: nothing is known of it but its family, for the error's shape. */
+export const unknownRoute = (rawPath: string): Route => OTHER[familyOf(rawPath)]
 
 /** The route of a request; `path` is the path Ollama will route (see Target.ts). */
 export const classify = (method: string | undefined, path: string): Route => {
   const exact = ROUTES.get(`${method} ${path}`) ?? known.get(path)
   if (exact !== undefined) return exact
-  for (const [prefix, route] of PREFIXES) {
-    if (path.startsWith(prefix) && path.length > prefix.length) return route
+  for (const [prefix, methods, route] of PREFIXES) {
+    if (path.startsWith(prefix) && path.length > prefix.length && (methods.length === 0 || methods.includes(method ?? ""))) return route
   }
   return OTHER[familyOf(path)]
 }

@@ -6,6 +6,7 @@
  */
 import { Context, Tracer } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
+import type { ModelRule } from "../keys/Models.js"
 import type { Caller } from "./Caller.js"
 import type { Route } from "./Classify.js"
 import { type Outcome, Reading } from "./Reading.js"
@@ -79,6 +80,11 @@ export interface ExchangeRewrite {
   request(body: Buffer): Buffer | undefined
   /** Called at the response head; a filter for the body, or undefined to relay it unchanged. */
   response(status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined
+  /**
+   * For small answers changed as a whole (a list of models): called at the response head; the
+   * function that makes the body to send, or undefined to relay it unchanged.
+   */
+  readonly replaceBody?: (status: number, headers: IncomingHttpHeaders) => ((body: Buffer) => Buffer) | undefined
 }
 
 /** Turns the response body into what the client receives, chunk by chunk. */
@@ -112,6 +118,10 @@ export class Exchange {
   span: Tracer.ExternalSpan | undefined = undefined
   /** Set for the exchanges whose bytes the proxy changes. */
   rewrite: ExchangeRewrite | undefined = undefined
+  /** The models the key may use, where the request names one in its body (checked before it goes on). */
+  modelRule: ModelRule | undefined = undefined
+  /** Why the proxy refused the request, when it did (for the access line and the span). */
+  refusal: string | undefined = undefined
   private finished = false
 
   constructor(
@@ -130,7 +140,7 @@ export class Exchange {
     readers: UsageReaderFactory,
     private readonly onFinish: (exchange: Exchange) => void
   ) {
-    this.reading = new Reading(route, readers)
+    this.reading = new Reading(route, readers, caller.key !== null)
   }
 
   /** The request is about to go to Ollama with these headers. */

@@ -14,7 +14,7 @@ export const asksForUsage = (route: Route): boolean =>
 
 /**
  * Request bodies read whole to add include_usage. Above RunPod's 30 MB payload limit, so on RunPod
- * every body fits; a larger one streams through unchanged (and its stream goes unmetered).
+ * every body fits; a larger one streams through unchanged (and its usage is counted, not read).
  */
 const MAX_REQUEST_BODY = 32 * 1024 * 1024
 

@@ -23,8 +23,10 @@ export const Outcome = Schema.Literal(
   "upstream_error",
   /** Ollama could not be reached; the client got a 503. */
   "unavailable",
-  /** The proxy refused the request (no or invalid API key, a 401); Ollama never saw it. */
-  "rejected"
+  /** The proxy refused the request (no or invalid API key, a 401, a bad target, a 400); Ollama never saw it. */
+  "rejected",
+  /** The key may not do this (a scope, a model): a 403; Ollama never saw it. */
+  "forbidden"
 )
 export type Outcome = typeof Outcome.Type
 
@@ -53,8 +55,9 @@ export class Reading {
   meteringError: string | null = null
   private feeding = true
 
-  constructor(route: Route, readers: UsageReaderFactory) {
-    this.request = route.inference && route.jsonBody ? new RequestScanner() : undefined
+  /** `checked`: a rule will check the model, so the whole body is scanned (see RequestScan.ts). */
+  constructor(route: Route, readers: UsageReaderFactory, checked = false) {
+    this.request = route.jsonBody ? new RequestScanner(checked) : undefined
     this.answer = route.inference && route.usage !== "none" ? readers(route.usage) : undefined
   }
 

@@ -4,14 +4,15 @@
  * exchange's reading as the bytes pass (see Boundary.ts for why all of this is plain callbacks).
  */
 import { Effect } from "effect"
-import type { IncomingMessage } from "node:http"
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
 import { Readable } from "node:stream"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
 import { OllamaHealth } from "../ollama/Health.js"
-import { writeJsonError, writeOllamaUnavailable } from "./Errors.js"
+import { badGateway, ollamaUnavailable, writeRefusal } from "./Errors.js"
 import type { ChunkFilter, Exchange } from "./Exchange.js"
 import { clientResponseHeaders, upstreamRequestHeaders } from "./Headers.js"
+import { bodyModelRefusal } from "./Policy.js"
 import type { Outcome } from "./Reading.js"
 
 class ClientAborted extends Error {
@@ -49,29 +50,43 @@ const hasBody = (req: IncomingMessage) => {
 
 type UpstreamBody = Buffer | Readable | null
 
-async function* replay(chunks: ReadonlyArray<Buffer>, rest: IncomingMessage): AsyncIterable<Buffer> {
+async function* replay(chunks: ReadonlyArray<Buffer>, rest: IncomingMessage, seen: (chunk: Buffer) => void): AsyncIterable<Buffer> {
   yield* chunks
-  yield* rest
+  for await (const chunk of rest) {
+    seen(chunk)
+    yield chunk
+  }
 }
 
 /**
- * Reads a request body of at most `limit` bytes whole. A larger one is handed on unread: the
- * bytes read so far, then the rest of the stream (an upload must not be held in memory).
+ * Request bodies read whole before they go on: to add include_usage, and to check the model a key
+ * may use. Above RunPod's 30 MB payload limit, so on RunPod every body fits. The whole body,
+ * because Ollama's JSON decoder takes the last of two `model` keys: a body can only be checked
+ * once it has all been seen.
+ */
+const READ_AHEAD_LIMIT = 32 * 1024 * 1024
+
+/**
+ * Reads a request body of at most `limit` bytes whole, showing each chunk to `seen`. A larger one
+ * is handed on unread: the bytes read so far, then the rest of the stream (an upload must not be
+ * held in memory), whose chunks are shown to `seen` as they pass.
  */
 const readBody = (
   req: IncomingMessage,
   limit: number,
+  seen: (chunk: Buffer) => void,
   done: (body: { readonly whole: Buffer } | { readonly stream: Readable }) => void
 ) => {
   const chunks: Array<Buffer> = []
   let size = 0
   const onData = (chunk: Buffer) => {
+    seen(chunk)
     chunks.push(chunk)
     size += chunk.length
     if (size > limit) {
       stop()
       req.pause()
-      done({ stream: Readable.from(replay(chunks, req), { objectMode: false }) })
+      done({ stream: Readable.from(replay(chunks, req, seen), { objectMode: false }) })
     }
   }
   const onEnd = () => {
@@ -106,15 +121,19 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
     const ollamaHost = config.ollama.hostHeader
 
     const forward = (exchange: Exchange): void => {
-      const { reading, req, requestId, res, rewrite } = exchange
+      const { modelRule, reading, req, requestId, res, rewrite, route } = exchange
       if (!health.isUp()) {
-        writeOllamaUnavailable(res, requestId)
+        writeRefusal(res, exchange.route.family, ollamaUnavailable, requestId)
         exchange.finish("unavailable")
         return
       }
 
       let controller: Dispatcher.DispatchController | undefined
       let filter: ChunkFilter | undefined
+      /** An answer changed as a whole: held until its end. */
+      let whole: { status: number; headers: IncomingHttpHeaders; replace: (body: Buffer) => Buffer; chunks: Array<Buffer> } | undefined
+      /** The body was read ahead, and the reading saw it then. */
+      let fed = false
       let finished = false
       let waitingForDrain = false
       const finish = (outcome: Outcome, error?: Error) => {
@@ -164,12 +183,18 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           }
           // undici attaches its own 'data' listener synchronously after this call, so both see
           // every chunk and its pause() still holds the body back for backpressure.
-          if (body === null) return
+          if (body === null || fed) return
           if (Buffer.isBuffer(body)) reading.requestData(body)
           else body.on("data", (chunk: Buffer) => reading.requestData(chunk))
         },
         onResponseStart(_c, status, headers) {
           if (status < 200) return // 1xx interim answers stay between us and Ollama
+          const replace = rewrite?.replaceBody?.(status, headers)
+          if (replace !== undefined) {
+            reading.responseStart(status, headers)
+            whole = { status, headers, replace, chunks: [] }
+            return
+          }
           res.writeHead(status, clientResponseHeaders(headers, requestId))
           // A filter may change the body's length: only a body without a declared one is filtered.
           if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response(status, headers)
@@ -178,6 +203,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         },
         onResponseData(_c, chunk) {
           reading.responseData(chunk)
+          if (whole !== undefined) return void whole.chunks.push(chunk)
           const out = filter === undefined ? chunk : filter.push(chunk)
           if (out.length === 0) return
           if (batch === undefined) {
@@ -186,6 +212,12 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           } else batch.push(out)
         },
         onResponseEnd() {
+          if (whole !== undefined) {
+            const out = whole.replace(Buffer.concat(whole.chunks))
+            res.writeHead(whole.status, { ...clientResponseHeaders(whole.headers, requestId), "content-length": out.length })
+            res.end(out)
+            return finish("completed")
+          }
           flush()
           const held = filter?.end()
           if (held !== undefined && held.length > 0) res.write(held)
@@ -208,21 +240,35 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           const code = errorCode(error)
           if (code !== undefined && UNREACHABLE.has(code)) {
             health.reportUnreachable()
-            writeOllamaUnavailable(res, requestId)
+            writeRefusal(res, exchange.route.family, ollamaUnavailable, requestId)
             finish("unavailable", error)
           } else {
-            writeJsonError(res, 502, `bad gateway: ${error.message}`, { "x-request-id": requestId })
+            writeRefusal(res, exchange.route.family, badGateway(error.message), requestId)
             finish("upstream_error", error)
           }
         }
       }
 
       const dispatch = () => pool.dispatch({ method: req.method ?? "GET", path: exchange.target, headers, body }, handler)
-      if (rewrite === undefined || body === null) return void dispatch()
-      readBody(req, rewrite.maxRequestBody, (read) => {
+      const limit = Math.max(rewrite?.maxRequestBody ?? 0, modelRule === undefined ? 0 : READ_AHEAD_LIMIT)
+      if (body === null || limit === 0) return void dispatch()
+      readBody(req, limit, (chunk) => reading.requestData(chunk), (read) => {
         if (finished) return
+        fed = true
+        if (modelRule !== undefined) {
+          const refusal = "whole" in read
+            ? bodyModelRefusal(modelRule, route, reading, read.whole, req.headers)
+            : { status: 413, message: "the request body is larger than the proxy checks a model in (32 MB)" }
+          if (refusal !== undefined) {
+            exchange.refusal = refusal.message
+            // The rest of a body too large to check is not read: the connection goes with it.
+            const close = "whole" in read ? refusal : { ...refusal, headers: { ...refusal.headers, connection: "close" } }
+            writeRefusal(res, route.family, close, requestId)
+            return finish(refusal.status === 403 ? "forbidden" : "rejected")
+          }
+        }
         if ("whole" in read) {
-          body = rewrite.request(read.whole) ?? read.whole
+          body = rewrite?.request(read.whole) ?? read.whole
           // A rewritten body has its own length; a chunked upload read whole now has one.
           headers["content-length"] = String(body.length)
         } else {

@@ -1,6 +1,12 @@
 /**
  * The request body's top-level `model` and `stream`, found as the body streams past to Ollama,
  * without buffering it.
+ *
+ * Keys are read as Ollama's Go decoder reads them: case-insensitively (`"Model"` sets the model
+ * too) and with escapes decoded (`"mod\u0065l"`); where a key appears twice the last one wins. So
+ * a rule that checks the model (a key's allowed models) must see the whole body: in `exhaustive`
+ * mode the scanner reads to the end and counts every `model` key, and a body that names its model
+ * twice, or with a name too long to keep, is one the rule refuses rather than guesses at.
  */
 
 const QUOTE = 0x22
@@ -14,7 +20,13 @@ const MAX_MODEL = 256
  */
 export class RequestScanner {
   model: string | undefined
+  /** The deprecated `name` that /api/show still takes for the model. */
+  name: string | undefined
   stream: boolean | undefined
+  /** How many top-level keys are `model` (in any case). */
+  modelKeys = 0
+  /** A model or name longer than this scanner keeps was seen. */
+  overlong = false
   private depth = 0
   private inString = false
   /** Backslashes just before the chunk boundary, inside a string. */
@@ -25,6 +37,8 @@ export class RequestScanner {
   private captureIsKey = false
   private literal = ""
   private done = false
+
+  constructor(private readonly exhaustive = false) {}
 
   write(chunk: Uint8Array): void {
     if (this.done) return
@@ -52,7 +66,7 @@ export class RequestScanner {
       switch (c) {
         case QUOTE:
           this.inString = true
-          if (this.depth === 1 && (this.expectingKey || this.key === "model")) {
+          if (this.depth === 1 && (this.expectingKey || this.key === "model" || this.key === "name")) {
             this.capture = []
             this.captureIsKey = this.expectingKey
           }
@@ -78,7 +92,7 @@ export class RequestScanner {
           break
       }
       i++
-      if (this.done || (this.model !== undefined && this.stream !== undefined)) {
+      if (this.done || (!this.exhaustive && this.model !== undefined && this.stream !== undefined)) {
         this.done = true
         return
       }
@@ -115,7 +129,9 @@ export class RequestScanner {
   }
 
   private captureByte(b: number) {
-    if (this.capture !== undefined && this.capture.length < (this.captureIsKey ? MAX_KEY : MAX_MODEL)) this.capture.push(b)
+    if (this.capture === undefined) return
+    if (this.capture.length < (this.captureIsKey ? MAX_KEY : MAX_MODEL)) this.capture.push(b)
+    else if (!this.captureIsKey) this.overlong = true
   }
 
   private endCapture() {
@@ -129,7 +145,10 @@ export class RequestScanner {
     } catch {
       // a cut escape at the length cap: keep the raw text
     }
-    if (this.captureIsKey) this.key = text
-    else if (this.key === "model") this.model = text
+    if (this.captureIsKey) {
+      this.key = text.toLowerCase()
+      if (this.key === "model") this.modelKeys++
+    } else if (this.key === "model") this.model = text
+    else if (this.key === "name") this.name = text
   }
 }

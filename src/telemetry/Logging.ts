@@ -46,6 +46,8 @@ const KEY_ORDER = [
   "bytes_in",
   "bytes_out",
   "api_key_name",
+  "scope",
+  "refusal",
   "user_id",
   "model",
   "outcome"

@@ -6,7 +6,7 @@ import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer, Metric, Stream } from "effect"
 import type { IncomingHttpHeaders } from "node:http"
 import { AppConfig, type AppConfigShape } from "../Config.js"
-import { unauthorized } from "../exchange/Errors.js"
+import { forbidden, refusalBody, unauthorized } from "../exchange/Errors.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { NO_LABELS, ollamaUp, preregistered } from "./Metrics.js"
@@ -28,7 +28,8 @@ export const MetricsLive = Layer.scopedDiscard(
 // Prometheus text, made by OpenTelemetry's exporter from the Effect metrics
 
 interface Scraper {
-  readonly scrape: () => Promise<string>
+  /** `perKey`: with the series that name an API key (only for callers allowed to see them). */
+  readonly scrape: (perKey: boolean) => Promise<string>
   readonly shutdown: () => Promise<void>
 }
 
@@ -43,9 +44,9 @@ const loadScraper = async (config: AppConfigShape): Promise<Scraper> => {
   // No otel_scope_name on every series: all of them come from the one Effect bridge.
   const serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
   return {
-    scrape: async () => {
+    scrape: async (perKey) => {
       const { resourceMetrics } = await reader.collect()
-      return serializer.serialize(resourceMetrics)
+      return serializer.serialize(perKey ? resourceMetrics : Bridge.withoutKeys(resourceMetrics))
     },
     shutdown: () => reader.shutdown()
   }
@@ -59,27 +60,36 @@ export class PrometheusMetrics extends Effect.Service<PrometheusMetrics>()("app/
     let scraper: Promise<Scraper> | undefined
     yield* Effect.addFinalizer(() => scraper === undefined ? Effect.void : Effect.promise(() => scraper!.then((s) => s.shutdown())))
     return {
-      /** The Prometheus text exposition of every metric now. */
-      scrape: Effect.promise(() => {
-        scraper ??= loadScraper(config)
-        return scraper.then((s) => s.scrape())
-      })
+      /** The Prometheus text exposition of every metric now; per-key series only with `perKey`. */
+      scrape: (perKey: boolean) =>
+        Effect.promise(() => {
+          scraper ??= loadScraper(config)
+          return scraper.then((s) => s.scrape(perKey))
+        })
     } as const
   })
 }) {}
 
-/** `GET /metrics`: needs a valid API key when keys are configured, unless METRICS_PUBLIC=true. */
+/**
+ * `GET /metrics`. Series per API key tell one customer the others' names, models and tokens, so a
+ * caller sees them only with a key that holds the `metrics` scope. Without such a key the answer is
+ * 401 or 403, unless METRICS_PUBLIC=true: then it is every metric summed over keys. An open proxy
+ * (no keys at all) shows everything.
+ */
 export const metricsRoute = Effect.gen(function*() {
   const config = yield* AppConfig
   const keys = yield* ApiKeys
-  if (!config.metricsPublic && !keys.open) {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const auth = keys.authenticate(request.headers as IncomingHttpHeaders)
-    if (!auth.ok) {
-      const answer = unauthorized(auth.reason)
-      return HttpServerResponse.unsafeJson({ error: answer.message }, { status: answer.status, headers: answer.headers })
-    }
+  const request = yield* HttpServerRequest.HttpServerRequest
+  const auth = keys.open ? undefined : keys.authenticate(request.headers as IncomingHttpHeaders)
+  const perKey = auth === undefined || (auth.ok && auth.key?.scopes.has("metrics") === true)
+  if (!perKey && !config.metricsPublic) {
+    const refusal = auth?.ok === false ? unauthorized(auth.reason) : forbidden("this API key lacks the metrics scope")
+    return HttpServerResponse.text(refusalBody("native", refusal), {
+      status: refusal.status,
+      contentType: "application/json; charset=utf-8",
+      headers: refusal.headers as Record<string, string> | undefined ?? {}
+    })
   }
-  const text = yield* (yield* PrometheusMetrics).scrape
+  const text = yield* (yield* PrometheusMetrics).scrape(perKey)
   return HttpServerResponse.text(text, { contentType: PROMETHEUS_CONTENT_TYPE })
 })

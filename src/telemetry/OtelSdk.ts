@@ -149,6 +149,7 @@ export const makeExchangeTracer = (tracer: OtelTracer, ollamaHost: string, ollam
       "http.request.header.x-request-id": [start.requestId]
     }
     if (start.knownRoute) attributes["http.route"] = start.route
+    attributes["ollama_proxy.scope"] = start.scope
     const host = req.headers.host
     if (host !== undefined) attributes["server.address"] = host.replace(/:\d+$/, "")
     if (req.socket.localPort !== undefined) attributes["server.port"] = req.socket.localPort
@@ -192,6 +193,7 @@ export const makeExchangeTracer = (tracer: OtelTracer, ollamaHost: string, ollam
         server.setAttribute("http.request.body.size", summary.bytesIn)
         server.setAttribute("http.response.body.size", summary.bytesOut)
         server.setAttribute("ollama_proxy.outcome", summary.outcome)
+        if (summary.refusal !== undefined) server.setAttribute("ollama_proxy.refusal", summary.refusal)
         // A server span is an error for 5xx only; a client's 4xx is the client's doing.
         if (summary.status >= 500 || summary.outcome === "upstream_error" || summary.outcome === "unavailable") {
           server.setAttribute("error.type", summary.status >= 500 ? String(summary.status) : summary.outcome)

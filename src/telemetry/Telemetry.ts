@@ -34,6 +34,7 @@ const errorTypeOf = (outcome: Outcome, status: number, usage: ResponseUsage | un
       if (status >= 400) return String(status)
       return usage?.error !== undefined ? "ollama_error" : undefined
     case "rejected":
+    case "forbidden":
       return String(status)
     default:
       return outcome
@@ -54,9 +55,9 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     const status = exchange.clientStatus
     // An answer the proxy wrote itself (401, 502, 503) counts its body too.
     const bytesOut = reading.bytesOut + (reading.status === null && res.headersSent ? Number(res.getHeader("content-length") ?? 0) : 0)
-    const usage = operation !== undefined && outcome !== "rejected" && outcome !== "unavailable"
-      ? responseUsage(reading, operation)
-      : undefined
+    // Ollama saw the request.
+    const answered = outcome !== "rejected" && outcome !== "forbidden" && outcome !== "unavailable"
+    const usage = operation !== undefined && answered ? responseUsage(reading, operation) : undefined
     const errorType = errorTypeOf(outcome, status, usage)
     const statusText = String(status)
     const seconds = (reading.endedAt - startedAt) / 1000
@@ -67,7 +68,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     const requestModel = reading.requestModel
     const sinceUpstream = reading.upstreamAt ?? startedAt
     const ttfc = reading.firstChunkAt === null ? undefined : (reading.firstChunkAt - sinceUpstream) / 1000
-    if (operation !== undefined && outcome !== "rejected") {
+    if (operation !== undefined && outcome !== "rejected" && outcome !== "forbidden") {
       const model = modelLabel(requestModel ?? usage?.model)
       operationDuration.unsafeUpdate((reading.endedAt - sinceUpstream) / 1000, operationLabels(operation, PROVIDER, model, errorType ?? ""))
       if (ttfc !== undefined && errorType === undefined) {
@@ -93,7 +94,8 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
         : reading.requestStream ?? (reading.upstreamAt === null ? undefined : route.streamsByDefault),
       usage,
       timeToFirstChunk: ttfc,
-      errorType
+      errorType,
+      refusal: exchange.refusal
     })
 
     if (accessLog) {
@@ -109,6 +111,8 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
         bytes_in: reading.bytesIn,
         bytes_out: bytesOut,
         api_key_name: caller.keyName,
+        scope: route.scope,
+        refusal: exchange.refusal,
         user_id: caller.user_id,
         model: requestModel ?? usage?.model,
         outcome,
@@ -135,6 +139,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
         startedAt: exchange.startedAt,
         route: route.route,
         knownRoute: route.route !== "other",
+        scope: route.scope,
         requestId: exchange.requestId,
         keyName: caller.keyName,
         userId: caller.user_id ?? undefined,

@@ -49,6 +49,8 @@ export interface ExchangeSummary {
   readonly timeToFirstChunk: number | undefined
   /** Low-cardinality failure class, or undefined when the exchange succeeded. */
   readonly errorType: string | undefined
+  /** Why the proxy refused the request (401, 403, 400...), when it did. */
+  readonly refusal: string | undefined
 }
 
 export interface ExchangeStart {
@@ -59,6 +61,8 @@ export interface ExchangeStart {
   readonly route: string
   /** true when the route is one the proxy knows (`http.route` is then set). */
   readonly knownRoute: boolean
+  /** What a key must be allowed to do for this request. */
+  readonly scope: string
   readonly requestId: string
   readonly keyName: string | null
   readonly userId: string | undefined

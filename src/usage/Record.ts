@@ -25,6 +25,10 @@ export const UsageRecord = Schema.Struct({
   model: Text,
   /** The API key's name (`default`, or the suffix of AUTHORIZATION_APIKEY_<NAME>); null on an open proxy. */
   api_key_name: Text,
+  /** The `metadata` of the key in the key file (a team, a customer id); null for other keys. */
+  key_metadata: Schema.NullOr(
+    Schema.Record({ key: Schema.String, value: Schema.Union(Schema.String, Schema.Number, Schema.Boolean, Schema.Null) })
+  ),
   user_id: Text,
   user_name: Text,
   user_email: Text,

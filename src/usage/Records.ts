@@ -22,21 +22,26 @@ const requestModelCounts = (exchange: Exchange) => asksForUsage(exchange.route) 
 export const recordOf = (exchange: Exchange): UsageRecord | undefined => {
   const { caller, reading } = exchange
   // Ollama never got the request: nothing was used.
-  if (reading.outcome === "unavailable" || reading.outcome === "rejected" || reading.loadOnly) return undefined
+  const outcome = reading.outcome
+  if (outcome === "unavailable" || outcome === "rejected" || outcome === "forbidden" || reading.loadOnly) return undefined
   const answer = reading.answer
   const u = answer?.usage
-  const { keyName, ...who } = caller
   return {
     id: randomUUID(),
     request_id: exchange.requestId,
     created_at: u?.createdAt ?? new Date().toISOString(),
     endpoint: exchange.path,
     model: u?.model ?? (requestModelCounts(exchange) ? reading.requestModel ?? null : null) ?? answer?.firstModel ?? null,
-    api_key_name: keyName,
-    ...who,
+    api_key_name: caller.keyName,
+    key_metadata: caller.key?.metadata ?? null,
+    user_id: caller.user_id,
+    user_name: caller.user_name,
+    user_email: caller.user_email,
+    user_role: caller.user_role,
+    chat_id: caller.chat_id,
     status: reading.status,
     // A 200 whose body ends in an error object failed mid-response, even though it ended cleanly.
-    outcome: reading.outcome === "completed" && reading.failedInBody ? "upstream_error" : reading.outcome,
+    outcome: outcome === "completed" && reading.failedInBody ? "upstream_error" : outcome,
     stream: reading.stream ?? reading.requestStream ?? null,
     done_reason: u?.doneReason ?? null,
     total_duration: u?.totalDuration ?? null,

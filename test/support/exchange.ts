@@ -11,11 +11,14 @@ import { endWatches, Exchange, type ExchangeConsumer, openWatches } from "../../
 import { type Outcome, Reading } from "../../src/exchange/Reading.js"
 import { targetOf } from "../../src/exchange/Target.js"
 import { makeUsageReader, type UsageReaderFactory } from "../../src/exchange/UsageReader.js"
+import { ALL_SCOPES, type KeyPolicy } from "../../src/keys/ApiKeys.js"
+import { ModelRule } from "../../src/keys/Models.js"
 
 export interface PlayedExchange {
   readonly method?: string
   readonly url: string
   readonly headers?: IncomingHttpHeaders
+  /** The name of the caller's key (one that may do anything), or null on an open proxy. */
   readonly keyName?: string | null
   readonly body?: string
   /** The answer from Ollama; leave out for exchanges that never got one. */
@@ -25,6 +28,16 @@ export interface PlayedExchange {
   /** For answers the proxy writes itself (401, 503), the status it wrote. */
   readonly proxyStatus?: number
 }
+
+const keyNamed = (name: string): KeyPolicy => ({
+  name,
+  scopes: new Set(ALL_SCOPES),
+  models: ModelRule.all,
+  expiresAt: undefined,
+  disabled: false,
+  metadata: undefined,
+  source: "environment"
+})
 
 const rethrow = (_exchange: Exchange, _consumer: ExchangeConsumer, _stage: string, cause: unknown) => {
   throw cause
@@ -51,7 +64,7 @@ export const play = (
     path,
     target.forward,
     classify(req.method, path),
-    callerOf(played.keyName ?? null, req.headers),
+    callerOf(played.keyName ? keyNamed(played.keyName) : null, req.headers),
     readers,
     (e) => endWatches(e, rethrow)
   )
