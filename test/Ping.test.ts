@@ -1,11 +1,23 @@
+import { HttpServerRequest } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
+import { AppConfig } from "../src/Config.js"
+import { ApiKeys } from "../src/http/Auth.js"
 import { ping } from "../src/http/Ping.js"
 import { type HealthSnapshot, OllamaHealth } from "../src/ollama/Health.js"
 import { Preloader, type PreloadSnapshot } from "../src/ollama/Preloader.js"
 import { OllamaProcess, ProcessState } from "../src/ollama/Process.js"
 
-const answer = (health: HealthSnapshot, preload: PreloadSnapshot, process: ProcessState = ProcessState.Unmanaged()) =>
+const KEY = "ping-key-0123"
+const withKey = { authorization: `Bearer ${KEY}` }
+
+const answer = (
+  health: HealthSnapshot,
+  preload: PreloadSnapshot,
+  process: ProcessState = ProcessState.Unmanaged(),
+  headers: Record<string, string> = withKey,
+  env: Record<string, string> = { AUTHORIZATION_APIKEY: KEY }
+) =>
   Effect.gen(function*() {
     const response = yield* ping
     const body = response.body._tag === "Uint8Array" ? JSON.parse(new TextDecoder().decode(response.body.body)) : undefined
@@ -14,7 +26,9 @@ const answer = (health: HealthSnapshot, preload: PreloadSnapshot, process: Proce
     Effect.provide(Layer.mergeAll(
       Layer.succeed(OllamaHealth, OllamaHealth.make({ snapshot: () => health } as never)),
       Layer.succeed(Preloader, Preloader.make({ snapshot: () => preload })),
-      Layer.succeed(OllamaProcess, OllamaProcess.make({ managed: true, current: () => process } as never))
+      Layer.succeed(OllamaProcess, OllamaProcess.make({ managed: true, current: () => process } as never)),
+      Layer.succeed(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request("http://worker/ping", { headers }))),
+      ApiKeys.Default.pipe(Layer.provide(AppConfig.fromEnv(env)))
     ))
   )
 
@@ -47,6 +61,7 @@ describe("/ping", () => {
       expect(status).toBe(200)
       expect(body).toEqual({
         status: "ready",
+        state: "up",
         ollama: {
           state: "up",
           since: "1970-01-01T00:00:00.000Z",
@@ -76,5 +91,30 @@ describe("/ping", () => {
       expect(status).toBe(503)
       expect(body.status).toBe("unhealthy")
       expect(body.ollama).toMatchObject({ state: "down", process: "restarting", last_exit: { code: null, signal: "SIGKILL" } })
+    }))
+
+  it.effect("tells a caller without a valid key the status and state only, with the same status code", () =>
+    Effect.gen(function*() {
+      const up = { state: "up", since: 0, version: "0.32.15" } as const
+      const preload: PreloadSnapshot = { state: "done", models: [{ model: "secret-model", state: "failed", error: "x" }] }
+      const running = ProcessState.Running({ pid: 42, since: 0, restarts: 0 })
+      for (const headers of [{}, { authorization: "Bearer wrong" }, { "x-api-key": "wrong" }]) {
+        const { body, status } = yield* answer(up, preload, running, headers)
+        expect(status).toBe(200)
+        expect(body).toEqual({ status: "ready", state: "up" })
+      }
+      const down = yield* answer({ state: "down", since: 0 }, preload, running, {})
+      expect(down.status).toBe(503)
+      expect(down.body).toEqual({ status: "unhealthy", state: "down", reason: "ollama is not answering" })
+      expect(JSON.stringify(down.body)).not.toMatch(/secret-model|42|0\.32/)
+      // With the key, RunPod's own bearer beside it: the details.
+      const keyed = yield* answer(up, preload, running, { authorization: "Bearer rpa_RUNPOD", "x-api-key": KEY })
+      expect(keyed.body.ollama).toMatchObject({ version: "0.32.15", pid: 42 })
+    }))
+
+  it.effect("gives the details to everyone on an open proxy", () =>
+    Effect.gen(function*() {
+      const { body } = yield* answer({ state: "up", since: 0, version: "0.32.15" }, done, undefined, {}, {})
+      expect(body.ollama.version).toBe("0.32.15")
     }))
 })

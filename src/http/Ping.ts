@@ -2,12 +2,18 @@
  * /ping, RunPod's health check: 204 while initializing (Ollama has not answered yet, or the
  * preload runs), 200 when Ollama answers and the preload is over, 503 when Ollama is down after
  * having been up. Answered from state only; never waits on Ollama.
+ *
+ * The health checker sends no key, so the status code never depends on one. Without a valid key
+ * the body says only whether the worker is ready and why not; the details (Ollama's version, its
+ * pid, the model names) are for callers with a key.
  */
-import { HttpServerResponse } from "@effect/platform"
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect } from "effect"
+import type { IncomingHttpHeaders } from "node:http"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess, type ProcessState } from "../ollama/Process.js"
+import { ApiKeys } from "./Auth.js"
 
 const processBody = (process: ProcessState) => {
   switch (process._tag) {
@@ -36,9 +42,18 @@ export const ping = Effect.gen(function*() {
   if (state === "starting" || (state === "up" && preload.state !== "done")) {
     return HttpServerResponse.empty({ status: 204 })
   }
+  const ready = state === "up"
+  const status = ready ? 200 : 503
+  const summary = { status: ready ? "ready" : "unhealthy", state, ...(ready ? {} : { reason: "ollama is not answering" }) }
+
+  const keys = yield* ApiKeys
+  const request = yield* HttpServerRequest.HttpServerRequest
+  if (!keys.open && !keys.authenticate(request.headers as IncomingHttpHeaders).ok) {
+    return HttpServerResponse.unsafeJson(summary, { status })
+  }
   const failures = preload.models.filter((m) => m.state === "failed")
   const body = {
-    status: state === "up" ? "ready" : "unhealthy",
+    ...summary,
     ollama: {
       state,
       since: new Date(since).toISOString(),
@@ -53,5 +68,5 @@ export const ping = Effect.gen(function*() {
       failures: failures.map((m) => ({ model: m.model, error: m.error }))
     }
   }
-  return HttpServerResponse.unsafeJson(body, { status: state === "up" ? 200 : 503 })
+  return HttpServerResponse.unsafeJson(body, { status })
 })
