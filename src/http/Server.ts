@@ -29,14 +29,16 @@ export class ListenError extends Data.TaggedError("ListenError")<{
   }
 }
 
-const controlRoutes = HttpRouter.empty.pipe(
-  // The router treats `/ping/` as `/ping`.
-  HttpRouter.get("/ping", ping),
-  HttpRouter.head("/ping", ping),
-  HttpRouter.get("/metrics", metricsRoute)
-)
+/** The health check on each of its paths (`/ping`, HEALTH_CHECK_PATH), and /metrics. */
+const controlRoutes = (healthPaths: ReadonlyArray<`/${string}`>) =>
+  HttpRouter.fromIterable([
+    // The router treats `/ping/` as `/ping`.
+    ...healthPaths.flatMap((path) => [HttpRouter.makeRoute("GET", path, ping), HttpRouter.makeRoute("HEAD", path, ping)]),
+    HttpRouter.makeRoute("GET", "/metrics", metricsRoute)
+  ])
 
-const CONTROL_PATHS = new Set(["/ping", "/ping/", "/metrics", "/metrics/"])
+const controlPaths = (healthPaths: ReadonlyArray<string>) =>
+  new Set([...healthPaths.flatMap((path) => [path, `${path}/`]), "/metrics", "/metrics/"])
 
 const listen = (server: NodeServer, port: number, host: string) =>
   Effect.async<number, ListenError>((resume) => {
@@ -91,9 +93,12 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     const keys = yield* ApiKeys
     const proxy = yield* Proxy
     const taps = yield* ExchangeTaps
+    const CONTROL_PATHS = controlPaths(config.healthPaths)
     // No span per health check or scrape: the handler's runtime has the tracer middleware off.
     const control = yield* NodeHttpServer.makeHandler(
-      controlRoutes.pipe(Effect.catchTag("RouteNotFound", () => HttpServerResponse.text("404 page not found", { status: 404 })))
+      controlRoutes(config.healthPaths).pipe(
+        Effect.catchTag("RouteNotFound", () => HttpServerResponse.text("404 page not found", { status: 404 }))
+      )
     ).pipe(HttpMiddleware.withTracerDisabledWhenEffect(() => true))
 
     const onRequest = (req: IncomingMessage, res: ServerResponse) => {

@@ -73,8 +73,11 @@ const NO_GENERATE = /does not support generate/i
 /** How the model was loaded into memory. */
 export type WarmedWith = "generate" | "embed"
 
-/** Loading a large model can take minutes (OLLAMA_LOAD_TIMEOUT is 5 minutes by default). */
-const WARM_TIMEOUT = Duration.minutes(10)
+/**
+ * Beyond Ollama's own load timeout (a stall limit: a load that makes progress may take longer),
+ * how long a warm-up waits before counting as failed and being retried.
+ */
+const WARM_GRACE = Duration.minutes(1)
 /** A pull sends progress several times a second; this long without a line is a stuck pull. */
 const PULL_IDLE_TIMEOUT = Duration.minutes(5)
 
@@ -85,6 +88,8 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
       HttpClient.mapRequest(HttpClientRequest.prependUrl(config.ollama.origin)),
       HttpClient.mapRequest(HttpClientRequest.setHeader("host", config.ollama.hostHeader))
     )
+
+    const warmTimeout = Duration.sum(config.ollamaLoadTimeout.duration, WARM_GRACE)
 
     /** `GET /` answers 200 once `ollama serve` can take requests (it logs "Listening" earlier). */
     const ping = (timeout: Duration.DurationInput) =>
@@ -189,8 +194,9 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
         ),
         Effect.scoped,
         Effect.timeoutFail({
-          duration: WARM_TIMEOUT,
-          onTimeout: () => new OllamaUnavailable({ operation: "warm", cause: "the model did not load within 10 minutes" })
+          duration: warmTimeout,
+          onTimeout: () =>
+            new OllamaUnavailable({ operation: "warm", cause: `the model did not load within ${Duration.format(warmTimeout)}` })
         }),
         Effect.withSpan("OllamaClient.warm", { attributes: { model } })
       )

@@ -7,7 +7,7 @@
 import { Command, CommandExecutor } from "@effect/platform"
 import { NodeCommandExecutor, NodeFileSystem } from "@effect/platform-node"
 import { Clock, Data, Deferred, Duration, Effect, Fiber, Layer, LogLevel, Metric, Schedule, Stream, SubscriptionRef } from "effect"
-import { AppConfig, Environment } from "../Config.js"
+import { AppConfig, DEFAULT_LOAD_TIMEOUT, Environment } from "../Config.js"
 import { ollamaRestarts } from "../telemetry/Metrics.js"
 
 /** `OLLAMA_BIN serve` could not be started at all (missing, not executable). */
@@ -216,7 +216,11 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
     const executor = yield* CommandExecutor.CommandExecutor
     // The Environment overlays the process environment (they are the same object in production),
     // so OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_HOST... reach the child as the user set them.
-    const command = Command.make(config.ollamaBin, "serve").pipe(Command.env(environment))
+    // Ollama's own load timeout (5 minutes without progress) is too short for a large model read
+    // from a cold network volume; unset, it gets what RunPod's own Ollama worker uses.
+    const command = Command.make(config.ollamaBin, "serve").pipe(
+      Command.env(config.ollamaLoadTimeout.fromUser ? environment : { ...environment, OLLAMA_LOAD_TIMEOUT: DEFAULT_LOAD_TIMEOUT })
+    )
 
     let current: ProcessState = ProcessState.Starting({ restarts: 0 })
     const changes = yield* SubscriptionRef.make<ProcessState>(current)

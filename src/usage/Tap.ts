@@ -6,6 +6,7 @@
 import { Effect, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders } from "node:http"
+import { AppConfig, type WorkerIdentity } from "../Config.js"
 import type { ExchangeRewrite, ExchangeTap, Outcome as ExchangeOutcome } from "../http/Exchange.js"
 import { pathOf, whoFrom } from "../http/Headers.js"
 import { exchangeParentSpan } from "../telemetry/Tracing.js"
@@ -46,7 +47,11 @@ const includeUsageRewrite = (path: string): ExchangeRewrite => {
  */
 const REQUEST_MODEL_ENDPOINTS: ReadonlySet<string> = new Set([...INCLUDE_USAGE_ENDPOINTS, "/api/embeddings"])
 
-export const makeUsageTap = (deliver: (record: UsageRecord, parent: Tracer.ExternalSpan | undefined) => void): ExchangeTap => (context) => {
+export const makeUsageTap = (
+  deliver: (record: UsageRecord, parent: Tracer.ExternalSpan | undefined) => void,
+  worker: WorkerIdentity = {}
+): ExchangeTap =>
+(context) => {
   const path = pathOf(context.req.url)
   const kind = apiKindOf(context.req.method, path)
   if (kind === undefined) return undefined
@@ -89,7 +94,8 @@ export const makeUsageTap = (deliver: (record: UsageRecord, parent: Tracer.Exter
         eval_count: u.evalCount,
         eval_duration: u.evalDuration,
         time_to_first_chunk_ms: meter.firstChunkAt === null ? null : millis(meter.firstChunkAt - context.startedAt),
-        duration_ms: millis(performance.now() - context.startedAt)
+        duration_ms: millis(performance.now() - context.startedAt),
+        ...worker
       }, exchangeParentSpan(context.req))
     }
   }
@@ -98,8 +104,9 @@ export const makeUsageTap = (deliver: (record: UsageRecord, parent: Tracer.Exter
 export class UsageTap extends Effect.Service<UsageTap>()("app/UsageTap", {
   effect: Effect.gen(function*() {
     const webhook = yield* UsageWebhook
+    const { worker } = yield* AppConfig
     // Without a webhook no record has anywhere to go: the proxy then meters nothing.
-    const tap: ExchangeTap | undefined = webhook.enabled ? makeUsageTap(webhook.offer) : undefined
+    const tap: ExchangeTap | undefined = webhook.enabled ? makeUsageTap(webhook.offer, worker) : undefined
     return { tap } as const
   }),
   dependencies: [UsageWebhook.Default]

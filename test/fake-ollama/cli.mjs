@@ -10,7 +10,7 @@ import os from "node:os"
 import { parseOllamaHost } from "./host.mjs"
 import { VERSION } from "./models.mjs"
 import { startFakeOllama } from "./server.mjs"
-import { goDuration, slogLine } from "./wire.mjs"
+import { goDuration, parseGoDuration, slogLine } from "./wire.mjs"
 
 const USAGE = `Large language model runner
 
@@ -193,6 +193,19 @@ function ginLine(/** @type {import("./server.mjs").RecordedRequest} */ rec, /** 
   }  ${JSON.stringify(rec.path)}\n`
 }
 
+/** envconfig.LoadTimeout as `%v` prints it: a Go duration or whole seconds, 5m by default, 0 or less for ever. */
+function loadTimeout(/** @type {string | undefined} */ raw) {
+  let ns = 300e9
+  if (raw) {
+    try {
+      ns = parseGoDuration(raw)
+    } catch {
+      if (/^[-+]?\d+$/.test(raw)) ns = Number(raw) * 1e9
+    }
+  }
+  return ns <= 0 ? "2562047h47m16.854775807s" : goDuration(ns)
+}
+
 /** The `env` attribute of the "server config" line, Go's map formatting. */
 function configMap(/** @type {Env} */ env, /** @type {string} */ url) {
   const values = {
@@ -200,7 +213,7 @@ function configMap(/** @type {Env} */ env, /** @type {string} */ url) {
     OLLAMA_DEBUG: truthy(env.OLLAMA_DEBUG) ? "DEBUG" : "INFO",
     OLLAMA_HOST: url,
     OLLAMA_KEEP_ALIVE: env.OLLAMA_KEEP_ALIVE ?? "5m0s",
-    OLLAMA_LOAD_TIMEOUT: env.OLLAMA_LOAD_TIMEOUT ?? "5m0s",
+    OLLAMA_LOAD_TIMEOUT: loadTimeout(env.OLLAMA_LOAD_TIMEOUT),
     OLLAMA_MAX_LOADED_MODELS: env.OLLAMA_MAX_LOADED_MODELS ?? "0",
     OLLAMA_MAX_QUEUE: env.OLLAMA_MAX_QUEUE ?? "512",
     OLLAMA_MODELS: env.OLLAMA_MODELS ?? `${os.homedir()}/.ollama/models`,
