@@ -5,8 +5,9 @@
  * FAKE_OLLAMA_* variables (README.md). A few client commands (`--version`, `list`, `ps`, `pull`,
  * `rm`, `show`) talk to a running server over HTTP.
  */
-import { appendFileSync } from "node:fs"
+import { appendFileSync, readFileSync } from "node:fs"
 import os from "node:os"
+import { DEFAULT_VRAM, defaultNumCtx, discoveryLines, parseBytes } from "./gpu.mjs"
 import { parseOllamaHost } from "./host.mjs"
 import { VERSION } from "./models.mjs"
 import { startFakeOllama } from "./server.mjs"
@@ -105,6 +106,23 @@ export async function main(argv = process.argv.slice(2), env = process.env) {
       process.stderr.write(`Error: unknown command ${JSON.stringify(command)} for "ollama"\n`)
       return 1
   }
+}
+
+/**
+ * The GPU memory this start finds: FAKE_OLLAMA_VRAM_FILE's content when that file exists (read at
+ * every start, so a test can change it between restarts), else FAKE_OLLAMA_VRAM, else an L4's.
+ */
+function vramOf(/** @type {Env} */ env) {
+  const file = env.FAKE_OLLAMA_VRAM_FILE
+  if (file) {
+    try {
+      const fromFile = parseBytes(readFileSync(file, "utf8"))
+      if (fromFile !== undefined) return fromFile
+    } catch {
+      // no file: the variable decides
+    }
+  }
+  return parseBytes(env.FAKE_OLLAMA_VRAM) ?? DEFAULT_VRAM
 }
 
 /** Where a client reaches the server: a wildcard bind is reached on 127.0.0.1. */
@@ -260,6 +278,7 @@ async function serve(env) {
   }
 
   const recordFile = env.FAKE_OLLAMA_RECORD_FILE || env.FAKE_OLLAMA_STATE_FILE
+  const vram = vramOf(env)
   const startupDelayMs = numberVar(env, "STARTUP_DELAY_MS") ?? 0
   /** @type {() => void} */
   let markReady = () => {}
@@ -281,6 +300,8 @@ async function serve(env) {
       pullDelayMs: numberVar(env, "PULL_DELAY_MS"),
       loadDelayMs: numberVar(env, "LOAD_DELAY_MS"),
       keepAlive: env.OLLAMA_KEEP_ALIVE || undefined,
+      vram,
+      defaultNumCtx: Number(env.OLLAMA_CONTEXT_LENGTH) || defaultNumCtx(vram),
       origins: (env.OLLAMA_ORIGINS ?? "").split(",").filter(Boolean),
       recordRequests: false,
       ready,
@@ -315,7 +336,7 @@ async function serve(env) {
   log("INFO", "total blobs: 0", {}, "images.go:518")
   log("INFO", "total unused blobs removed: 0", {}, "images.go:525")
   log("INFO", `Listening on ${shown} (version ${VERSION})`, {}, "routes.go:1597")
-  log("DEBUG", "updating default concurrency", { OLLAMA_MAX_LOADED_MODELS: 3, gpu_count: 0 }, "sched.go:121")
+  log("DEBUG", "updating default concurrency", { OLLAMA_MAX_LOADED_MODELS: 3, gpu_count: vram > 0 ? 1 : 0 }, "sched.go:121")
   log("INFO", "discovering available GPUs...", {}, "runner.go:80")
 
   const exitAfterMs = numberVar(env, "EXIT_AFTER_MS")
@@ -327,21 +348,7 @@ async function serve(env) {
   }
 
   if (startupDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, startupDelayMs))
-  log("INFO", "inference compute", {
-    id: "cpu",
-    library: "cpu",
-    compute: "",
-    name: "cpu",
-    description: "cpu",
-    libdirs: "ollama",
-    driver: "",
-    pci_id: "",
-    type: "",
-    total: "15.6 GiB",
-    available: "12.1 GiB"
-  }, "types.go:60")
-  log("WARN", "no compatible GPUs were discovered, running on CPU", {}, "runner.go:126")
-  log("INFO", "vram-based default context", { total_vram: "0 B", default_num_ctx: 4096 }, "routes.go:1657")
+  for (const [msg, attrs, source] of discoveryLines(vram)) log("INFO", msg, attrs, source)
   markReady()
   return new Promise(() => {})
 }
