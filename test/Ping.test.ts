@@ -4,6 +4,7 @@ import { Effect, Layer } from "effect"
 import { AppConfig } from "../src/Config.js"
 import { ApiKeys } from "../src/http/Auth.js"
 import { ping } from "../src/http/Ping.js"
+import { GpuCheck, type GpuSnapshot, holdsBack, keepsOut } from "../src/ollama/Gpu.js"
 import { type HealthSnapshot, OllamaHealth } from "../src/ollama/Health.js"
 import { Preloader, type PreloadSnapshot } from "../src/ollama/Preloader.js"
 import { OllamaProcess, ProcessState } from "../src/ollama/Process.js"
@@ -16,7 +17,8 @@ const answer = (
   preload: PreloadSnapshot,
   process: ProcessState = ProcessState.Unmanaged(),
   headers: Record<string, string> = withKey,
-  env: Record<string, string> = { AUTHORIZATION_APIKEY: KEY }
+  env: Record<string, string> = { AUTHORIZATION_APIKEY: KEY },
+  gpu: { required: boolean; snapshot: GpuSnapshot } = { required: false, snapshot: { state: "none", models: [] } }
 ) =>
   Effect.gen(function*() {
     const response = yield* ping
@@ -25,7 +27,17 @@ const answer = (
   }).pipe(
     Effect.provide(Layer.mergeAll(
       Layer.succeed(OllamaHealth, OllamaHealth.make({ snapshot: () => health } as never)),
-      Layer.succeed(Preloader, Preloader.make({ snapshot: () => preload })),
+      Layer.succeed(Preloader, Preloader.make({ snapshot: () => preload } as never)),
+      Layer.succeed(
+        GpuCheck,
+        GpuCheck.make({
+          required: gpu.required,
+          snapshot: () => gpu.snapshot,
+          computeDevices: () => [{ id: "cpu", library: "cpu" }],
+          failing: () => keepsOut(gpu.required, gpu.snapshot),
+          pending: () => holdsBack(gpu.required, gpu.snapshot)
+        })
+      ),
       Layer.succeed(OllamaProcess, OllamaProcess.make({ managed: true, current: () => process } as never)),
       Layer.succeed(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request("http://worker/ping", { headers }))),
       ApiKeys.Default.pipe(Layer.provide(AppConfig.fromEnv(env)))
@@ -80,7 +92,8 @@ describe("/ping", () => {
             { model: "nope", state: "failed", error: "model \"nope\" not found" }
           ],
           failures: [{ model: "nope", error: "model \"nope\" not found" }]
-        }
+        },
+        gpu: { required: false, state: "none", models: [], ollama_compute: [{ id: "cpu", library: "cpu" }] }
       })
     }))
 
@@ -117,4 +130,60 @@ describe("/ping", () => {
       const { body } = yield* answer({ state: "up", since: 0, version: "0.32.15" }, done, undefined, {}, {})
       expect(body.ollama.version).toBe("0.32.15")
     }))
+
+  describe("with REQUIRE_GPU", () => {
+    const up = { state: "up", since: 0, version: "0.32.15" } as const
+    const running = ProcessState.Running({ pid: 42, since: 0, restarts: 0 })
+    const onCpu: GpuSnapshot = {
+      state: "insufficient",
+      checkedAt: 0,
+      models: [{ model: "a", size: 2_000, size_vram: 0, vram_ratio: 0 }]
+    }
+    const required = (snapshot: GpuSnapshot) => ({ required: true, snapshot })
+    const env = { AUTHORIZATION_APIKEY: KEY }
+
+    it.effect("is 204 after the preload until the check has looked", () =>
+      Effect.gen(function*() {
+        const { status } = yield* answer(up, done, running, {}, env, required({ state: "pending", models: [] }))
+        expect(status).toBe(204)
+      }))
+
+    it.effect("is 503 with the reason when a model is on the CPU; the details need a key", () =>
+      Effect.gen(function*() {
+        const keyless = yield* answer(up, done, running, {}, env, required(onCpu))
+        expect(keyless.status).toBe(503)
+        expect(keyless.body).toEqual({
+          status: "unhealthy",
+          state: "up",
+          reason: "a preloaded model is not entirely in GPU memory (REQUIRE_GPU=true)"
+        })
+        const keyed = yield* answer(up, done, running, withKey, env, required(onCpu))
+        expect(keyed.status).toBe(503)
+        expect(keyed.body.gpu).toEqual({
+          required: true,
+          state: "insufficient",
+          checked_at: "1970-01-01T00:00:00.000Z",
+          models: [{ model: "a", size: 2_000, size_vram: 0, vram_ratio: 0 }],
+          ollama_compute: [{ id: "cpu", library: "cpu" }]
+        })
+      }))
+
+    it.effect("is 503 when /api/ps could not be read, 200 when all is in GPU memory", () =>
+      Effect.gen(function*() {
+        const unknown = yield* answer(up, done, running, {}, env, required({ state: "unknown", models: [], error: "x" }))
+        expect([unknown.status, unknown.body.reason]).toEqual([
+          503,
+          "cannot tell whether the preloaded models are in GPU memory (REQUIRE_GPU=true)"
+        ])
+        const ok = yield* answer(up, done, running, {}, env, required({ state: "ok", checkedAt: 0, models: [] }))
+        expect(ok.status).toBe(200)
+      }))
+
+    it.effect("without it, a model on the CPU shows in the details only", () =>
+      Effect.gen(function*() {
+        const { body, status } = yield* answer(up, done, running, withKey, env, { required: false, snapshot: onCpu })
+        expect(status).toBe(200)
+        expect(body.gpu).toMatchObject({ required: false, state: "insufficient" })
+      }))
+  })
 })

@@ -9,6 +9,7 @@ import { Data, Duration, Effect } from "effect"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import { AppConfig } from "../Config.js"
+import { GpuCheck } from "../ollama/Gpu.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
@@ -142,5 +143,13 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     )
     return { port, healthPort } as const
   }),
-  dependencies: [ApiKeys.Default, Proxy.Default, OllamaHealth.Default, Preloader.Default, OllamaProcess.Default, PrometheusMetrics.Default]
+  dependencies: [
+    ApiKeys.Default,
+    Proxy.Default,
+    OllamaHealth.Default,
+    Preloader.Default,
+    GpuCheck.Default,
+    OllamaProcess.Default,
+    PrometheusMetrics.Default
+  ]
 }) {}

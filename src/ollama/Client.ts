@@ -1,6 +1,6 @@
 /**
  * OllamaClient: the typed calls the proxy itself makes to Ollama (health, version, models, pull,
- * warm). Client traffic does not go through here; it takes the Proxy's byte path.
+ * warm, what is in memory). Client traffic does not go through here; it takes the Proxy's byte path.
  */
 import { HttpClient, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
@@ -62,6 +62,20 @@ export const LocalModel = Schema.Struct({
 export type LocalModel = typeof LocalModel.Type
 
 const Tags = Schema.Struct({ models: Schema.NullOr(Schema.Array(LocalModel)) })
+
+/**
+ * A model in memory, from `GET /api/ps` (api.ProcessModelResponse): `size` is its whole footprint,
+ * `size_vram` the part in GPU memory; less than `size` means the rest runs on the CPU.
+ */
+export const RunningModel = Schema.Struct({
+  name: Schema.String,
+  model: Schema.String,
+  size: Schema.Number,
+  size_vram: Schema.Number
+})
+export type RunningModel = typeof RunningModel.Type
+
+const Running = Schema.Struct({ models: Schema.NullOr(Schema.Array(RunningModel)) })
 
 const decodeProgress = Schema.decodeUnknownOption(Schema.parseJson(PullProgress))
 
@@ -212,7 +226,18 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
       Effect.withSpan("OllamaClient.tags")
     )
 
-    return { http, ping, version, pull, warm, tags } as const
+    /** `GET /api/ps`: the models in memory, and how much of each is in GPU memory. */
+    const ps = http.get("/api/ps").pipe(
+      Effect.flatMap(HttpClientResponse.filterStatusOk),
+      Effect.flatMap(HttpClientResponse.schemaBodyJson(Running)),
+      Effect.map((running): ReadonlyArray<RunningModel> => running.models ?? []),
+      Effect.scoped,
+      Effect.timeout("10 seconds"),
+      Effect.mapError((cause) => new OllamaUnavailable({ operation: "GET /api/ps", cause })),
+      Effect.withSpan("OllamaClient.ps")
+    )
+
+    return { http, ping, version, pull, warm, tags, ps } as const
   }),
   dependencies: [NodeHttpClient.layerUndici]
 }) {}
