@@ -121,14 +121,14 @@ export class GpuCheck extends Effect.Service<GpuCheck>()("app/GpuCheck", {
       }
       const models = placementsOf(ready, running.right)
       yield* Effect.forEach(models, (m) => setModelVramRatio(m.model, m.vram_ratio), { discard: true })
-      const offCpu = models.filter((m) => m.size_vram < m.size)
-      snapshot = { state: offCpu.length === 0 ? "ok" : "insufficient", checkedAt, models }
-      if (offCpu.length === 0) {
+      const onCpu = models.filter((m) => m.size_vram < m.size)
+      snapshot = { state: onCpu.length === 0 ? "ok" : "insufficient", checkedAt, models }
+      if (onCpu.length === 0 && models.length > 0) {
         yield* Effect.logInfo("preloaded models are in GPU memory").pipe(
           Effect.annotateLogs({ models: models.map((m) => m.model).join(",") })
         )
       }
-      yield* Effect.forEach(offCpu, report, { discard: true })
+      yield* Effect.forEach(onCpu, report, { discard: true })
     }).pipe(Effect.withSpan("GpuCheck.check"))
 
     if (!nothingToCheck) {
