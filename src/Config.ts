@@ -25,14 +25,36 @@ export interface ApiKeyConfig {
   readonly hashed: boolean
 }
 
+/**
+ * Who this worker is, as RunPod's environment tells it (RUNPOD_POD_ID, RUNPOD_ENDPOINT_ID,
+ * RUNPOD_DC_ID), under the names the usage record gives them; a variable that is not set is left
+ * out, so elsewhere this is `{}`.
+ */
+export type WorkerIdentity = {
+  readonly runpod_pod_id?: string
+  readonly runpod_endpoint_id?: string
+  readonly runpod_dc_id?: string
+}
+
 export interface AppConfigShape {
   readonly port: number
   readonly healthPort: number
+  /** Where the health check is answered: `/ping`, and HEALTH_CHECK_PATH when it names another path. */
+  readonly healthPaths: ReadonlyArray<`/${string}`>
   readonly host: string
   readonly ollama: OllamaHost
   readonly ollamaBin: string
   readonly ollamaManaged: boolean
   readonly ollamaStopTimeout: Duration.Duration
+  /**
+   * How long a model load may stall before Ollama gives up (OLLAMA_LOAD_TIMEOUT, by Ollama's rules;
+   * infinite for 0 or less). Unset, `ollama serve` is started with DEFAULT_LOAD_TIMEOUT instead of
+   * its own 5 minutes.
+   */
+  readonly ollamaLoadTimeout: { readonly duration: Duration.Duration; readonly fromUser: boolean }
+  /** REQUIRE_GPU: a preloaded model not entirely in GPU memory makes the worker unhealthy. */
+  readonly requireGpu: boolean
+  readonly worker: WorkerIdentity
   readonly shutdownTimeout: Duration.Duration
   readonly apiKeys: ReadonlyArray<ApiKeyConfig>
   /** The scopes of AUTHORIZATION_APIKEY* keys, and of key file entries that name none. */
@@ -152,6 +174,45 @@ const parseHttpUrl: Parse<URL> = (raw) => {
     // reported below
   }
   return Either.left(`${quoted(raw)} is not an http(s) URL`)
+}
+
+/**
+ * HEALTH_CHECK_PATH, the path RunPod's load balancer polls instead of `/ping` when set (its
+ * load-balancing overview, "Health checks": https://docs.runpod.io/serverless/load-balancing/overview).
+ * Ollama's own API paths and `/metrics` cannot be taken over.
+ */
+export const parseHealthPath: Parse<`/${string}`> = (raw) => {
+  const v = raw.trim()
+  if (!v.startsWith("/") || /[\s?#%]/.test(v)) return Either.left(`${quoted(raw)} is not a path (like /health)`)
+  const path = (v.replace(/\/+$/, "") || "/") as `/${string}`
+  if (path === "/metrics" || /^\/(api|v1)(\/|$)/.test(path)) {
+    return Either.left(`${quoted(raw)} is taken: /metrics is the proxy's, /api/... and /v1/... are Ollama's`)
+  }
+  return Either.right(path)
+}
+
+/** What `ollama serve` is given for OLLAMA_LOAD_TIMEOUT when it is unset, as RunPod's own Ollama worker does. */
+export const DEFAULT_LOAD_TIMEOUT = "60m"
+
+const GO_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, "μs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+
+/**
+ * OLLAMA_LOAD_TIMEOUT as Ollama reads it (envconfig.LoadTimeout): a Go duration (`10m`, `1h30m`)
+ * or whole seconds; 0 or less means no limit.
+ */
+export const parseLoadTimeout: Parse<Duration.Duration> = (raw) => {
+  const v = raw.trim()
+  let millis: number
+  if (/^[-+]?\d+$/.test(v)) {
+    millis = Number(v) * 1000
+  } else if (/^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$/.test(v)) {
+    const sign = v.startsWith("-") ? -1 : 1
+    millis = sign * [...v.matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/g)]
+      .reduce((sum, m) => sum + Number(m[1]) * GO_UNITS[m[2]!]!, 0)
+  } else {
+    return Either.left(`${quoted(raw)} is not a duration (like 10m, 1h30m, or seconds)`)
+  }
+  return Either.right(millis > 0 ? Duration.millis(millis) : Duration.infinity)
 }
 
 /** Ollama's keep_alive: a number of seconds (negative = forever) or a duration string like `5m`. */
@@ -307,11 +368,17 @@ const readPreloadModels = (env: Readonly<Record<string, string | undefined>>) =>
 const fromConfig = Config.all({
   port: firstOf(["PORT", "AUTHORIZATION_PORT"], parsePort),
   healthPort: optional("PORT_HEALTH", parsePort),
+  healthPath: optional("HEALTH_CHECK_PATH", parseHealthPath),
   host: firstOf(["HOST", "AUTHORIZATION_HOST"], text),
   ollamaHost: Config.option(Config.string("OLLAMA_HOST")),
   ollamaBin: withDefault("OLLAMA_BIN", text, "ollama"),
   ollamaManaged: withDefault("OLLAMA_MANAGED", parseBoolean, true),
   ollamaStopTimeout: withDefault("OLLAMA_STOP_TIMEOUT", parseDuration, Duration.seconds(10)),
+  ollamaLoadTimeout: optional("OLLAMA_LOAD_TIMEOUT", parseLoadTimeout),
+  requireGpu: withDefault("REQUIRE_GPU", parseBoolean, false),
+  runpodPodId: optional("RUNPOD_POD_ID", text),
+  runpodEndpointId: optional("RUNPOD_ENDPOINT_ID", text),
+  runpodDcId: optional("RUNPOD_DC_ID", text),
   shutdownTimeout: withDefault("SHUTDOWN_TIMEOUT", parseDuration, Duration.seconds(25)),
   preloadKeepAlive: withDefault<string | number>("PRELOAD_KEEP_ALIVE", parseKeepAlive, -1),
   preloadConcurrency: withDefault("PRELOAD_CONCURRENCY", parsePositiveInt, 2),
@@ -406,11 +473,25 @@ export const loadAppConfig = Effect.gen(function*() {
   const config: AppConfigShape = {
     port,
     healthPort: Option.getOrElse(raw.healthPort, () => port),
+    healthPaths: Option.match(raw.healthPath, {
+      onNone: () => ["/ping"],
+      onSome: (path) => path === "/ping" ? ["/ping"] : ["/ping", path]
+    }),
     host: Option.getOrElse(raw.host, () => "0.0.0.0"),
     ollama: parseOllamaHost(Option.getOrUndefined(raw.ollamaHost)),
     ollamaBin: raw.ollamaBin,
     ollamaManaged: raw.ollamaManaged,
     ollamaStopTimeout: raw.ollamaStopTimeout,
+    ollamaLoadTimeout: Option.match(raw.ollamaLoadTimeout, {
+      onNone: () => ({ duration: Either.getOrThrow(parseLoadTimeout(DEFAULT_LOAD_TIMEOUT)), fromUser: false }),
+      onSome: (duration) => ({ duration, fromUser: true })
+    }),
+    requireGpu: raw.requireGpu,
+    worker: {
+      ...Option.match(raw.runpodPodId, { onNone: () => ({}), onSome: (id) => ({ runpod_pod_id: id }) }),
+      ...Option.match(raw.runpodEndpointId, { onNone: () => ({}), onSome: (id) => ({ runpod_endpoint_id: id }) }),
+      ...Option.match(raw.runpodDcId, { onNone: () => ({}), onSome: (id) => ({ runpod_dc_id: id }) })
+    },
     shutdownTimeout: raw.shutdownTimeout,
     apiKeys,
     defaultScopes: raw.defaultScopes,

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Option, Redacted } from "effect"
-import { AppConfig, Environment, loadAppConfig, parseDuration } from "../src/Config.js"
+import { AppConfig, Environment, loadAppConfig, parseDuration, parseLoadTimeout } from "../src/Config.js"
 import { parseOllamaHost } from "../src/ollama/Host.js"
 
 const load = (env: Record<string, string>) => loadAppConfig.pipe(Effect.provide(Environment.layer(env)), Effect.either, Effect.runSync)
@@ -74,7 +74,14 @@ describe("AppConfig", () => {
     [{ OLLAMA_MANAGED: "maybe" }, "OLLAMA_MANAGED:"],
     [{ SHUTDOWN_TIMEOUT: "soon" }, "SHUTDOWN_TIMEOUT:"],
     [{ WEBHOOK_TIMEOUT: "0" }, "WEBHOOK_TIMEOUT: \"0\" must be longer than 0"],
-    [{ WEBHOOK_CONCURRENCY: "0" }, "WEBHOOK_CONCURRENCY:"]
+    [{ WEBHOOK_CONCURRENCY: "0" }, "WEBHOOK_CONCURRENCY:"],
+    [{ REQUIRE_GPU: "please" }, "REQUIRE_GPU:"],
+    [{ HEALTH_CHECK_PATH: "health" }, "HEALTH_CHECK_PATH: \"health\" is not a path"],
+    [{ HEALTH_CHECK_PATH: "/health?x=1" }, "HEALTH_CHECK_PATH:"],
+    [{ HEALTH_CHECK_PATH: "/metrics" }, "HEALTH_CHECK_PATH: \"/metrics\" is taken"],
+    [{ HEALTH_CHECK_PATH: "/api/tags" }, "HEALTH_CHECK_PATH: \"/api/tags\" is taken"],
+    [{ HEALTH_CHECK_PATH: "/v1/" }, "HEALTH_CHECK_PATH:"],
+    [{ OLLAMA_LOAD_TIMEOUT: "an hour" }, "OLLAMA_LOAD_TIMEOUT:"]
   ])("rejects %o with one line naming the variable", (env, expected) => {
     const message = failure(env)
     expect(message).toContain(expected)
@@ -96,6 +103,51 @@ describe("AppConfig", () => {
       const config = yield* AppConfig
       expect(config.port).toBe(1234)
     }).pipe(Effect.provide(AppConfig.fromEnv({ PORT: "1234" }))))
+})
+
+describe("RunPod", () => {
+  it("answers the health check on /ping, and on HEALTH_CHECK_PATH too", () => {
+    expect(Either.getOrThrow(load({})).healthPaths).toEqual(["/ping"])
+    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: " /health/ " })).healthPaths).toEqual(["/ping", "/health"])
+    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: "/ping" })).healthPaths).toEqual(["/ping"])
+    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: "/" })).healthPaths).toEqual(["/ping", "/"])
+    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: "/healthz/ready" })).healthPaths).toEqual(["/ping", "/healthz/ready"])
+  })
+
+  it("requires no GPU unless REQUIRE_GPU says so", () => {
+    expect(Either.getOrThrow(load({})).requireGpu).toBe(false)
+    expect(Either.getOrThrow(load({ REQUIRE_GPU: "true" })).requireGpu).toBe(true)
+  })
+
+  it("reads the worker's identity once, leaving out what is not set", () => {
+    expect(Either.getOrThrow(load({})).worker).toEqual({})
+    expect(Either.getOrThrow(load({ RUNPOD_POD_ID: "abc123xyz", RUNPOD_ENDPOINT_ID: "ep42", RUNPOD_DC_ID: "" })).worker).toEqual({
+      runpod_pod_id: "abc123xyz",
+      runpod_endpoint_id: "ep42"
+    })
+  })
+
+  it("gives Ollama an hour for a stalled load unless OLLAMA_LOAD_TIMEOUT says otherwise", () => {
+    const byDefault = Either.getOrThrow(load({})).ollamaLoadTimeout
+    expect([Duration.toMillis(byDefault.duration), byDefault.fromUser]).toEqual([3_600_000, false])
+    const given = Either.getOrThrow(load({ OLLAMA_LOAD_TIMEOUT: "10m" })).ollamaLoadTimeout
+    expect([Duration.toMillis(given.duration), given.fromUser]).toEqual([600_000, true])
+  })
+
+  it("reads OLLAMA_LOAD_TIMEOUT by Ollama's rules: a Go duration or seconds, 0 or less for ever", () => {
+    const ms = (s: string) => Duration.toMillis(Either.getOrThrow(parseLoadTimeout(s)))
+    expect([ms("90m"), ms("1h30m"), ms("1.5h"), ms("500ms"), ms("600"), ms("+30")]).toEqual([
+      5_400_000,
+      5_400_000,
+      5_400_000,
+      500,
+      600_000,
+      30_000
+    ])
+    expect([ms("0"), ms("-1"), ms("-5m")]).toEqual([Infinity, Infinity, Infinity])
+    expect(Either.isLeft(parseLoadTimeout("10 minutes"))).toBe(true)
+    expect(Either.isLeft(parseLoadTimeout("1d"))).toBe(true)
+  })
 })
 
 describe("OLLAMA_HOST, by Ollama's rules", () => {

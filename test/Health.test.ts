@@ -15,7 +15,12 @@ const setup = (initial: ProcessState) =>
         Effect.suspend(() => answering ? Effect.void : Effect.fail(new OllamaUnavailable({ operation: "GET /", cause: "refused" }))),
       version: Effect.succeed("0.32.15")
     } as never)
-    const supervisor = OllamaProcess.make({ managed: initial._tag !== "Unmanaged", current: () => process, changes })
+    const supervisor = OllamaProcess.make({
+      managed: initial._tag !== "Unmanaged",
+      current: () => process,
+      changes,
+      computeDevices: () => undefined
+    })
     const health = yield* Layer.build(
       OllamaHealth.DefaultWithoutDependencies.pipe(
         Layer.provide(Layer.succeed(OllamaClient, client)),

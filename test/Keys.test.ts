@@ -3,6 +3,7 @@
  * with the real `ollama` and `openai` clients against the real proxy and the fake Ollama, and what
  * Ollama saw (nothing, for a refused request).
  */
+import Anthropic from "@anthropic-ai/sdk"
 import { Either } from "effect"
 import { randomUUID } from "node:crypto"
 import { mkdtempSync, renameSync, writeFileSync } from "node:fs"
@@ -312,6 +313,21 @@ describe("keys from the file, with the real clients", () => {
       expect(error).toBeInstanceOf(OpenAI.PermissionDeniedError)
       expect(error.message).toMatch(/this API key may not use the model "(qwen3:0\.6b|all-minilm)"/)
     }
+    const anthropic = new Anthropic({ baseURL: proxy.url, apiKey: ALICE, maxRetries: 0 })
+    const denied = await refused(() => anthropic.messages.create({ model: "qwen3:0.6b", max_tokens: 10, messages }))
+    expect(denied).toBeInstanceOf(Anthropic.PermissionDeniedError)
+    expect((denied as InstanceType<typeof Anthropic.APIError>).error).toEqual({
+      type: "error",
+      error: { type: "permission_error", message: `forbidden: this API key may not use the model "qwen3:0.6b"` }
+    })
+    const unknown = await refused(() =>
+      new Anthropic({ baseURL: proxy.url, apiKey: "sk-nobody", maxRetries: 0 }).messages.create({
+        model: "llama3.2",
+        max_tokens: 10,
+        messages
+      })
+    )
+    expect(unknown).toBeInstanceOf(Anthropic.AuthenticationError)
     const messagesApi = await raw(`${proxy.url}/v1/messages`, {
       method: "POST",
       headers: { "x-api-key": ALICE, "content-type": "application/json" },
@@ -502,6 +518,7 @@ describe("the built service", () => {
       AUTHORIZATION_APIKEY_OPS: "sk-ops"
     })
     try {
+      await proxy.waitForLine((l) => l.msg === "ollama is up")
       const status = async (key: string) => (await raw(`${proxy.url}/api/version`, { headers: { authorization: `Bearer ${key}` } })).status
       expect(await status("sk-carol")).toBe(200)
       expect(await status("sk-ops")).toBe(200)

@@ -109,9 +109,12 @@ describe("start-up", () => {
     expect((await fetch(`${proxy.url}/ping`, { method: "HEAD" })).status).toBe(200)
     expect((await fetch(`${proxy.url}/api/tags`)).status).toBe(200)
     // Ollama's own lines come through as ours, with its level.
-    expect(proxy.lines.find((l) => l.msg === "no compatible GPUs were discovered, running on CPU")).toMatchObject({
-      level: "warn",
-      source: "ollama"
+    expect(proxy.lines.find((l) => l.msg === "inference compute")).toMatchObject({
+      level: "info",
+      source: "ollama",
+      library: "CUDA",
+      description: "NVIDIA L4",
+      ollama_source: "types.go:32"
     })
   })
 

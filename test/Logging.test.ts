@@ -37,6 +37,21 @@ describe("log lines", () => {
     )
   })
 
+  it.live("every line names the RunPod worker, when there is one", () => {
+    const lines: Array<string> = []
+    const worker = { runpod_pod_id: "pod-7x2k", runpod_endpoint_id: "ep-91" }
+    const layer = Logger.replace(Logger.defaultLogger, makeLogger(true, (line) => lines.push(line), worker))
+    return Effect.all([Effect.logInfo("one"), Effect.logError("two").pipe(Effect.annotateLogs({ model: "m" }))]).pipe(
+      Effect.provide(layer),
+      Effect.map(() => {
+        expect(lines.map((l) => JSON.parse(l))).toEqual([
+          expect.objectContaining({ msg: "one", ...worker }),
+          expect.objectContaining({ msg: "two", model: "m", ...worker })
+        ])
+      })
+    )
+  })
+
   it.live("logfmt quotes what needs quoting", () => {
     const { layer, lines } = capture(false)
     return Effect.logInfo("ollama line").pipe(

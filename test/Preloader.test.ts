@@ -198,7 +198,10 @@ describe("Preloader", () => {
       const { calls, logs, preloader, setHealth, until } = yield* setup({ PRELOAD_MODEL: "a nope" }, {
         pull: (model) => model === "nope" ? Stream.fail(new ModelNotFound({ model, error: "not found" })) : Stream.fromIterable(success)
       })
+      const rounds = () => SubscriptionRef.get(preloader.warmed)
       yield* until(done(preloader))
+      // Each round of warming that ended is counted, for the GPU check to look after it.
+      expect(yield* rounds()).toBe(1)
       yield* setHealth("down")
       yield* setHealth("up")
       yield* until(() => calls.filter((c) => c.op === "warm").length === 2)
@@ -206,6 +209,8 @@ describe("Preloader", () => {
       expect(calls.map((c) => `${c.op} ${c.model}`)).toEqual(["pull a", "pull nope", "warm a", "warm a"])
       expect(logs.some((l) => l.msg.startsWith("ollama is back"))).toBe(true)
       expect(preloader.snapshot().state).toBe("done")
+      yield* TestClock.adjust("1 second")
+      expect(yield* rounds()).toBe(2)
     }))
 
   it.scoped("has nothing to do without PRELOAD_MODEL", () =>

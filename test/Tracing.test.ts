@@ -95,6 +95,31 @@ describe("exchange spans", () => {
     expect(server!.resource.attributes).toMatchObject({ "service.name": "edge", region: "eu" })
   })
 
+  it("the resource names the RunPod worker, its pod id as service.instance.id; OTEL_RESOURCE_ATTRIBUTES wins", async () => {
+    const { recorder } = await withTap(
+      {
+        RUNPOD_POD_ID: "pod-7x2k",
+        RUNPOD_ENDPOINT_ID: "ep-91",
+        RUNPOD_DC_ID: "EU-RO-1",
+        OTEL_RESOURCE_ATTRIBUTES: "runpod.dc_id=override,region=eu"
+      },
+      (tap) =>
+        play(tap, {
+          url: "/api/tags",
+          keyName: "bob",
+          response: { status: 200, headers: { "content-type": "application/json" }, chunks: ["{}"] }
+        })
+    )
+    const [server] = byKind(recorder.spans(), SpanKind.SERVER)
+    expect(server!.resource.attributes).toMatchObject({
+      "service.instance.id": "pod-7x2k",
+      "runpod.pod_id": "pod-7x2k",
+      "runpod.endpoint_id": "ep-91",
+      "runpod.dc_id": "override",
+      region: "eu"
+    })
+  })
+
   it("no GenAI span for other endpoints; Ollama gets the server span as parent", async () => {
     const { result: upstream, recorder } = await withTap(
       {},

@@ -4,7 +4,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
-import { mkdtempSync, readFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import http, { type IncomingHttpHeaders, type IncomingMessage } from "node:http"
 import net, { type AddressInfo } from "node:net"
 import os from "node:os"
@@ -15,6 +15,7 @@ import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import {
   BUSY_ERROR,
+  DEFAULT_VRAM,
   embeddingFor,
   expectedFigures,
   type FakeOllama,
@@ -92,7 +93,8 @@ beforeEach(() => {
     crashAfterChunks: undefined,
     busy: undefined,
     pullFailTimes: undefined,
-    loadDelayMs: undefined
+    loadDelayMs: undefined,
+    vram: undefined
   })
   fake.requests.length = 0
 })
@@ -534,6 +536,33 @@ describe("knobs", () => {
     expect(fake.models()).toEqual(["llama3.2:latest"])
   })
 
+  it("vram: what does not fit in GPU memory is reported on the CPU, as size_vram < size; 0 puts everything there", async () => {
+    const warm = (model: string) => post(`${fake.url}/api/generate`, { model, keep_alive: -1 })
+    const ps = async () =>
+      (JSON.parse((await raw(`${fake.url}/api/ps`)).text) as { models: Array<{ name: string; size: number; size_vram: number }> })
+        .models
+    // The default GPU holds both.
+    expect(DEFAULT_VRAM).toBe(22.5 * 1024 ** 3)
+    fake.set({ models: ["llama3.2", "qwen3:0.6b"] })
+    await warm("llama3.2")
+    await warm("qwen3:0.6b")
+    expect((await ps()).map((m) => m.size_vram === m.size)).toEqual([true, true])
+
+    // 2.1 GB: the first model fits, the second gets what is left.
+    fake.set({ models: ["llama3.2", "qwen3:0.6b"], vram: 2_100_000_000 })
+    await warm("llama3.2")
+    await warm("qwen3:0.6b")
+    const byName = Object.fromEntries((await ps()).map((m) => [m.name, m]))
+    expect(byName["llama3.2:latest"]!.size_vram).toBe(byName["llama3.2:latest"]!.size)
+    expect(byName["qwen3:0.6b"]!.size_vram).toBe(2_100_000_000 - byName["llama3.2:latest"]!.size)
+    expect(byName["qwen3:0.6b"]!.size_vram).toBeLessThan(byName["qwen3:0.6b"]!.size)
+
+    // No GPU: 0, and the model still answers (slowly, on a real one).
+    fake.set({ models: ["llama3.2"], vram: 0 })
+    expect(JSON.parse((await post(`${fake.url}/api/generate`, { model: "llama3.2", prompt: "x", stream: false })).text).done).toBe(true)
+    expect((await ps()).map((m) => [m.name, m.size_vram])).toEqual([["llama3.2:latest", 0]])
+  })
+
   it("loadDelayMs holds the answer: the request is seen before it is answered", async () => {
     fake.set({ loadDelayMs: 100 })
     const answer = post(`${fake.url}/api/chat`, { ...chat, stream: false })
@@ -611,10 +640,35 @@ describe("the ollama CLI, as a child process", () => {
     const root = await raw(`http://127.0.0.1:${port}/`)
     expect([root.status, root.text]).toEqual([200, "Ollama is running"])
     expect(Date.now() - asked).toBeGreaterThanOrEqual(100)
-    expect(ollama.stderr()).toMatch(/level=WARN /)
+    // What it found to compute on: the default GPU, and the context that VRAM gives.
+    expect(ollama.stderr()).toMatch(
+      /level=INFO source=types\.go:32 msg="inference compute" id=GPU-\S+ filter_id="" library=CUDA compute=8\.9 name=CUDA0 description="NVIDIA L4" libdirs=ollama,cuda_v12 driver=12\.8 pci_id=0000:82:00\.0 type=discrete total="22\.5 GiB" available="22\.1 GiB"$/m
+    )
+    expect(ollama.stderr()).toMatch(/msg="vram-based default context" total_vram="22\.5 GiB" default_num_ctx=4096$/m)
     await ollama.waitFor("stdout", /^\[GIN\] \d{4}\/\d\d\/\d\d - \d\d:\d\d:\d\d \| 200 \| +\S+ \| +127\.0\.0\.1 \| GET +"\/"$/m)
     ollama.child.kill("SIGTERM")
     expect(await ollama.exited).toEqual({ code: 0, signal: null })
+  })
+
+  it("with FAKE_OLLAMA_VRAM=0 finds no GPU and loads models on the CPU; FAKE_OLLAMA_VRAM_FILE, read at each start, wins", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "fake-ollama-"))
+    const cpu = spawnOllama({ OLLAMA_HOST: `127.0.0.1:${await freePort()}`, FAKE_OLLAMA_VRAM: "0", FAKE_OLLAMA_MODELS: "llama3.2" })
+    await cpu.waitForStderr(/msg="vram-based default context" total_vram="0 B" default_num_ctx=4096$/m)
+    expect(cpu.stderr()).toMatch(/source=types\.go:50 msg="inference compute" id=cpu library=cpu compute="" name=cpu description=cpu /)
+    const port = /Listening on 127\.0\.0\.1:(\d+)/.exec(cpu.stderr())![1]
+    await post(`http://127.0.0.1:${port}/api/generate`, { model: "llama3.2", keep_alive: -1 })
+    const ps = JSON.parse((await raw(`http://127.0.0.1:${port}/api/ps`)).text)
+    expect(ps.models).toEqual([expect.objectContaining({ name: "llama3.2:latest", size_vram: 0 })])
+    cpu.child.kill("SIGTERM")
+    await cpu.exited
+
+    const file = path.join(dir, "vram")
+    writeFileSync(file, "48GiB\n")
+    const big = spawnOllama({ OLLAMA_HOST: `127.0.0.1:${await freePort()}`, FAKE_OLLAMA_VRAM: "0", FAKE_OLLAMA_VRAM_FILE: file })
+    await big.waitForStderr(/msg="vram-based default context" total_vram="48\.0 GiB" default_num_ctx=262144$/m)
+    expect(big.stderr()).toMatch(/msg="inference compute" .*library=CUDA .*total="48\.0 GiB"/)
+    big.child.kill("SIGTERM")
+    await big.exited
   })
 
   it("fails at once with Go's error when the port is taken", async () => {

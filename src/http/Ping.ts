@@ -1,10 +1,18 @@
 /**
  * /ping, RunPod's health check: 204 while initializing (Ollama has not answered yet, or the
- * preload runs), 200 when Ollama answers and the preload is over, 503 when Ollama is down after
- * having been up. Answered from state only; never waits on Ollama.
+ * preload runs, or with REQUIRE_GPU the GPU check after it), 200 when Ollama answers and the
+ * preload is over, 503 when Ollama is down after having been up, or with REQUIRE_GPU when a
+ * preloaded model is not entirely in GPU memory. Answered from state only; never waits on Ollama.
+ *
+ * The health checker sends no key, so the status code never depends on one. Without a valid key
+ * the body says only whether the worker is ready and why not; the details (Ollama's version, its
+ * pid, the model names) are for callers with a key.
  */
-import { HttpServerResponse } from "@effect/platform"
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect } from "effect"
+import type { IncomingHttpHeaders } from "node:http"
+import { ApiKeys } from "../keys/ApiKeys.js"
+import { GpuCheck, type GpuSnapshot } from "../ollama/Gpu.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess, type ProcessState } from "../ollama/Process.js"
@@ -27,18 +35,35 @@ const processBody = (process: ProcessState) => {
   }
 }
 
+const gpuReason = (gpu: GpuSnapshot) =>
+  gpu.state === "unknown"
+    ? "cannot tell whether the preloaded models are in GPU memory (REQUIRE_GPU=true)"
+    : "a preloaded model is not entirely in GPU memory (REQUIRE_GPU=true)"
+
 export const ping = Effect.gen(function*() {
   const health = yield* OllamaHealth
   const preloader = yield* Preloader
   const ollamaProcess = yield* OllamaProcess
+  const gpuCheck = yield* GpuCheck
   const { since, state, version } = health.snapshot()
   const preload = preloader.snapshot()
-  if (state === "starting" || (state === "up" && preload.state !== "done")) {
+  if (state === "starting" || (state === "up" && (preload.state !== "done" || gpuCheck.pending()))) {
     return HttpServerResponse.empty({ status: 204 })
   }
+  const gpu = gpuCheck.snapshot()
+  const reason = state !== "up" ? "ollama is not answering" : gpuCheck.failing() ? gpuReason(gpu) : undefined
+  const status = reason === undefined ? 200 : 503
+  const summary = { status: reason === undefined ? "ready" : "unhealthy", state, ...(reason === undefined ? {} : { reason }) }
+
+  const keys = yield* ApiKeys
+  const request = yield* HttpServerRequest.HttpServerRequest
+  if (!keys.open && !keys.authenticate(request.headers as IncomingHttpHeaders).ok) {
+    return HttpServerResponse.unsafeJson(summary, { status })
+  }
   const failures = preload.models.filter((m) => m.state === "failed")
+  const compute = gpuCheck.computeDevices()
   const body = {
-    status: state === "up" ? "ready" : "unhealthy",
+    ...summary,
     ollama: {
       state,
       since: new Date(since).toISOString(),
@@ -51,7 +76,15 @@ export const ping = Effect.gen(function*() {
       total: preload.models.length,
       models: preload.models,
       failures: failures.map((m) => ({ model: m.model, error: m.error }))
+    },
+    gpu: {
+      required: gpuCheck.required,
+      state: gpu.state,
+      ...(gpu.checkedAt === undefined ? {} : { checked_at: new Date(gpu.checkedAt).toISOString() }),
+      models: gpu.models,
+      ...(gpu.error === undefined ? {} : { error: gpu.error }),
+      ...(compute === undefined ? {} : { ollama_compute: compute })
     }
   }
-  return HttpServerResponse.unsafeJson(body, { status: state === "up" ? 200 : 503 })
+  return HttpServerResponse.unsafeJson(body, { status })
 })

@@ -11,6 +11,7 @@ import type { AddressInfo } from "node:net"
 import { AppConfig } from "../Config.js"
 import { ExchangeBoundary } from "../exchange/Boundary.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
+import { GpuCheck } from "../ollama/Gpu.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
@@ -26,14 +27,16 @@ export class ListenError extends Data.TaggedError("ListenError")<{
   }
 }
 
-const controlRoutes = HttpRouter.empty.pipe(
-  // The router treats `/ping/` as `/ping`.
-  HttpRouter.get("/ping", ping),
-  HttpRouter.head("/ping", ping),
-  HttpRouter.get("/metrics", metricsRoute)
-)
+/** The health check on each of its paths (`/ping`, HEALTH_CHECK_PATH), and /metrics. */
+const controlRoutes = (healthPaths: ReadonlyArray<`/${string}`>) =>
+  HttpRouter.fromIterable([
+    // The router treats `/ping/` as `/ping`.
+    ...healthPaths.flatMap((path) => [HttpRouter.makeRoute("GET", path, ping), HttpRouter.makeRoute("HEAD", path, ping)]),
+    HttpRouter.makeRoute("GET", "/metrics", metricsRoute)
+  ])
 
-const CONTROL_PATHS = new Set(["/ping", "/ping/", "/metrics", "/metrics/"])
+const controlPaths = (healthPaths: ReadonlyArray<string>) =>
+  new Set([...healthPaths.flatMap((path) => [path, `${path}/`]), "/metrics", "/metrics/"])
 
 const listen = (server: NodeServer, port: number, host: string) =>
   Effect.async<number, ListenError>((resume) => {
@@ -88,10 +91,12 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     const boundary = yield* ExchangeBoundary
     // No span per health check or scrape: the handler's runtime has the tracer middleware off.
     const control = yield* NodeHttpServer.makeHandler(
-      controlRoutes.pipe(Effect.catchTag("RouteNotFound", () => HttpServerResponse.text("404 page not found", { status: 404 })))
+      controlRoutes(config.healthPaths).pipe(
+        Effect.catchTag("RouteNotFound", () => HttpServerResponse.text("404 page not found", { status: 404 }))
+      )
     ).pipe(HttpMiddleware.withTracerDisabledWhenEffect(() => true))
 
-    const main = makeServer(boundary.handler(CONTROL_PATHS, control))
+    const main = makeServer(boundary.handler(controlPaths(config.healthPaths), control))
     const port = yield* listen(main, config.port, config.host)
     yield* Effect.addFinalizer(() =>
       Effect.logInfo("shutting down: no new connections, finishing the requests in flight").pipe(
@@ -117,6 +122,7 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     ApiKeys.Default,
     OllamaHealth.Default,
     Preloader.Default,
+    GpuCheck.Default,
     OllamaProcess.Default,
     PrometheusMetrics.Default
   ]

@@ -1,6 +1,6 @@
 /**
  * OllamaClient: the typed calls the proxy itself makes to Ollama (health, version, models, pull,
- * warm). Client traffic does not go through here; it takes the Proxy's byte path.
+ * warm, what is in memory). Client traffic does not go through here; it takes the Proxy's byte path.
  */
 import { HttpClient, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
@@ -63,6 +63,20 @@ export type LocalModel = typeof LocalModel.Type
 
 const Tags = Schema.Struct({ models: Schema.NullOr(Schema.Array(LocalModel)) })
 
+/**
+ * A model in memory, from `GET /api/ps` (api.ProcessModelResponse): `size` is its whole footprint,
+ * `size_vram` the part in GPU memory; less than `size` means the rest runs on the CPU.
+ */
+export const RunningModel = Schema.Struct({
+  name: Schema.String,
+  model: Schema.String,
+  size: Schema.Number,
+  size_vram: Schema.Number
+})
+export type RunningModel = typeof RunningModel.Type
+
+const Running = Schema.Struct({ models: Schema.NullOr(Schema.Array(RunningModel)) })
+
 const decodeProgress = Schema.decodeUnknownOption(Schema.parseJson(PullProgress))
 
 /** Ollama's words for a model that is neither local nor in the registry. */
@@ -73,8 +87,11 @@ const NO_GENERATE = /does not support generate/i
 /** How the model was loaded into memory. */
 export type WarmedWith = "generate" | "embed"
 
-/** Loading a large model can take minutes (OLLAMA_LOAD_TIMEOUT is 5 minutes by default). */
-const WARM_TIMEOUT = Duration.minutes(10)
+/**
+ * Beyond Ollama's own load timeout (a stall limit: a load that makes progress may take longer),
+ * how long a warm-up waits before counting as failed and being retried.
+ */
+const WARM_GRACE = Duration.minutes(1)
 /** A pull sends progress several times a second; this long without a line is a stuck pull. */
 const PULL_IDLE_TIMEOUT = Duration.minutes(5)
 
@@ -85,6 +102,8 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
       HttpClient.mapRequest(HttpClientRequest.prependUrl(config.ollama.origin)),
       HttpClient.mapRequest(HttpClientRequest.setHeader("host", config.ollama.hostHeader))
     )
+
+    const warmTimeout = Duration.sum(config.ollamaLoadTimeout.duration, WARM_GRACE)
 
     /** `GET /` answers 200 once `ollama serve` can take requests (it logs "Listening" earlier). */
     const ping = (timeout: Duration.DurationInput) =>
@@ -189,8 +208,9 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
         ),
         Effect.scoped,
         Effect.timeoutFail({
-          duration: WARM_TIMEOUT,
-          onTimeout: () => new OllamaUnavailable({ operation: "warm", cause: "the model did not load within 10 minutes" })
+          duration: warmTimeout,
+          onTimeout: () =>
+            new OllamaUnavailable({ operation: "warm", cause: `the model did not load within ${Duration.format(warmTimeout)}` })
         }),
         Effect.withSpan("OllamaClient.warm", { attributes: { model } })
       )
@@ -206,7 +226,18 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
       Effect.withSpan("OllamaClient.tags")
     )
 
-    return { ping, version, pull, warm, tags } as const
+    /** `GET /api/ps`: the models in memory, and how much of each is in GPU memory. */
+    const ps = http.get("/api/ps").pipe(
+      Effect.flatMap(HttpClientResponse.filterStatusOk),
+      Effect.flatMap(HttpClientResponse.schemaBodyJson(Running)),
+      Effect.map((running): ReadonlyArray<RunningModel> => running.models ?? []),
+      Effect.scoped,
+      Effect.timeout("10 seconds"),
+      Effect.mapError((cause) => new OllamaUnavailable({ operation: "GET /api/ps", cause })),
+      Effect.withSpan("OllamaClient.ps")
+    )
+
+    return { ping, version, pull, warm, tags, ps } as const
   }),
   dependencies: [NodeHttpClient.layerUndici]
 }) {}

@@ -3,7 +3,7 @@
  * PRELOAD_KEEP_ALIVE, so the models are loaded before RunPod routes the first request. Its state
  * (a plain snapshot) is what /ping reports; after an Ollama restart the models are warmed again.
  */
-import { Clock, Duration, Effect, LogLevel, Option, Schedule, Stream } from "effect"
+import { Clock, Duration, Effect, LogLevel, Option, Schedule, Stream, SubscriptionRef } from "effect"
 import { AppConfig } from "../Config.js"
 import { setPreloadState } from "../telemetry/Metrics.js"
 import { type ModelNotFound, OllamaClient, type OllamaError, type OllamaUnavailable, type PullProgress, type WarmedWith } from "./Client.js"
@@ -117,6 +117,9 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
         snapshot = { ...snapshot, models: snapshot.models.map((m) => (m.model === status.model ? status : m)) }
       }).pipe(Effect.zipRight(setPreloadState(status.model, status.state)))
     yield* Effect.forEach(models, (model) => setPreloadState(model, "pending"), { discard: true })
+    // Counts the rounds of warming that ended: the preload, then each reload after an Ollama restart.
+    const warmed = yield* SubscriptionRef.make(0)
+    const roundDone = SubscriptionRef.update(warmed, (n) => n + 1)
 
     /** Runs `attempt` once Ollama answers, again after transient failures, on retrySchedule. */
     const withRetries = <A>(what: string, attempt: Effect.Effect<A, PreloadError>) => {
@@ -222,6 +225,7 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
       yield* Effect.logWithLevel(failed.length === 0 ? LogLevel.Info : LogLevel.Warning, "preload finished").pipe(
         Effect.annotateLogs({ ready: models.length - failed.length, failed: failed.join(","), duration_ms: elapsed })
       )
+      yield* roundDone
       yield* logModelsOnDisk
     }).pipe(Effect.withSpan("Preloader.preload"))
 
@@ -246,7 +250,7 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
         Stream.changes,
         Stream.zipWithPrevious,
         Stream.filter(([previous, state]) => state === "up" && Option.getOrUndefined(previous) === "down"),
-        Stream.runForEach(() => rewarm),
+        Stream.runForEach(() => rewarm.pipe(Effect.zipRight(roundDone))),
         Effect.annotateLogs({ service: "Preloader" }),
         Effect.forkScoped
       )
@@ -254,7 +258,9 @@ export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
 
     return {
       /** The preload state now; a plain read for /ping. */
-      snapshot: (): PreloadSnapshot => snapshot
+      snapshot: (): PreloadSnapshot => snapshot,
+      /** How many rounds of warming have ended (the preload, each reload after a restart); 0 before the first. */
+      warmed
     } as const
   }),
   dependencies: [OllamaClient.Default, OllamaHealth.Default]

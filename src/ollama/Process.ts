@@ -7,7 +7,7 @@
 import { Command, CommandExecutor } from "@effect/platform"
 import { NodeCommandExecutor, NodeFileSystem } from "@effect/platform-node"
 import { Clock, Data, Deferred, Duration, Effect, Fiber, Layer, LogLevel, Metric, Schedule, Stream, SubscriptionRef } from "effect"
-import { AppConfig, Environment } from "../Config.js"
+import { AppConfig, DEFAULT_LOAD_TIMEOUT, Environment } from "../Config.js"
 import { ollamaRestarts } from "../telemetry/Metrics.js"
 
 /** `OLLAMA_BIN serve` could not be started at all (missing, not executable). */
@@ -115,13 +115,22 @@ export const parseOllamaLine = (line: string): OllamaLogLine => {
   return { level: LogLevel.Info, message: line, attributes: {} }
 }
 
-const logOllamaOutput = (stream: Stream.Stream<Uint8Array, unknown>, name: "stdout" | "stderr") =>
+/** Ollama's start-up line about each device it will compute on (discover/types.go), one per GPU or the CPU's. */
+const INFERENCE_COMPUTE = "inference compute"
+
+const logOllamaOutput = (
+  stream: Stream.Stream<Uint8Array, unknown>,
+  name: "stdout" | "stderr",
+  onLine: (line: OllamaLogLine) => void
+) =>
   stream.pipe(
     Stream.decodeText(),
     Stream.splitLines,
     Stream.runForEach((line) => {
       if (line.trim() === "") return Effect.void
-      const { attributes, level, message } = parseOllamaLine(line)
+      const parsed = parseOllamaLine(line)
+      onLine(parsed)
+      const { attributes, level, message } = parsed
       return Effect.logWithLevel(level, message).pipe(
         Effect.annotateLogs({ ...attributes, source: "ollama", stream: name })
       )
@@ -192,12 +201,20 @@ const stop = (proc: CommandExecutor.Process, timeout: Duration.Duration, lastLin
 
 // ---------------------------------------------------------------------------------------------
 
+/** One device Ollama said it computes on, in its own words (the attributes of its log line). */
+export type ComputeDevice = Readonly<Record<string, string>>
+
 export interface OllamaProcessShape {
   /** false with OLLAMA_MANAGED=false. */
   readonly managed: boolean
   /** The supervisor's view now; a plain read. */
   readonly current: () => ProcessState
   readonly changes: SubscriptionRef.SubscriptionRef<ProcessState>
+  /**
+   * What the running `ollama serve` logged at start about its compute devices ("inference
+   * compute": a GPU each, or the CPU); undefined when Ollama is not ours to watch.
+   */
+  readonly computeDevices: () => ReadonlyArray<ComputeDevice> | undefined
 }
 
 export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaProcess", {
@@ -208,7 +225,8 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
       const shape: OllamaProcessShape = {
         managed: false,
         current: () => unmanaged,
-        changes: yield* SubscriptionRef.make<ProcessState>(unmanaged)
+        changes: yield* SubscriptionRef.make<ProcessState>(unmanaged),
+        computeDevices: () => undefined
       }
       return shape
     }
@@ -217,9 +235,19 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
     const executor = yield* CommandExecutor.CommandExecutor
     // The Environment overlays the process environment (they are the same object in production),
     // so OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_HOST... reach the child as the user set them.
-    const command = Command.make(config.ollamaBin, "serve").pipe(Command.env(environment))
+    // Ollama's own load timeout (5 minutes without progress) is too short for a large model read
+    // from a cold network volume; unset, it gets what RunPod's own Ollama worker uses.
+    const command = Command.make(config.ollamaBin, "serve").pipe(
+      Command.env(config.ollamaLoadTimeout.fromUser ? environment : { ...environment, OLLAMA_LOAD_TIMEOUT: DEFAULT_LOAD_TIMEOUT })
+    )
 
     let current: ProcessState = ProcessState.Starting({ restarts: 0 })
+    let devices: Array<ComputeDevice> = []
+    const noteLine = (line: OllamaLogLine) => {
+      if (line.message !== INFERENCE_COMPUTE) return
+      const { ollama_source: _, ...attributes } = line.attributes
+      devices.push(attributes)
+    }
     const changes = yield* SubscriptionRef.make<ProcessState>(current)
     const publish = (state: ProcessState) =>
       Effect.suspend(() => {
@@ -247,6 +275,8 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
     const runOnce = (restarts: number) =>
       Effect.gen(function*() {
         yield* publish(ProcessState.Starting({ restarts }))
+        // Each start discovers its devices anew: a restart may find a GPU gone.
+        devices = []
         let output: Fiber.RuntimeFiber<void> | undefined
         // Its last lines (a bind error, a panic, its goodbye) belong before our exit line; a model
         // runner that kept the pipes open must not hold us, hence the bound.
@@ -284,7 +314,7 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
         const since = yield* Clock.currentTimeMillis
         // Both pipes are read to the end, always: a full pipe would block the child.
         output = yield* Effect.all(
-          [logOllamaOutput(proc.stdout, "stdout"), logOllamaOutput(proc.stderr, "stderr")],
+          [logOllamaOutput(proc.stdout, "stdout", noteLine), logOllamaOutput(proc.stderr, "stderr", noteLine)],
           { concurrency: 2, discard: true }
         ).pipe(Effect.forkDaemon)
         yield* Deferred.succeed(firstSpawn, undefined)
@@ -349,7 +379,7 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
     // A missing binary fails start-up here; later failures are retried by the loop.
     yield* Deferred.await(firstSpawn)
 
-    const shape: OllamaProcessShape = { managed: true, current: () => current, changes }
+    const shape: OllamaProcessShape = { managed: true, current: () => current, changes, computeDevices: () => devices }
     return shape
   }),
   dependencies: [NodeCommandExecutor.layer.pipe(Layer.provide(NodeFileSystem.layer))]

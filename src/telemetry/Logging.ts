@@ -1,6 +1,7 @@
 /**
  * Logging: Effect's logger writing one line per event to stdout, JSON (AUTHORIZATION_LOG_JSON)
- * or logfmt, with stable keys: time, level, msg, request_id, trace_id, span_id, then the fields.
+ * or logfmt, with stable keys: time, level, msg, request_id, trace_id, span_id, then the fields
+ * (the RunPod worker's identity among them, on every line).
  *
  * What is never logged: API keys, the webhook key, OTLP headers, request or response bodies
  * (prompts). Callers pass names and figures only.
@@ -70,14 +71,15 @@ const traceOf = (context: FiberRefs.FiberRefs): { trace_id: string; span_id: str
   return s._tag === "ExternalSpan" || OTEL_SPAN in s ? { trace_id: s.traceId, span_id: s.spanId } : undefined
 }
 
-export const makeLogger = (json: boolean, write: (line: string) => void) =>
+/** `resource`: fields every line carries (the RunPod worker's identity), so each line says which worker wrote it. */
+export const makeLogger = (json: boolean, write: (line: string) => void, resource: Readonly<Record<string, string | undefined>> = {}) =>
   Logger.make(({ annotations, cause, context, date, logLevel, message }) => {
     const record: Record<string, unknown> = {
       time: date.toISOString(),
       level: levelName(logLevel),
       msg: messageText(message)
     }
-    const fields: Record<string, unknown> = {}
+    const fields: Record<string, unknown> = { ...resource }
     const trace = traceOf(context)
     if (trace !== undefined) Object.assign(fields, trace)
     for (const [key, value] of HashMap.toEntries(annotations)) {
@@ -95,7 +97,7 @@ const stdout = (line: string) => {
 export const LoggingLive = Layer.unwrapEffect(
   Effect.map(AppConfig, (config) =>
     Layer.merge(
-      Logger.replace(Logger.defaultLogger, makeLogger(config.logJson, stdout)),
+      Logger.replace(Logger.defaultLogger, makeLogger(config.logJson, stdout, config.worker)),
       Logger.minimumLogLevel(levels[config.logLevel])
     ))
 )

@@ -10,9 +10,10 @@
  * counters with `_total`.
  *
  * Other parts update their own instruments here: the Ollama process (`ollamaUp` is fed from
- * OllamaHealth by `MetricsLive`; `ollamaRestarts`), the preloader (`setPreloadState`), the usage
- * webhook (`webhookRecords`, `webhookRetries`, `webhookQueueDepth`). From Effect code use the
- * Effect API (`Metric.increment(ollamaRestarts)`), from callbacks the `unsafe*` methods.
+ * OllamaHealth by `MetricsLive`; `ollamaRestarts`), the preloader (`setPreloadState`), the GPU
+ * check (`setModelVramRatio`), the usage webhook (`webhookRecords`, `webhookRetries`,
+ * `webhookQueueDepth`). From Effect code use the Effect API (`Metric.increment(ollamaRestarts)`),
+ * from callbacks the `unsafe*` methods.
  */
 import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
 
@@ -134,6 +135,18 @@ export const setPreloadState = (model: string, state: PreloadState): Effect.Effe
   Effect.sync(() => {
     for (const s of PRELOAD_STATES) preloadState.unsafeUpdate(s === state ? 1 : 0, preloadLabels(model, s))
   })
+
+/**
+ * Labels: model (as PRELOAD_MODEL names it). size_vram / size from Ollama's /api/ps at the last
+ * check (after the preload, after each restart): 1 = all in GPU memory, 0 = all on the CPU.
+ */
+export const modelVramRatio = Metric.gauge("ollama.model.vram_ratio", {
+  description: "Share of each preloaded model in GPU memory (size_vram / size) at the last check"
+})
+const modelLabels = labelCache(["model"])
+
+export const setModelVramRatio = (model: string, ratio: number): Effect.Effect<void> =>
+  Effect.sync(() => modelVramRatio.unsafeUpdate(ratio, modelLabels(model)))
 
 /** Labels: outcome = delivered | failed (gave up after retries) | dropped (queue full). */
 export const webhookRecords = Metric.counter("usage.webhook.records", {

@@ -28,12 +28,24 @@ export class SpanProcessors extends Context.Reference<SpanProcessors>()("app/Spa
 
 declare const __APP_VERSION__: string | undefined
 
-/** service.name, service.version and OTEL_RESOURCE_ATTRIBUTES, for traces and metrics alike. */
-export const resourceOf = (config: AppConfigShape) => ({
-  serviceName: config.otel.serviceName,
-  ...(typeof __APP_VERSION__ === "string" ? { serviceVersion: __APP_VERSION__ } : {}),
-  attributes: { ...config.otel.resourceAttributes }
-})
+/**
+ * service.name, service.version, the RunPod worker (its pod id is also `service.instance.id`,
+ * so each worker's telemetry stands apart) and OTEL_RESOURCE_ATTRIBUTES, which win, for traces
+ * and metrics alike.
+ */
+export const resourceOf = (config: AppConfigShape) => {
+  const { runpod_dc_id, runpod_endpoint_id, runpod_pod_id } = config.worker
+  return {
+    serviceName: config.otel.serviceName,
+    ...(typeof __APP_VERSION__ === "string" ? { serviceVersion: __APP_VERSION__ } : {}),
+    attributes: {
+      ...(runpod_pod_id === undefined ? {} : { "service.instance.id": runpod_pod_id, "runpod.pod_id": runpod_pod_id }),
+      ...(runpod_endpoint_id === undefined ? {} : { "runpod.endpoint_id": runpod_endpoint_id }),
+      ...(runpod_dc_id === undefined ? {} : { "runpod.dc_id": runpod_dc_id }),
+      ...config.otel.resourceAttributes
+    }
+  }
+}
 
 /** What the proxy knows of one exchange when it ends, for its spans. */
 export interface ExchangeSummary {

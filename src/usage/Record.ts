@@ -64,6 +64,12 @@ export const UsageRecord = Schema.Struct({
   /** From the request's arrival to the first response byte from Ollama. */
   time_to_first_chunk_ms: Schema.NullOr(Schema.NonNegative),
   /** From the request's arrival to the end of the exchange. */
-  duration_ms: Schema.NonNegative
+  duration_ms: Schema.NonNegative,
+  /** The RunPod worker (pod) that served the request: RUNPOD_POD_ID; absent off RunPod. */
+  runpod_pod_id: Schema.optional(Schema.String),
+  /** The RunPod endpoint the worker belongs to: RUNPOD_ENDPOINT_ID. */
+  runpod_endpoint_id: Schema.optional(Schema.String),
+  /** The data center the worker runs in: RUNPOD_DC_ID. */
+  runpod_dc_id: Schema.optional(Schema.String)
 })
 export type UsageRecord = typeof UsageRecord.Type

@@ -4,6 +4,7 @@
  */
 import { Effect, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
+import { AppConfig, type WorkerIdentity } from "../Config.js"
 import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
 import { asksForUsage } from "../exchange/IncludeUsage.js"
 import type { UsageRecord } from "./Record.js"
@@ -18,8 +19,11 @@ const millis = (ms: number) => Math.round(ms * 1000) / 1000
  */
 const requestModelCounts = (exchange: Exchange) => asksForUsage(exchange.route) || exchange.path === "/api/embeddings"
 
-/** The record of a finished exchange; undefined when Ollama never got it or it only loaded a model. */
-export const recordOf = (exchange: Exchange): UsageRecord | undefined => {
+/**
+ * The record of a finished exchange; undefined when Ollama never got it or it only loaded a model.
+ * `worker` names the RunPod worker that served it, where there is one.
+ */
+export const recordOf = (exchange: Exchange, worker: WorkerIdentity = {}): UsageRecord | undefined => {
   const { caller, reading } = exchange
   // Ollama never got the request: nothing was used.
   const outcome = reading.outcome
@@ -54,14 +58,18 @@ export const recordOf = (exchange: Exchange): UsageRecord | undefined => {
     usage_counted_by: answer?.countedBy ?? null,
     metering_error: reading.meteringError,
     time_to_first_chunk_ms: reading.firstChunkAt === null ? null : millis(reading.firstChunkAt - exchange.startedAt),
-    duration_ms: millis(reading.endedAt - exchange.startedAt)
+    duration_ms: millis(reading.endedAt - exchange.startedAt),
+    ...worker
   }
 }
 
-export const makeUsageRecords = (deliver: (record: UsageRecord, parent: Tracer.ExternalSpan | undefined) => void): ExchangeConsumer => {
+export const makeUsageRecords = (
+  deliver: (record: UsageRecord, parent: Tracer.ExternalSpan | undefined) => void,
+  worker: WorkerIdentity = {}
+): ExchangeConsumer => {
   const watch: ExchangeWatch = {
     end: (exchange) => {
-      const record = recordOf(exchange)
+      const record = recordOf(exchange, worker)
       if (record !== undefined) deliver(record, exchange.parentSpan())
     }
   }
@@ -71,8 +79,9 @@ export const makeUsageRecords = (deliver: (record: UsageRecord, parent: Tracer.E
 export class UsageRecords extends Effect.Service<UsageRecords>()("app/UsageRecords", {
   effect: Effect.gen(function*() {
     const webhook = yield* UsageWebhook
+    const { worker } = yield* AppConfig
     // Without a webhook no record has anywhere to go: none is made.
-    const consumer: ExchangeConsumer | undefined = webhook.enabled ? makeUsageRecords(webhook.offer) : undefined
+    const consumer: ExchangeConsumer | undefined = webhook.enabled ? makeUsageRecords(webhook.offer, worker) : undefined
     return { consumer } as const
   }),
   dependencies: [UsageWebhook.Default]

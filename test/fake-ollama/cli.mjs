@@ -5,12 +5,13 @@
  * FAKE_OLLAMA_* variables (README.md). A few client commands (`--version`, `list`, `ps`, `pull`,
  * `rm`, `show`) talk to a running server over HTTP.
  */
-import { appendFileSync } from "node:fs"
+import { appendFileSync, readFileSync } from "node:fs"
 import os from "node:os"
+import { DEFAULT_VRAM, defaultNumCtx, discoveryLines, parseBytes } from "./gpu.mjs"
 import { parseOllamaHost } from "./host.mjs"
 import { VERSION } from "./models.mjs"
 import { startFakeOllama } from "./server.mjs"
-import { goDuration, slogLine } from "./wire.mjs"
+import { goDuration, parseGoDuration, slogLine } from "./wire.mjs"
 
 const USAGE = `Large language model runner
 
@@ -107,6 +108,23 @@ export async function main(argv = process.argv.slice(2), env = process.env) {
   }
 }
 
+/**
+ * The GPU memory this start finds: FAKE_OLLAMA_VRAM_FILE's content when that file exists (read at
+ * every start, so a test can change it between restarts), else FAKE_OLLAMA_VRAM, else an L4's.
+ */
+function vramOf(/** @type {Env} */ env) {
+  const file = env.FAKE_OLLAMA_VRAM_FILE
+  if (file) {
+    try {
+      const fromFile = parseBytes(readFileSync(file, "utf8"))
+      if (fromFile !== undefined) return fromFile
+    } catch {
+      // no file: the variable decides
+    }
+  }
+  return parseBytes(env.FAKE_OLLAMA_VRAM) ?? DEFAULT_VRAM
+}
+
 /** Where a client reaches the server: a wildcard bind is reached on 127.0.0.1. */
 function clientBase(/** @type {Env} */ env) {
   const host = parseOllamaHost(env.OLLAMA_HOST)
@@ -193,6 +211,19 @@ function ginLine(/** @type {import("./server.mjs").RecordedRequest} */ rec, /** 
   }  ${JSON.stringify(rec.path)}\n`
 }
 
+/** envconfig.LoadTimeout as `%v` prints it: a Go duration or whole seconds, 5m by default, 0 or less for ever. */
+function loadTimeout(/** @type {string | undefined} */ raw) {
+  let ns = 300e9
+  if (raw) {
+    try {
+      ns = parseGoDuration(raw)
+    } catch {
+      if (/^[-+]?\d+$/.test(raw)) ns = Number(raw) * 1e9
+    }
+  }
+  return ns <= 0 ? "2562047h47m16.854775807s" : goDuration(ns)
+}
+
 /** The `env` attribute of the "server config" line, Go's map formatting. */
 function configMap(/** @type {Env} */ env, /** @type {string} */ url) {
   const values = {
@@ -200,7 +231,7 @@ function configMap(/** @type {Env} */ env, /** @type {string} */ url) {
     OLLAMA_DEBUG: truthy(env.OLLAMA_DEBUG) ? "DEBUG" : "INFO",
     OLLAMA_HOST: url,
     OLLAMA_KEEP_ALIVE: env.OLLAMA_KEEP_ALIVE ?? "5m0s",
-    OLLAMA_LOAD_TIMEOUT: env.OLLAMA_LOAD_TIMEOUT ?? "5m0s",
+    OLLAMA_LOAD_TIMEOUT: loadTimeout(env.OLLAMA_LOAD_TIMEOUT),
     OLLAMA_MAX_LOADED_MODELS: env.OLLAMA_MAX_LOADED_MODELS ?? "0",
     OLLAMA_MAX_QUEUE: env.OLLAMA_MAX_QUEUE ?? "512",
     OLLAMA_MODELS: env.OLLAMA_MODELS ?? `${os.homedir()}/.ollama/models`,
@@ -247,6 +278,7 @@ async function serve(env) {
   }
 
   const recordFile = env.FAKE_OLLAMA_RECORD_FILE || env.FAKE_OLLAMA_STATE_FILE
+  const vram = vramOf(env)
   const startupDelayMs = numberVar(env, "STARTUP_DELAY_MS") ?? 0
   /** @type {() => void} */
   let markReady = () => {}
@@ -268,6 +300,8 @@ async function serve(env) {
       pullDelayMs: numberVar(env, "PULL_DELAY_MS"),
       loadDelayMs: numberVar(env, "LOAD_DELAY_MS"),
       keepAlive: env.OLLAMA_KEEP_ALIVE || undefined,
+      vram,
+      defaultNumCtx: Number(env.OLLAMA_CONTEXT_LENGTH) || defaultNumCtx(vram),
       origins: (env.OLLAMA_ORIGINS ?? "").split(",").filter(Boolean),
       recordRequests: false,
       ready,
@@ -302,7 +336,7 @@ async function serve(env) {
   log("INFO", "total blobs: 0", {}, "images.go:518")
   log("INFO", "total unused blobs removed: 0", {}, "images.go:525")
   log("INFO", `Listening on ${shown} (version ${VERSION})`, {}, "routes.go:1597")
-  log("DEBUG", "updating default concurrency", { OLLAMA_MAX_LOADED_MODELS: 3, gpu_count: 0 }, "sched.go:121")
+  log("DEBUG", "updating default concurrency", { OLLAMA_MAX_LOADED_MODELS: 3, gpu_count: vram > 0 ? 1 : 0 }, "sched.go:121")
   log("INFO", "discovering available GPUs...", {}, "runner.go:80")
 
   const exitAfterMs = numberVar(env, "EXIT_AFTER_MS")
@@ -314,21 +348,7 @@ async function serve(env) {
   }
 
   if (startupDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, startupDelayMs))
-  log("INFO", "inference compute", {
-    id: "cpu",
-    library: "cpu",
-    compute: "",
-    name: "cpu",
-    description: "cpu",
-    libdirs: "ollama",
-    driver: "",
-    pci_id: "",
-    type: "",
-    total: "15.6 GiB",
-    available: "12.1 GiB"
-  }, "types.go:60")
-  log("WARN", "no compatible GPUs were discovered, running on CPU", {}, "runner.go:126")
-  log("INFO", "vram-based default context", { total_vram: "0 B", default_num_ctx: 4096 }, "routes.go:1657")
+  for (const [msg, attrs, source] of discoveryLines(vram)) log("INFO", msg, attrs, source)
   markReady()
   return new Promise(() => {})
 }

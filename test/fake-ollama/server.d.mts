@@ -54,6 +54,14 @@ export interface FakeOllamaOptions {
   checkHost?: boolean | undefined
   /** Default keep-alive of loaded models (OLLAMA_KEEP_ALIVE). Default `5m`. */
   keepAlive?: string | number | undefined
+  /**
+   * GPU memory in bytes (default an L4's 22.5 GiB). A model being loaded gets what the models
+   * already loaded left free; /api/ps shows the part in GPU memory as `size_vram`, so a model that
+   * does not fit, or any model with 0 (no GPU), is reported as (partly) on the CPU.
+   */
+  vram?: number | undefined
+  /** The context a model is loaded with when the request sets no `num_ctx`, at most its own. Default 4096. */
+  defaultNumCtx?: number | undefined
   /** Extra allowed CORS origins (OLLAMA_ORIGINS), `*` wildcards. */
   origins?: Array<string> | undefined
   /** Keep requests in `requests`. Default true. */
@@ -136,6 +144,8 @@ export function startFakeOllama(options?: FakeOllamaOptions): Promise<FakeOllama
 export function expectedFigures(path: string, body: unknown, options?: { tokens?: number; loadDelayMs?: number }): Figures
 
 export const VERSION: string
+/** An L4's memory, 22.5 GiB: the fake's GPU unless told otherwise. */
+export const DEFAULT_VRAM: number
 export const BUSY_ERROR: string
 export const MIDSTREAM_ERROR: string
 export const PULL_MANIFEST_ERROR: string

@@ -10,6 +10,7 @@ import dns from "node:dns/promises"
 import { EventEmitter } from "node:events"
 import http from "node:http"
 import net from "node:net"
+import { DEFAULT_VRAM } from "./gpu.mjs"
 import { allowedOrigins, checkHostHeader, CORS_ALLOW_HEADERS, isLoopbackAddress, joinHostPort, originAllowed } from "./host.mjs"
 import {
   contextIds,
@@ -57,6 +58,7 @@ import {
 } from "./respond.mjs"
 import { float32Array, goJSON, nowNs, RawJSON, rfc3339Nano } from "./wire.mjs"
 
+export { DEFAULT_VRAM } from "./gpu.mjs"
 export { checkHostHeader, parseOllamaHost } from "./host.mjs"
 export { embeddingFor, generatedText, parseModelName, promptTokens, TOKEN_TEXTS, tokenText, VERSION } from "./models.mjs"
 export { expectedFigures } from "./requests.mjs"
@@ -88,6 +90,8 @@ export const PULL_MANIFEST_ERROR = "pull model manifest: file does not exist"
  * @property {number} loadDelayMs
  * @property {boolean | undefined} checkHost
  * @property {string | number} keepAlive
+ * @property {number} vram GPU memory in bytes; 0: no GPU, models load into system memory
+ * @property {number} defaultNumCtx the context a model is loaded with when the request sets none
  * @property {string[]} origins
  * @property {boolean} recordRequests
  * @property {Promise<unknown> | undefined} ready
@@ -126,6 +130,8 @@ const DEFAULTS = {
   loadDelayMs: 0,
   checkHost: undefined,
   keepAlive: "5m",
+  vram: DEFAULT_VRAM,
+  defaultNumCtx: 4096,
   origins: [],
   recordRequests: true,
   ready: undefined,
@@ -201,7 +207,7 @@ export async function startFakeOllama(options = {}) {
   const disk = new Map()
   /** @type {Map<string, ModelSpec | string>} */
   const pullable = new Map()
-  /** @type {Map<string, { model: Model, expiresNs: bigint, contextLength: number }>} */
+  /** @type {Map<string, { model: Model, expiresNs: bigint, contextLength: number, sizeVram: number }>} */
   const loaded = new Map()
   /** @type {Set<string>} blob digests stored, `sha256:<hex>` */
   const blobs = new Set()
@@ -273,10 +279,22 @@ export async function startFakeOllama(options = {}) {
       log("INFO", "loading model", { model: model.name, "num_ctx": model.contextLength }, "server.go:404")
       log("INFO", `llama runner started in ${(ctx.o.loadDelayMs / 1000).toFixed(2)} seconds`, {}, "server.go:1288")
     }
-    const numCtx = typeof reqOptions?.num_ctx === "number" ? reqOptions.num_ctx : Math.min(model.contextLength, 4096)
+    const numCtx = typeof reqOptions?.num_ctx === "number" ? reqOptions.num_ctx : Math.min(model.contextLength, ctx.o.defaultNumCtx)
     const duration = keepAlive ?? keepAliveDefault()
-    loaded.set(model.key, { model, expiresNs: nowNs() + duration, contextLength: numCtx })
+    loaded.set(model.key, {
+      model,
+      expiresNs: nowNs() + duration,
+      contextLength: numCtx,
+      sizeVram: loaded.get(model.key)?.sizeVram ?? vramFor(model)
+    })
     return {}
+  }
+
+  /** What of a model being loaded goes to GPU memory: what the models already loaded left free; the rest stays in system memory. */
+  function vramFor(/** @type {Model} */ model) {
+    let used = 0
+    for (const entry of loaded.values()) used += entry.sizeVram
+    return Math.max(0, Math.min(model.size, opts.vram - used))
   }
 
   /** Sets the keep-alive clock when a request is done with the model, unloading at 0. */
@@ -470,14 +488,14 @@ export async function startFakeOllama(options = {}) {
     for (const [key, entry] of loaded) if (entry.expiresNs <= now) loaded.delete(key)
     return [...loaded.values()]
       .sort((a, b) => (a.expiresNs === b.expiresNs ? 0 : a.expiresNs < b.expiresNs ? 1 : -1))
-      .map(({ model: m, expiresNs, contextLength }) => ({
+      .map(({ contextLength, expiresNs, model: m, sizeVram }) => ({
         name: m.name,
         model: m.name,
         size: m.size,
         digest: m.digest,
         details: details(m),
         expires_at: rfc3339Nano(expiresNs),
-        size_vram: m.size,
+        size_vram: sizeVram,
         context_length: contextLength
       }))
   }
