@@ -1,6 +1,6 @@
 /**
  * The test double itself: it must look like `ollama serve` to the official clients and, byte for
- * byte, to a proxy (OLLAMA-API.md). Its knobs and its CLI are tested here too.
+ * byte, to a proxy (fake-ollama/README.md, "What it follows"). Its knobs and its CLI are tested here too.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
@@ -349,7 +349,7 @@ describe("on the wire", () => {
     expect(chunks.at(-1)).toMatchObject({ choices: [], usage: { prompt_tokens: 1, completion_tokens: 5, total_tokens: 6 } })
   })
 
-  it("answers the errors of OLLAMA-API.md with their statuses and shapes", async () => {
+  it("answers Ollama's errors with their statuses and shapes", async () => {
     const cases: Array<[string, string, number, string]> = [
       ["/api/chat", "", 400, "{\"error\":\"missing request body\"}"],
       ["/api/chat", "{nope", 400, `{"error":"invalid character 'n' looking for beginning of object key string"}`],

@@ -158,7 +158,7 @@ export async function streamResponse(/** @type {Exchange} */ ctx, /** @type {Asy
 
 /**
  * server.waitForStream (non-streamed pull, push, create): the last progress object, or the error.
- * Ends with a newline, as OLLAMA-API.md says.
+ * Ends with a newline, as Ollama's non-streamed pull, push and create answers do.
  */
 export async function waitForStream(/** @type {Exchange} */ ctx, /** @type {AsyncGenerator<Obj | StreamError>} */ items) {
   /** @type {Obj} */

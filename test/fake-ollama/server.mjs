@@ -1,6 +1,7 @@
 // @ts-check
 /**
- * A fake `ollama serve`: the HTTP API of Ollama 0.32.x as /work/shared/OLLAMA-API.md describes it,
+ * A fake `ollama serve`: the HTTP API of Ollama 0.32.x (what it follows, and where in ollama/ollama
+ * each fact comes from: README.md, "What it follows"),
  * byte for byte where bytes matter (content types, trailing newlines, error shapes, statuses),
  * with deterministic output and knobs to make it slow, split, busy, failing or crashing.
  * Types: server.d.mts. The `ollama serve` executable around it: cli.mjs and bin/ollama.
