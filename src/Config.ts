@@ -3,8 +3,8 @@
  * A bad value fails start-up with an AppConfigError naming the variable; secrets stay Redacted.
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
-import type { Scope } from "./exchange/Classify.js"
 import { type OllamaHost, parseOllamaHost } from "./ollama/Host.js"
+import { type Scope, SCOPES } from "./Scopes.js"
 
 export class AppConfigError extends Data.TaggedError("AppConfigError")<{
   readonly variable: string
@@ -314,8 +314,6 @@ const firstOf = <A>(names: ReadonlyArray<string>, parse: Parse<A>) =>
   Config.all(names.map((name) => optional(name, parse))).pipe(Config.map((values) => Option.firstSomeOf(values)))
 
 const text: Parse<string> = (raw) => Either.right(raw.trim())
-
-const SCOPES: ReadonlyArray<Scope> = ["inference", "read", "manage", "metrics"]
 
 /** A comma-separated list of scopes; `all` is every scope. */
 const parseScopes: Parse<ReadonlySet<Scope>> = (raw) => {

@@ -39,12 +39,7 @@ export type Operation =
   | "experimental"
   | "unknown"
 
-/**
- * What a key must be allowed to do for the request: generate or embed (`inference`), read the
- * server's state (`read`), change it (`manage`: everything else, including any path Ollama adds
- * later, so what is not known is denied by default), or scrape the proxy's own `metrics`.
- */
-export type Scope = "inference" | "read" | "manage" | "metrics"
+import type { Scope } from "../Scopes.js"
 
 /** `gen_ai.operation.name` of the OpenTelemetry GenAI conventions. */
 export type GenAiOperation = "chat" | "text_completion" | "embeddings"
@@ -57,6 +52,7 @@ export interface Route {
   readonly route: string
   readonly family: Family
   readonly operation: Operation
+  /** What a key must be allowed to do for it; `manage` for all that is not known to be less. */
   readonly scope: Scope
   /** A model generates or embeds: the exchange is metered and gets a GenAI span. */
   readonly inference: boolean

@@ -16,7 +16,7 @@ import { readFile } from "node:fs/promises"
 import type { IncomingHttpHeaders } from "node:http"
 import { dirname } from "node:path"
 import { type ApiKeyConfig, AppConfig } from "../Config.js"
-import type { Scope } from "../exchange/Classify.js"
+import { type Scope, SCOPES } from "../Scopes.js"
 import { type KeyEntry, KeyFileError, parseKeyFile, type ScopeName } from "./KeyFile.js"
 import { ModelRule } from "./Models.js"
 
@@ -66,10 +66,8 @@ const presentedKeys = (headers: IncomingHttpHeaders) => {
 export const isPreflight = (method: string | undefined, headers: IncomingHttpHeaders) =>
   method === "OPTIONS" && headers.origin !== undefined && headers["access-control-request-method"] !== undefined
 
-export const ALL_SCOPES: ReadonlyArray<Scope> = ["inference", "read", "manage", "metrics"]
-
 export const scopesOf = (names: ReadonlyArray<ScopeName>): ReadonlySet<Scope> =>
-  new Set(names.includes("all") ? ALL_SCOPES : names.filter((n): n is Scope => n !== "all"))
+  new Set(names.includes("all") ? SCOPES : names.filter((n): n is Scope => n !== "all"))
 
 /** The keys in force: every digest with its policy. */
 interface Keyring {

@@ -15,6 +15,7 @@
 import { Data, Effect, Either, ParseResult, Schema } from "effect"
 import { readFile } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
+import { type Scope, SCOPES } from "../Scopes.js"
 
 export class KeyFileError extends Data.TaggedError("KeyFileError")<{
   readonly file: string
@@ -25,11 +26,12 @@ export class KeyFileError extends Data.TaggedError("KeyFileError")<{
   }
 }
 
-export const SCOPE_NAMES = ["inference", "read", "manage", "metrics", "all"] as const
-export type ScopeName = (typeof SCOPE_NAMES)[number]
+/** A scope, or `all` for every one. */
+export type ScopeName = Scope | "all"
+const SCOPE_NAMES: ReadonlyArray<ScopeName> = [...SCOPES, "all"]
 
 const ScopeName = Schema.String.pipe(
-  Schema.filter((s): s is ScopeName => (SCOPE_NAMES as ReadonlyArray<string>).includes(s), {
+  Schema.filter((s): s is ScopeName => SCOPE_NAMES.includes(s as ScopeName), {
     message: (issue) => `${JSON.stringify(issue.actual)} is not a scope (${SCOPE_NAMES.join(", ")})`
   })
 )

@@ -11,8 +11,9 @@ import { endWatches, Exchange, type ExchangeConsumer, openWatches } from "../../
 import { type Outcome, Reading } from "../../src/exchange/Reading.js"
 import { targetOf } from "../../src/exchange/Target.js"
 import { makeUsageReader, type UsageReaderFactory } from "../../src/exchange/UsageReader.js"
-import { ALL_SCOPES, type KeyPolicy } from "../../src/keys/ApiKeys.js"
+import type { KeyPolicy } from "../../src/keys/ApiKeys.js"
 import { ModelRule } from "../../src/keys/Models.js"
+import { SCOPES } from "../../src/Scopes.js"
 
 export interface PlayedExchange {
   readonly method?: string
@@ -31,7 +32,7 @@ export interface PlayedExchange {
 
 const keyNamed = (name: string): KeyPolicy => ({
   name,
-  scopes: new Set(ALL_SCOPES),
+  scopes: new Set(SCOPES),
   models: ModelRule.all,
   expiresAt: undefined,
   disabled: false,

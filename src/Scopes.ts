@@ -1,0 +1,9 @@
+/**
+ * What a key may be allowed to do, one scope per request: generate or embed (`inference`), read
+ * the server's state (`read`), change it (`manage`), or scrape the proxy's own `metrics`. The
+ * classification of a request (src/exchange/Classify.ts) gives its scope; a key (src/keys/) holds
+ * a set of them. A leaf both import, and AppConfig too, for AUTHORIZATION_DEFAULT_SCOPES.
+ */
+export type Scope = "inference" | "read" | "manage" | "metrics"
+
+export const SCOPES: ReadonlyArray<Scope> = ["inference", "read", "manage", "metrics"]
