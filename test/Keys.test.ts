@@ -368,6 +368,10 @@ describe("keys from the file, with the real clients", () => {
   it("the lists show only the models a key may use", async () => {
     const names = (await ollama(ALICE).list()).models.map((m) => m.name).sort()
     expect(names).toEqual(["llama3.2:latest", "nomic-embed-text:latest"])
+    // HEAD has no body to filter: Ollama's answer as it is.
+    const head = await raw(`${proxy.url}/api/tags`, { method: "HEAD", headers: { authorization: `Bearer ${ALICE}` } })
+    const direct = await raw(`${fake.url}/api/tags`, { method: "HEAD" })
+    expect([head.status, head.text, head.headers["content-length"]]).toEqual([200, "", direct.headers["content-length"]])
     await ollama(ALICE).chat({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }] })
     const running = (await ollama(ALICE).ps()).models.map((m) => m.name)
     expect(running.every((n) => n === "llama3.2:latest" || n === "nomic-embed-text:latest")).toBe(true)

@@ -149,7 +149,7 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path)
         if (refusal !== undefined) return refuse(exchange, refusal, "forbidden")
         if (namesModelInBody(route)) exchange.modelRule = key.models
-        if (listsModels(route)) exchange.rewrite = modelListFilter(key.models, route)
+        if (req.method === "GET" && listsModels(route)) exchange.rewrite = modelListFilter(key.models, route)
       }
       if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route)
       relay.forward(exchange)
