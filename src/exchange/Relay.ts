@@ -107,7 +107,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
 
     const forward = (exchange: Exchange): void => {
       const { reading, req, requestId, res, rewrite } = exchange
-      if (!health.isUp()) {
+      if (health.isDown()) {
         writeOllamaUnavailable(res, requestId)
         exchange.finish("unavailable")
         return
