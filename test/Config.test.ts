@@ -27,6 +27,17 @@ describe("AppConfig", () => {
     expect(Duration.toMillis(config.webhookTimeout)).toBe(10_000)
     expect(config.webhookConcurrency).toBe(4)
     expect(config.preloadKeepAlive).toBe(-1)
+    expect(config.trustedProxies).toEqual([])
+  })
+
+  it("reads TRUSTED_PROXIES as addresses and CIDR blocks of both families", () => {
+    const config = Either.getOrThrow(load({ TRUSTED_PROXIES: " 10.0.0.0/8, 192.168.1.7 ,fd00::/8\n::1" }))
+    expect(config.trustedProxies).toEqual([
+      { address: "10.0.0.0", prefix: 8, family: "ipv4" },
+      { address: "192.168.1.7", prefix: 32, family: "ipv4" },
+      { address: "fd00::", prefix: 8, family: "ipv6" },
+      { address: "::1", prefix: 128, family: "ipv6" }
+    ])
   })
 
   it("reads the older variable names and PORT_HEALTH", () => {
@@ -74,7 +85,11 @@ describe("AppConfig", () => {
     [{ OLLAMA_MANAGED: "maybe" }, "OLLAMA_MANAGED:"],
     [{ SHUTDOWN_TIMEOUT: "soon" }, "SHUTDOWN_TIMEOUT:"],
     [{ WEBHOOK_TIMEOUT: "0" }, "WEBHOOK_TIMEOUT: \"0\" must be longer than 0"],
-    [{ WEBHOOK_CONCURRENCY: "0" }, "WEBHOOK_CONCURRENCY:"]
+    [{ WEBHOOK_CONCURRENCY: "0" }, "WEBHOOK_CONCURRENCY:"],
+    [{ TRUSTED_PROXIES: "10.0.0.0/33" }, "TRUSTED_PROXIES: \"10.0.0.0/33\" is not an IP address or CIDR block"],
+    [{ TRUSTED_PROXIES: "10.0.0.1, proxy.internal" }, "TRUSTED_PROXIES: \"proxy.internal\" is not"],
+    [{ TRUSTED_PROXIES: "fe80::1%eth0" }, "TRUSTED_PROXIES:"],
+    [{ TRUSTED_PROXIES: "10.0.0.0/" }, "TRUSTED_PROXIES:"]
   ])("rejects %o with one line naming the variable", (env, expected) => {
     const message = failure(env)
     expect(message).toContain(expected)

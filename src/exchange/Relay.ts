@@ -11,7 +11,7 @@ import { AppConfig } from "../Config.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { writeJsonError, writeOllamaUnavailable } from "./Errors.js"
 import type { ChunkFilter, Exchange } from "./Exchange.js"
-import { clientResponseHeaders, upstreamRequestHeaders } from "./Headers.js"
+import { clientResponseHeaders, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
 import type { Outcome } from "./Reading.js"
 
 class ClientAborted extends Error {
@@ -104,6 +104,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       (pool) => Effect.promise(() => pool.destroy())
     )
     const ollamaHost = config.ollama.hostHeader
+    const trusted = trustedPeers(config.trustedProxies)
 
     const forward = (exchange: Exchange): void => {
       const { reading, req, requestId, res, rewrite } = exchange
@@ -133,7 +134,8 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         finish("client_aborted")
       })
 
-      const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress: req.socket.remoteAddress, requestId })
+      const remoteAddress = req.socket.remoteAddress
+      const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress, trustedPeer: trusted(remoteAddress), requestId })
       exchange.upstream(headers)
       let body: UpstreamBody = hasBody(req) ? req : null
 
