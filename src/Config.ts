@@ -51,6 +51,14 @@ export interface AppConfigShape {
   /** How long one POST may go unanswered before it counts as failed (and is retried). */
   readonly webhookTimeout: Duration.Duration
   readonly metricsPublic: boolean
+  /** How long a request's head may take to arrive, from its first byte (or the connection's opening). */
+  readonly requestHeadersTimeout: Duration.Duration
+  /** How long a request body may stop arriving before the request is cut with 408. */
+  readonly requestBodyTimeout: Duration.Duration
+  /** Open connections per listener at most; past it a new one is refused at once. */
+  readonly maxConnections: number
+  /** The same, per client address (per /64 for IPv6). */
+  readonly maxConnectionsPerAddress: number
   /** Peers whose X-Forwarded-* headers are believed: addresses and CIDR blocks. */
   readonly trustedProxies: ReadonlyArray<AddressBlock>
   readonly otel: OtelConfig
@@ -336,6 +344,10 @@ const fromConfig = Config.all({
   webhookRetryDelay: withDefault("WEBHOOK_RETRY_DELAY", parseDuration, Duration.seconds(1)),
   webhookTimeout: withDefault("WEBHOOK_TIMEOUT", parsePositiveDuration, Duration.seconds(10)),
   metricsPublic: withDefault("METRICS_PUBLIC", parseBoolean, false),
+  requestHeadersTimeout: withDefault("REQUEST_HEADERS_TIMEOUT", parsePositiveDuration, Duration.seconds(10)),
+  requestBodyTimeout: withDefault("REQUEST_BODY_TIMEOUT", parsePositiveDuration, Duration.seconds(60)),
+  maxConnections: withDefault("MAX_CONNECTIONS", parsePositiveInt, 4096),
+  maxConnectionsPerAddress: withDefault("MAX_CONNECTIONS_PER_ADDRESS", parsePositiveInt, 512),
   trustedProxies: withDefault("TRUSTED_PROXIES", parseAddressBlocks, []),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
@@ -435,6 +447,10 @@ export const loadAppConfig = Effect.gen(function*() {
     webhookRetryDelay: raw.webhookRetryDelay,
     webhookTimeout: raw.webhookTimeout,
     metricsPublic: raw.metricsPublic,
+    requestHeadersTimeout: raw.requestHeadersTimeout,
+    requestBodyTimeout: raw.requestBodyTimeout,
+    maxConnections: raw.maxConnections,
+    maxConnectionsPerAddress: raw.maxConnectionsPerAddress,
     trustedProxies: raw.trustedProxies,
     otel: otelConfig(raw)
   }

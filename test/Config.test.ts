@@ -27,6 +27,9 @@ describe("AppConfig", () => {
     expect(Duration.toMillis(config.webhookTimeout)).toBe(10_000)
     expect(config.webhookConcurrency).toBe(4)
     expect(config.preloadKeepAlive).toBe(-1)
+    expect(Duration.toMillis(config.requestHeadersTimeout)).toBe(10_000)
+    expect(Duration.toMillis(config.requestBodyTimeout)).toBe(60_000)
+    expect([config.maxConnections, config.maxConnectionsPerAddress]).toEqual([4096, 512])
     expect(config.trustedProxies).toEqual([])
   })
 
@@ -86,6 +89,10 @@ describe("AppConfig", () => {
     [{ SHUTDOWN_TIMEOUT: "soon" }, "SHUTDOWN_TIMEOUT:"],
     [{ WEBHOOK_TIMEOUT: "0" }, "WEBHOOK_TIMEOUT: \"0\" must be longer than 0"],
     [{ WEBHOOK_CONCURRENCY: "0" }, "WEBHOOK_CONCURRENCY:"],
+    [{ REQUEST_HEADERS_TIMEOUT: "0" }, "REQUEST_HEADERS_TIMEOUT: \"0\" must be longer than 0"],
+    [{ REQUEST_BODY_TIMEOUT: "a minute" }, "REQUEST_BODY_TIMEOUT:"],
+    [{ MAX_CONNECTIONS: "-5" }, "MAX_CONNECTIONS: \"-5\" is not a positive integer"],
+    [{ MAX_CONNECTIONS_PER_ADDRESS: "0" }, "MAX_CONNECTIONS_PER_ADDRESS:"],
     [{ TRUSTED_PROXIES: "10.0.0.0/33" }, "TRUSTED_PROXIES: \"10.0.0.0/33\" is not an IP address or CIDR block"],
     [{ TRUSTED_PROXIES: "10.0.0.1, proxy.internal" }, "TRUSTED_PROXIES: \"proxy.internal\" is not"],
     [{ TRUSTED_PROXIES: "fe80::1%eth0" }, "TRUSTED_PROXIES:"],

@@ -26,10 +26,24 @@ export const unauthorized = (reason: string) => ({
   headers: { "www-authenticate": "Bearer" }
 })
 
+/**
+ * A refusal: the proxy's answer in Ollama's place before Ollama sees the request (401, and any
+ * 403 or 429). It closes the connection once the answer is flushed, without reading the body the
+ * client may still be sending: a client without a key could otherwise hold the socket for ever by
+ * trickling a body. Clients read the answer first: node:http, fetch and curl all report the
+ * status even in the middle of a 20 MB upload.
+ */
+export const writeRefusal = (res: ServerResponse, status: number, message: string, headers: OutgoingHttpHeaders) =>
+  writeJsonError(res, status, message, { ...headers, connection: "close" })
+
 export const writeUnauthorized = (res: ServerResponse, reason: string, requestId: string) => {
   const answer = unauthorized(reason)
-  writeJsonError(res, answer.status, answer.message, { ...answer.headers, "x-request-id": requestId })
+  writeRefusal(res, answer.status, answer.message, { ...answer.headers, "x-request-id": requestId })
 }
+
+/** The request body stopped arriving for REQUEST_BODY_TIMEOUT; the connection is closed after it. */
+export const writeBodyTimeout = (res: ServerResponse, requestId: string) =>
+  writeJsonError(res, 408, "request body timeout: the body stopped arriving", { connection: "close", "x-request-id": requestId })
 
 const OLLAMA_UNAVAILABLE = "ollama is not available"
 /** Seconds a client should wait before retrying while Ollama is down. */

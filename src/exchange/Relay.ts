@@ -3,20 +3,28 @@
  * backpressure, through undici's dispatcher without an intermediate stream. It feeds the
  * exchange's reading as the bytes pass (see Boundary.ts for why all of this is plain callbacks).
  */
-import { Effect } from "effect"
-import type { IncomingMessage } from "node:http"
+import { Duration, Effect } from "effect"
+import type { IncomingMessage, ServerResponse } from "node:http"
+import type { Socket } from "node:net"
 import { Readable } from "node:stream"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
 import { OllamaHealth } from "../ollama/Health.js"
-import { writeJsonError, writeOllamaUnavailable } from "./Errors.js"
+import { writeBodyTimeout, writeJsonError, writeOllamaUnavailable } from "./Errors.js"
 import type { ChunkFilter, Exchange } from "./Exchange.js"
 import { clientResponseHeaders, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
 import type { Outcome } from "./Reading.js"
 
 class ClientAborted extends Error {
+  constructor(message = "client closed the connection") {
+    super(message)
+  }
+}
+
+/** The client stopped sending its request body: cut as if it had gone. */
+class BodyTimeout extends ClientAborted {
   constructor() {
-    super("client closed the connection")
+    super("the request body stopped arriving")
   }
 }
 
@@ -48,6 +56,15 @@ const hasBody = (req: IncomingMessage) => {
 }
 
 type UpstreamBody = Buffer | Readable | null
+
+/**
+ * An answer that ends before its request body has all arrived closes the connection. Keeping it
+ * would mean reading the rest of the body only to discard it, for as long as the client cares to
+ * send it: trickled, for ever.
+ */
+const closeIfBodyUnread = (req: IncomingMessage, res: ServerResponse) => {
+  if (!req.complete && hasBody(req)) res.setHeader("connection", "close")
+}
 
 async function* replay(chunks: ReadonlyArray<Buffer>, rest: IncomingMessage): AsyncIterable<Buffer> {
   yield* chunks
@@ -105,10 +122,12 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
     )
     const ollamaHost = config.ollama.hostHeader
     const trusted = trustedPeers(config.trustedProxies)
+    const bodyTimeout = Duration.toMillis(config.requestBodyTimeout)
 
     const forward = (exchange: Exchange): void => {
       const { reading, req, requestId, res, rewrite } = exchange
       if (health.isDown()) {
+        closeIfBodyUnread(req, res)
         writeOllamaUnavailable(res, requestId)
         exchange.finish("unavailable")
         return
@@ -139,6 +158,36 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       exchange.upstream(headers)
       let body: UpstreamBody = hasBody(req) ? req : null
 
+      // A body that stops arriving would hold the connection and Ollama's request open for ever:
+      // after REQUEST_BODY_TIMEOUT of silence it is cut with a 408. The socket's idle timer keeps
+      // the time (Node refreshes it on every read), so an upload that keeps flowing is never cut.
+      // The response's 'timeout' event carries it: unanswered, Node would destroy the socket
+      // itself. The timer stops with the body, before the answer: the answer's writes would
+      // refresh it too, one more piece of work per chunk.
+      if (body !== null) {
+        const stillIdle = (socket: Socket, read: number) => {
+          if (finished || req.complete) return
+          if (socket.bytesRead !== read || socket.isPaused()) return void res.setTimeout(bodyTimeout)
+          const error = new BodyTimeout()
+          if (res.headersSent) res.destroy()
+          else writeBodyTimeout(res, requestId)
+          if (controller !== undefined && !controller.aborted) controller.abort(error)
+          finish("client_aborted", error)
+        }
+        res.setTimeout(bodyTimeout, () => {
+          const socket = res.socket
+          // The body is all here: the silence is Ollama's (a model load may take minutes).
+          if (req.complete || socket === null) return void res.setTimeout(0)
+          // Ollama is not taking the body yet, so neither are we: the client is not the idle one.
+          if (socket.isPaused()) return void res.setTimeout(bodyTimeout)
+          // Timers run before pending reads: bytes that came while this process was busy are read
+          // before setImmediate, and only a body still silent then has stopped.
+          setImmediate(stillIdle, socket, socket.bytesRead)
+        })
+        // Once the response is over it no longer has the socket, and this leaves the socket alone.
+        req.once("end", () => res.setTimeout(0))
+      }
+
       // Chunks parsed from one read of Ollama's socket go to the client in one write, at the end of
       // that read (process.nextTick): the same bytes, no later, in far fewer, larger writes. Ollama
       // writes a line per token, so under load one read holds many lines; per-line writes cost the
@@ -160,7 +209,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c
-          if (res.destroyed) {
+          if (res.destroyed || finished) {
             c.abort(new ClientAborted())
             return
           }
@@ -172,6 +221,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         },
         onResponseStart(_c, status, headers) {
           if (status < 200) return // 1xx interim answers stay between us and Ollama
+          closeIfBodyUnread(req, res)
           res.writeHead(status, clientResponseHeaders(headers, requestId))
           // A filter may change the body's length: only a body without a declared one is filtered.
           if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response(status, headers)
@@ -207,6 +257,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
             finish("upstream_error", error)
             return
           }
+          closeIfBodyUnread(req, res)
           const code = errorCode(error)
           if (code !== undefined && UNREACHABLE.has(code)) {
             health.reportUnreachable()

@@ -31,9 +31,13 @@ const presentedKey = (headers: IncomingHttpHeaders): { key: string } | { reason:
   return { reason: "missing API key" }
 }
 
-/** A CORS preflight carries no credentials by design; Ollama's CORS layer answers it. */
+/**
+ * A CORS preflight carries no credentials by design; Ollama's CORS layer answers it. It carries no
+ * body either: one that does needs a key, or a keyless client could trickle a body through it.
+ */
 export const isPreflight = (method: string | undefined, headers: IncomingHttpHeaders) =>
-  method === "OPTIONS" && headers.origin !== undefined && headers["access-control-request-method"] !== undefined
+  method === "OPTIONS" && headers.origin !== undefined && headers["access-control-request-method"] !== undefined &&
+  (headers["content-length"] ?? "0") === "0" && headers["transfer-encoding"] === undefined
 
 export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
   effect: Effect.gen(function*() {
