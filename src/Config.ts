@@ -3,6 +3,7 @@
  * A bad value fails start-up with an AppConfigError naming the variable; secrets stay Redacted.
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { isIP } from "node:net"
 import { type OllamaHost, parseOllamaHost } from "./ollama/Host.js"
 import { type Scope, SCOPES } from "./Scopes.js"
 
@@ -79,7 +80,24 @@ export interface AppConfigShape {
   /** How long one POST may go unanswered before it counts as failed (and is retried). */
   readonly webhookTimeout: Duration.Duration
   readonly metricsPublic: boolean
+  /** How long a request's head may take to arrive, from its first byte (or the connection's opening). */
+  readonly requestHeadersTimeout: Duration.Duration
+  /** How long a request body may stop arriving before the request is cut with 408. */
+  readonly requestBodyTimeout: Duration.Duration
+  /** Open connections per listener at most; past it a new one is refused at once. */
+  readonly maxConnections: number
+  /** The same, per client address (per /64 for IPv6). */
+  readonly maxConnectionsPerAddress: number
+  /** Peers whose X-Forwarded-* headers are believed: addresses and CIDR blocks. */
+  readonly trustedProxies: ReadonlyArray<AddressBlock>
   readonly otel: OtelConfig
+}
+
+/** An address (prefix = its full length) or a CIDR block. */
+export interface AddressBlock {
+  readonly address: string
+  readonly prefix: number
+  readonly family: "ipv4" | "ipv6"
 }
 
 export type OtlpProtocol = "http/protobuf" | "http/json"
@@ -156,6 +174,25 @@ const parsePositiveDuration: Parse<Duration.Duration> = (raw) =>
 const parsePositiveInt: Parse<number> = (raw) => {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
   return Number.isSafeInteger(n) && n > 0 ? Either.right(n) : Either.left(`${quoted(raw)} is not a positive integer`)
+}
+
+/** Addresses and CIDR blocks, IPv4 or IPv6, separated by commas or spaces. */
+export const parseAddressBlocks: Parse<ReadonlyArray<AddressBlock>> = (raw) => {
+  const blocks: Array<AddressBlock> = []
+  for (const item of raw.split(/[\s,]+/)) {
+    if (item === "") continue
+    const slash = item.indexOf("/")
+    const address = slash < 0 ? item : item.slice(0, slash)
+    const version = isIP(address)
+    const bits = version === 4 ? 32 : 128
+    const prefixText = slash < 0 ? String(bits) : item.slice(slash + 1)
+    const prefix = /^\d{1,3}$/.test(prefixText) ? Number(prefixText) : NaN
+    if (version === 0 || address.includes("%") || !(prefix <= bits)) {
+      return Either.left(`${quoted(item)} is not an IP address or CIDR block (like 10.0.0.0/8 or fd00::/8)`)
+    }
+    blocks.push({ address, prefix, family: version === 4 ? "ipv4" : "ipv6" })
+  }
+  return Either.right(blocks)
 }
 
 const parseLogLevel: Parse<LogLevelName> = (raw) => {
@@ -393,6 +430,11 @@ const fromConfig = Config.all({
   defaultScopes: withDefault("AUTHORIZATION_DEFAULT_SCOPES", parseScopes, new Set<Scope>(["inference", "read"])),
   keysFile: optional("AUTHORIZATION_KEYS_FILE", text),
   keysFilePoll: withDefault("AUTHORIZATION_KEYS_FILE_POLL", parsePositiveDuration, Duration.seconds(2)),
+  requestHeadersTimeout: withDefault("REQUEST_HEADERS_TIMEOUT", parsePositiveDuration, Duration.seconds(10)),
+  requestBodyTimeout: withDefault("REQUEST_BODY_TIMEOUT", parsePositiveDuration, Duration.seconds(60)),
+  maxConnections: withDefault("MAX_CONNECTIONS", parsePositiveInt, 4096),
+  maxConnectionsPerAddress: withDefault("MAX_CONNECTIONS_PER_ADDRESS", parsePositiveInt, 512),
+  trustedProxies: withDefault("TRUSTED_PROXIES", parseAddressBlocks, []),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
   otelResourceAttributes: withDefault("OTEL_RESOURCE_ATTRIBUTES", parseKeyValues("attributes", true), {}),
@@ -508,6 +550,11 @@ export const loadAppConfig = Effect.gen(function*() {
     webhookRetryDelay: raw.webhookRetryDelay,
     webhookTimeout: raw.webhookTimeout,
     metricsPublic: raw.metricsPublic,
+    requestHeadersTimeout: raw.requestHeadersTimeout,
+    requestBodyTimeout: raw.requestBodyTimeout,
+    maxConnections: raw.maxConnections,
+    maxConnectionsPerAddress: raw.maxConnectionsPerAddress,
+    trustedProxies: raw.trustedProxies,
     otel: otelConfig(raw)
   }
   return config

@@ -27,6 +27,20 @@ describe("AppConfig", () => {
     expect(Duration.toMillis(config.webhookTimeout)).toBe(10_000)
     expect(config.webhookConcurrency).toBe(4)
     expect(config.preloadKeepAlive).toBe(-1)
+    expect(Duration.toMillis(config.requestHeadersTimeout)).toBe(10_000)
+    expect(Duration.toMillis(config.requestBodyTimeout)).toBe(60_000)
+    expect([config.maxConnections, config.maxConnectionsPerAddress]).toEqual([4096, 512])
+    expect(config.trustedProxies).toEqual([])
+  })
+
+  it("reads TRUSTED_PROXIES as addresses and CIDR blocks of both families", () => {
+    const config = Either.getOrThrow(load({ TRUSTED_PROXIES: " 10.0.0.0/8, 192.168.1.7 ,fd00::/8\n::1" }))
+    expect(config.trustedProxies).toEqual([
+      { address: "10.0.0.0", prefix: 8, family: "ipv4" },
+      { address: "192.168.1.7", prefix: 32, family: "ipv4" },
+      { address: "fd00::", prefix: 8, family: "ipv6" },
+      { address: "::1", prefix: 128, family: "ipv6" }
+    ])
   })
 
   it("reads the older variable names and PORT_HEALTH", () => {
@@ -81,7 +95,15 @@ describe("AppConfig", () => {
     [{ HEALTH_CHECK_PATH: "/metrics" }, "HEALTH_CHECK_PATH: \"/metrics\" is taken"],
     [{ HEALTH_CHECK_PATH: "/api/tags" }, "HEALTH_CHECK_PATH: \"/api/tags\" is taken"],
     [{ HEALTH_CHECK_PATH: "/v1/" }, "HEALTH_CHECK_PATH:"],
-    [{ OLLAMA_LOAD_TIMEOUT: "an hour" }, "OLLAMA_LOAD_TIMEOUT:"]
+    [{ OLLAMA_LOAD_TIMEOUT: "an hour" }, "OLLAMA_LOAD_TIMEOUT:"],
+    [{ REQUEST_HEADERS_TIMEOUT: "0" }, "REQUEST_HEADERS_TIMEOUT: \"0\" must be longer than 0"],
+    [{ REQUEST_BODY_TIMEOUT: "a minute" }, "REQUEST_BODY_TIMEOUT:"],
+    [{ MAX_CONNECTIONS: "-5" }, "MAX_CONNECTIONS: \"-5\" is not a positive integer"],
+    [{ MAX_CONNECTIONS_PER_ADDRESS: "0" }, "MAX_CONNECTIONS_PER_ADDRESS:"],
+    [{ TRUSTED_PROXIES: "10.0.0.0/33" }, "TRUSTED_PROXIES: \"10.0.0.0/33\" is not an IP address or CIDR block"],
+    [{ TRUSTED_PROXIES: "10.0.0.1, proxy.internal" }, "TRUSTED_PROXIES: \"proxy.internal\" is not"],
+    [{ TRUSTED_PROXIES: "fe80::1%eth0" }, "TRUSTED_PROXIES:"],
+    [{ TRUSTED_PROXIES: "10.0.0.0/" }, "TRUSTED_PROXIES:"]
   ])("rejects %o with one line naming the variable", (env, expected) => {
     const message = failure(env)
     expect(message).toContain(expected)

@@ -56,12 +56,12 @@ describe("OllamaHealth", () => {
       const { answer, health, publish, tick } = yield* setup(running)
       yield* answer(true)
       yield* tick
-      expect(health.isUp()).toBe(true)
+      expect([health.snapshot().state, health.isDown()]).toEqual(["up", false])
 
       yield* publish(ProcessState.Exited({ code: 1, signal: null, at: 0, restarts: 0 }))
       // Far less than the next probe (1 s away while up): the exit alone marks it down.
       yield* TestClock.adjust("1 millis")
-      expect(health.snapshot().state).toBe("down")
+      expect([health.snapshot().state, health.isDown()]).toEqual(["down", true])
       // Something still answers on the port (a probe in flight, a stray server): not our child.
       yield* tick
       yield* tick
@@ -81,6 +81,8 @@ describe("OllamaHealth", () => {
       yield* publish(ProcessState.Exited({ code: 1, signal: null, at: 0, restarts: 0 }))
       yield* tick
       expect(health.snapshot().state).toBe("starting")
+      // Not known to be down: requests are still forwarded, in case it answers now.
+      expect(health.isDown()).toBe(false)
     }))
 
   it.scoped("tracks an unmanaged Ollama by its answers alone", () =>

@@ -2,10 +2,11 @@
  * Start-up as an operator meets it: the built bundle, real environment variables.
  */
 import { once } from "node:events"
-import { createServer } from "node:net"
+import { connect, createServer } from "node:net"
 import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "vitest"
-import { raw } from "./support/http.js"
+import { startFakeOllama } from "./fake-ollama/server.mjs"
+import { freePort, raw } from "./support/http.js"
 import { spawnProxy } from "./support/proxy.js"
 
 describe("bad configuration", () => {
@@ -48,9 +49,59 @@ describe("an open proxy", () => {
       expect((await raw(`${proxy.url}/ping`)).status).toBe(204)
       const res = await raw(`${proxy.url}/api/tags`)
       expect(res.status).toBe(503)
+      expect(res.headers["retry-after"]).toBe("5")
       expect(JSON.parse(res.text)).toEqual({ error: "ollama is not available" })
     } finally {
       await proxy.kill()
+    }
+  })
+})
+
+describe("a client that starts with the proxy (docker compose)", () => {
+  const KEY = "compose-key-0123456789"
+
+  /**
+   * Tries the port every millisecond until it opens, and sends `GET /api/tags` on the first
+   * connection that succeeds; resolves with the status and body, and calls `sent` once it is sent.
+   */
+  const firstRequest = (port: number, sent: () => void = () => {}) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const attempt = () => {
+        const socket = connect(port, "127.0.0.1")
+        socket.once("error", (error: NodeJS.ErrnoException) => {
+          socket.destroy()
+          if (error.code === "ECONNREFUSED") setTimeout(attempt, 1)
+          else reject(error)
+        })
+        socket.once("connect", () => {
+          socket.write(`GET /api/tags HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${KEY}\r\nConnection: close\r\n\r\n`)
+          sent()
+          let text = ""
+          socket.setEncoding("utf8").on("data", (chunk: string) => (text += chunk))
+          socket.on("end", () => resolve({ status: Number(text.slice(9, 12)), body: text.slice(text.indexOf("\r\n\r\n") + 4) }))
+        })
+      }
+      attempt()
+    })
+
+  it.each([
+    ["answering already", false],
+    ["listening, still starting up (it answers 300 ms after the first request)", true]
+  ])("is served on its first request the moment the port opens, with Ollama %s", async (_, initializing) => {
+    let ready = () => {}
+    const ollama = await startFakeOllama(initializing ? { ready: new Promise<void>((resolve) => (ready = resolve)) } : {})
+    const port = await freePort()
+    const proxy = await spawnProxy(
+      { PORT: String(port), OLLAMA_MANAGED: "false", OLLAMA_HOST: ollama.url, AUTHORIZATION_APIKEY: KEY },
+      { waitForListening: false }
+    )
+    try {
+      const answer = await firstRequest(port, () => setTimeout(ready, 300))
+      expect(answer.status).toBe(200)
+      expect(JSON.parse(answer.body).models.map((m: { name: string }) => m.name)).toContain("llama3.2:latest")
+    } finally {
+      await proxy.kill()
+      await ollama.close()
     }
   })
 })

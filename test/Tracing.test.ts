@@ -231,7 +231,7 @@ describe("work that outlives the request (the usage webhook)", () => {
 })
 
 describe("in the running service", () => {
-  it("no span for /ping or /metrics; a server span for a proxied request", async () => {
+  it("no span for /ping or /metrics; a server span for a proxied request, a client span for its attempt on Ollama", async () => {
     const recorder = spanRecorder()
     const proxy = await startProxy({ OLLAMA_HOST: "127.0.0.1:9" }, recorder.layer)
     try {
@@ -243,7 +243,9 @@ describe("in the running service", () => {
     } finally {
       await proxy.close()
     }
+    // Ollama has never answered here, so it is not known to be down: the request is tried (and refused).
     expect(recorder.spans().map((s) => [s.name, s.spanContext().traceId, s.attributes["http.response.status_code"]])).toEqual([
+      ["chat", TRACE_ID, undefined],
       ["POST /api/chat", TRACE_ID, 503]
     ])
   })

@@ -1,5 +1,5 @@
 /**
- * Answers the proxy writes itself (400, 401, 403, 429, 502, 503), each in the error shape of the
+ * Answers the proxy writes itself (400, 401, 403, 408, 413, 429, 502, 503), each in the error shape of the
  * caller's API family, so every client parses them as it parses the server it thinks it talks to
  * and raises its own typed error (the `openai` and `@anthropic-ai/sdk` clients pick the class by
  * status, `ollama` reads `error`):
@@ -21,6 +21,7 @@ export interface Refusal {
 
 const OPENAI: Record<number, { type: string; code: string | null }> = {
   400: { type: "invalid_request_error", code: null },
+  408: { type: "invalid_request_error", code: "request_timeout" },
   401: { type: "invalid_request_error", code: "invalid_api_key" },
   403: { type: "invalid_request_error", code: "permission_denied" },
   429: { type: "requests", code: "rate_limit_exceeded" },
@@ -30,6 +31,7 @@ const OPENAI: Record<number, { type: string; code: string | null }> = {
 
 const ANTHROPIC: Record<number, string> = {
   400: "invalid_request_error",
+  408: "timeout_error",
   401: "authentication_error",
   403: "permission_error",
   413: "request_too_large",
@@ -56,10 +58,17 @@ export const refusalBody = (family: Family, refusal: Refusal): string => {
   }
 }
 
+/**
+ * Writes an answer in Ollama's place, and closes the connection once it is flushed, without
+ * reading a body the client may still be sending: a client without a key could otherwise hold the
+ * socket for ever by trickling a body. Clients read the answer first: node:http, fetch and curl all
+ * report the status even in the middle of a 20 MB upload.
+ */
 export const writeRefusal = (res: ServerResponse, family: Family, refusal: Refusal, requestId: string) => {
   const body = refusalBody(family, refusal)
   res.writeHead(refusal.status, {
     ...refusal.headers,
+    connection: "close",
     "x-request-id": requestId,
     "content-type": "application/json; charset=utf-8",
     "content-length": Buffer.byteLength(body)
@@ -88,3 +97,6 @@ export const ollamaUnavailable: Refusal = {
 }
 
 export const badGateway = (reason: string): Refusal => ({ status: 502, message: `bad gateway: ${reason}` })
+
+/** The request body stopped arriving for REQUEST_BODY_TIMEOUT. */
+export const bodyTimeout: Refusal = { status: 408, message: "request body timeout: the body stopped arriving" }

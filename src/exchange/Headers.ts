@@ -4,6 +4,8 @@
  */
 import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
+import { BlockList, isIP } from "node:net"
+import type { AddressBlock } from "../Config.js"
 
 const HOP_BY_HOP = new Set([
   "connection",
@@ -37,28 +39,54 @@ export const requestIdOf = (headers: IncomingHttpHeaders): string => {
   return typeof given === "string" && SANE_REQUEST_ID.test(given) ? given : randomUUID()
 }
 
+/**
+ * Where a request came from, as told by the proxies before us. Any client can write these: from
+ * a peer not in TRUSTED_PROXIES they are claims, and Ollama (and whatever reads its logs) gets
+ * what this proxy saw instead.
+ */
+const FORWARDING = new Set(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"])
+
+/**
+ * Whether a peer address is one of the trusted proxies. A listener on `::` sees IPv4 peers as
+ * `::ffff:a.b.c.d`; BlockList matches those against IPv4 blocks too.
+ */
+export const trustedPeers = (blocks: ReadonlyArray<AddressBlock>): (address: string | undefined) => boolean => {
+  if (blocks.length === 0) return () => false
+  const list = new BlockList()
+  for (const block of blocks) list.addSubnet(block.address, block.prefix, block.family)
+  return (address) => address !== undefined && list.check(address, isIP(address) === 4 ? "ipv4" : "ipv6")
+}
+
 export interface ForwardInfo {
   readonly ollamaHost: string
   readonly remoteAddress: string | undefined
+  /** The peer is a trusted proxy: its forwarding headers are kept, and X-Forwarded-For extended. */
+  readonly trustedPeer: boolean
   readonly requestId: string
 }
 
+/** The first element of a list header (the one the first proxy wrote). */
+const firstOf = (value: string | Array<string> | undefined) => typeof value === "string" ? value.split(",")[0]!.trim() : ""
+
 export const upstreamRequestHeaders = (headers: IncomingHttpHeaders, info: ForwardInfo): Record<string, string | Array<string>> => {
   const listed = connectionListed(headers)
+  const trusted = info.trustedPeer
   const out: Record<string, string | Array<string>> = {}
   for (const name in headers) {
     if (HOP_BY_HOP.has(name) || CREDENTIALS.has(name) || name === "host" || listed?.has(name)) continue
+    if (!trusted && FORWARDING.has(name)) continue
     const value = headers[name]
     if (value !== undefined) out[name] = value
   }
   out.host = info.ollamaHost
-  const priorFor = headers["x-forwarded-for"]
   if (info.remoteAddress !== undefined) {
-    out["x-forwarded-for"] = priorFor ? `${priorFor}, ${info.remoteAddress}` : info.remoteAddress
+    const prior = out["x-forwarded-for"]
+    out["x-forwarded-for"] = prior ? `${prior}, ${info.remoteAddress}` : info.remoteAddress
   }
-  const proto = headers["x-forwarded-proto"]
-  out["x-forwarded-proto"] = proto === "https" || proto === "http" ? proto : "http"
-  if (headers.host !== undefined) out["x-forwarded-host"] = headers.host
+  // This listener speaks plain HTTP: only a trusted proxy in front can say the client used TLS.
+  out["x-forwarded-proto"] = trusted && firstOf(headers["x-forwarded-proto"]).toLowerCase() === "https" ? "https" : "http"
+  const host = (trusted && firstOf(headers["x-forwarded-host"])) || headers.host
+  if (host) out["x-forwarded-host"] = host
   out["x-request-id"] = info.requestId
   return out
 }

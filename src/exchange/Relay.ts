@@ -3,21 +3,29 @@
  * backpressure, through undici's dispatcher without an intermediate stream. It feeds the
  * exchange's reading as the bytes pass (see Boundary.ts for why all of this is plain callbacks).
  */
-import { Effect } from "effect"
-import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
+import { Duration, Effect } from "effect"
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
+import type { Socket } from "node:net"
 import { Readable } from "node:stream"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
 import { OllamaHealth } from "../ollama/Health.js"
-import { badGateway, ollamaUnavailable, writeRefusal } from "./Errors.js"
+import { badGateway, bodyTimeout as bodyTimedOut, ollamaUnavailable, writeRefusal } from "./Errors.js"
 import type { ChunkFilter, Exchange } from "./Exchange.js"
-import { clientResponseHeaders, upstreamRequestHeaders } from "./Headers.js"
+import { clientResponseHeaders, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
 import { bodyModelRefusal } from "./Policy.js"
 import type { Outcome } from "./Reading.js"
 
 class ClientAborted extends Error {
+  constructor(message = "client closed the connection") {
+    super(message)
+  }
+}
+
+/** The client stopped sending its request body: cut as if it had gone. */
+class BodyTimeout extends ClientAborted {
   constructor() {
-    super("client closed the connection")
+    super("the request body stopped arriving")
   }
 }
 
@@ -49,6 +57,15 @@ const hasBody = (req: IncomingMessage) => {
 }
 
 type UpstreamBody = Buffer | Readable | null
+
+/**
+ * An answer that ends before its request body has all arrived closes the connection. Keeping it
+ * would mean reading the rest of the body only to discard it, for as long as the client cares to
+ * send it: trickled, for ever.
+ */
+const closeIfBodyUnread = (req: IncomingMessage, res: ServerResponse) => {
+  if (!req.complete && hasBody(req)) res.setHeader("connection", "close")
+}
 
 async function* replay(chunks: ReadonlyArray<Buffer>, rest: IncomingMessage, seen: (chunk: Buffer) => void): AsyncIterable<Buffer> {
   yield* chunks
@@ -119,11 +136,13 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       (pool) => Effect.promise(() => pool.destroy())
     )
     const ollamaHost = config.ollama.hostHeader
+    const trusted = trustedPeers(config.trustedProxies)
+    const bodyTimeout = Duration.toMillis(config.requestBodyTimeout)
 
     const forward = (exchange: Exchange): void => {
       const { modelRule, reading, req, requestId, res, rewrite, route } = exchange
-      if (!health.isUp()) {
-        writeRefusal(res, exchange.route.family, ollamaUnavailable, requestId)
+      if (health.isDown()) {
+        writeRefusal(res, route.family, ollamaUnavailable, requestId)
         exchange.finish("unavailable")
         return
       }
@@ -152,9 +171,40 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         finish("client_aborted")
       })
 
-      const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress: req.socket.remoteAddress, requestId })
+      const remoteAddress = req.socket.remoteAddress
+      const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress, trustedPeer: trusted(remoteAddress), requestId })
       exchange.upstream(headers)
       let body: UpstreamBody = hasBody(req) ? req : null
+
+      // A body that stops arriving would hold the connection and Ollama's request open for ever:
+      // after REQUEST_BODY_TIMEOUT of silence it is cut with a 408. The socket's idle timer keeps
+      // the time (Node refreshes it on every read), so an upload that keeps flowing is never cut.
+      // The response's 'timeout' event carries it: unanswered, Node would destroy the socket
+      // itself. The timer stops with the body, before the answer: the answer's writes would
+      // refresh it too, one more piece of work per chunk.
+      if (body !== null) {
+        const stillIdle = (socket: Socket, read: number) => {
+          if (finished || req.complete) return
+          if (socket.bytesRead !== read || socket.isPaused()) return void res.setTimeout(bodyTimeout)
+          const error = new BodyTimeout()
+          if (res.headersSent) res.destroy()
+          else writeRefusal(res, route.family, bodyTimedOut, requestId)
+          if (controller !== undefined && !controller.aborted) controller.abort(error)
+          finish("client_aborted", error)
+        }
+        res.setTimeout(bodyTimeout, () => {
+          const socket = res.socket
+          // The body is all here: the silence is Ollama's (a model load may take minutes).
+          if (req.complete || socket === null) return void res.setTimeout(0)
+          // Ollama is not taking the body yet, so neither are we: the client is not the idle one.
+          if (socket.isPaused()) return void res.setTimeout(bodyTimeout)
+          // Timers run before pending reads: bytes that came while this process was busy are read
+          // before setImmediate, and only a body still silent then has stopped.
+          setImmediate(stillIdle, socket, socket.bytesRead)
+        })
+        // Once the response is over it no longer has the socket, and this leaves the socket alone.
+        req.once("end", () => res.setTimeout(0))
+      }
 
       // Chunks parsed from one read of Ollama's socket go to the client in one write, at the end of
       // that read (process.nextTick): the same bytes, no later, in far fewer, larger writes. Ollama
@@ -177,7 +227,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c
-          if (res.destroyed) {
+          if (res.destroyed || finished) {
             c.abort(new ClientAborted())
             return
           }
@@ -189,6 +239,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         },
         onResponseStart(_c, status, headers) {
           if (status < 200) return // 1xx interim answers stay between us and Ollama
+          closeIfBodyUnread(req, res)
           const replace = rewrite?.replaceBody?.(status, headers)
           if (replace !== undefined) {
             reading.responseStart(status, headers)
@@ -240,10 +291,10 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           const code = errorCode(error)
           if (code !== undefined && UNREACHABLE.has(code)) {
             health.reportUnreachable()
-            writeRefusal(res, exchange.route.family, ollamaUnavailable, requestId)
+            writeRefusal(res, route.family, ollamaUnavailable, requestId)
             finish("unavailable", error)
           } else {
-            writeRefusal(res, exchange.route.family, badGateway(error.message), requestId)
+            writeRefusal(res, route.family, badGateway(error.message), requestId)
             finish("upstream_error", error)
           }
         }
@@ -261,9 +312,8 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
             : { status: 413, message: "the request body is larger than the proxy checks a model in (32 MB)" }
           if (refusal !== undefined) {
             exchange.refusal = refusal.message
-            // The rest of a body too large to check is not read: the connection goes with it.
-            const close = "whole" in read ? refusal : { ...refusal, headers: { ...refusal.headers, connection: "close" } }
-            writeRefusal(res, route.family, close, requestId)
+            // The rest of a body too large to check is not read: the refusal closes the connection.
+            writeRefusal(res, route.family, refusal, requestId)
             return finish(refusal.status === 403 ? "forbidden" : "rejected")
           }
         }

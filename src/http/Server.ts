@@ -8,7 +8,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { Data, Duration, Effect } from "effect"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
-import { AppConfig } from "../Config.js"
+import { AppConfig, type AppConfigShape } from "../Config.js"
 import { ExchangeBoundary } from "../exchange/Boundary.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { GpuCheck } from "../ollama/Gpu.js"
@@ -16,6 +16,7 @@ import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
 import { metricsRoute, PrometheusMetrics } from "../telemetry/MetricsExport.js"
+import { capConnections } from "./Connections.js"
 import { ping } from "./Ping.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{
@@ -73,15 +74,39 @@ const close = (server: NodeServer, deadline: Duration.Duration) =>
     Effect.ensuring(Effect.sync(() => server.closeAllConnections()))
   )
 
-const makeServer = (handler: (req: IncomingMessage, res: ServerResponse) => void) => {
-  const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
+type Handler = (req: IncomingMessage, res: ServerResponse) => void
+
+/**
+ * `/ping` and `/metrics` take no body. One sent anyway would be read and thrown away to keep the
+ * connection alive, for as long as the client trickles it (no key needed): its connection closes
+ * after the answer instead.
+ */
+const closingOnBody = (control: Handler): Handler => (req, res) => {
+  const length = req.headers["content-length"]
+  if (req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")) res.setHeader("connection", "close")
+  control(req, res)
+}
+
+const makeServer = (handler: Handler, config: AppConfigShape) => {
+  const headersTimeout = Duration.toMillis(config.requestHeadersTimeout)
+  const server = createServer({
+    keepAliveTimeout: 65_000,
+    // Uploads of hundreds of MB may take longer than Node's default 5-minute request timeout; a
+    // body that stops arriving is cut by the relay instead (REQUEST_BODY_TIMEOUT).
+    requestTimeout: 0,
+    // From a connection's opening, or a kept-alive one's next request's first byte, to the end of
+    // the head. Given explicitly: with requestTimeout 0 Node's default would be none at all.
+    headersTimeout,
+    // Node checks that deadline on an interval, 30 s by default (a 60 s timeout then cut slow
+    // heads after 60-90 s): check every tenth of it, at most every second.
+    connectionsCheckingInterval: Math.min(1000, Math.max(10, Math.round(headersTimeout / 10)))
+  }, (req, res) => {
     // A request on a kept-alive connection still arrives after server.close(): serve it, and
     // have the client close that connection after it.
     if (!server.listening) res.setHeader("connection", "close")
     handler(req, res)
   })
-  // Uploads of hundreds of MB may take longer than Node's default 5-minute request timeout.
-  server.requestTimeout = 0
+  capConnections(server, { total: config.maxConnections, perAddress: config.maxConnectionsPerAddress })
   return server
 }
 
@@ -96,7 +121,7 @@ export class Server extends Effect.Service<Server>()("app/Server", {
       )
     ).pipe(HttpMiddleware.withTracerDisabledWhenEffect(() => true))
 
-    const main = makeServer(boundary.handler(controlPaths(config.healthPaths), control))
+    const main = makeServer(boundary.handler(controlPaths(config.healthPaths), closingOnBody(control)), config)
     const port = yield* listen(main, config.port, config.host)
     yield* Effect.addFinalizer(() =>
       Effect.logInfo("shutting down: no new connections, finishing the requests in flight").pipe(
@@ -107,7 +132,7 @@ export class Server extends Effect.Service<Server>()("app/Server", {
 
     let healthPort = port
     if (config.healthPort !== config.port) {
-      const health = makeServer(control)
+      const health = makeServer(closingOnBody(control), config)
       healthPort = yield* listen(health, config.healthPort, config.host)
       yield* Effect.addFinalizer(() => close(health, config.shutdownTimeout))
     }

@@ -120,7 +120,12 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
     return {
       /** The state now; a plain read, cheap enough for every request. */
       snapshot: (): HealthSnapshot => current,
-      isUp: (): boolean => current.state === "up",
+      /**
+       * Ollama answered before and does not now: requests fail fast. While it is starting it may
+       * answer any moment (the first probe may still be under way as the port opens), so
+       * requests are forwarded then, and a refused connection still ends in a 503.
+       */
+      isDown: (): boolean => current.state === "down",
       changes,
       /** Waits until Ollama answers (at once if it does now). */
       awaitUp: changes.changes.pipe(
