@@ -14,6 +14,8 @@ import { makeSignal } from "./support/signal.js"
 
 interface Demo {
   readonly npm: ChildProcess
+  /** The processes below npm once the demo is up, for the clean-up of a failed test. */
+  tree: Array<number>
   readonly port: number
   readonly output: () => string
   readonly until: (pattern: RegExp, timeoutMs?: number) => Promise<RegExpMatchArray>
@@ -23,7 +25,7 @@ const running: Array<Demo> = []
 afterEach(() => {
   // A failed test must not leave a demo behind.
   for (const demo of running.splice(0)) {
-    for (const pid of [demo.npm.pid!, ...descendants(demo.npm.pid!)]) {
+    for (const pid of new Set([demo.npm.pid!, ...demo.tree, ...descendants(demo.npm.pid!)])) {
       try {
         process.kill(pid, "SIGKILL")
       } catch {
@@ -80,6 +82,7 @@ const startDemo = async (): Promise<Demo> => {
   }
   const demo: Demo = {
     npm,
+    tree: [],
     port,
     output: () => output,
     until: (pattern, timeoutMs = 20_000) =>
@@ -87,6 +90,7 @@ const startDemo = async (): Promise<Demo> => {
   }
   running.push(demo)
   await demo.until(/Ctrl-C to stop/)
+  demo.tree = descendants(npm.pid!)
   return demo
 }
 
@@ -129,7 +133,7 @@ describe("npm run demo", () => {
       it(`stops entirely on ${signal} to ${target}`, async () => {
         const demo = await startDemo()
         const npmPid = demo.npm.pid!
-        const tree = descendants(npmPid)
+        const tree = demo.tree
         const commands = tree.map(commandOf)
         // What must stop: npm, the script, the proxy and the fake Ollama it started.
         expect(commands.some((c) => c.includes("scripts/demo.mjs"))).toBe(true)
