@@ -25,6 +25,11 @@ const PROXY_ENV = {
 const LEVELS = [1, 64, 256]
 const TOKEN_INTERVAL_MS = 20
 const TOKENS = 100
+// The 1,000 streams of the memory run get a token every 100 ms: 10,000 tokens a second in all, what
+// the 256-stream level carries too. At 20 ms (50,000 a second) the upstream, the proxy and the
+// client saturate the 2 cores (measured: p50 time to first token 230 ms), and the backlog that
+// builds up, not the streams, then sets the proxy's RSS.
+const RSS_TOKEN_INTERVAL_MS = 100
 // Issue 16: at 64 streams the proxy adds at most 2 ms to the p99 time to first token and 1 ms to
 // the p99 gap between tokens; at 256 it adds no more than nginx does; 1,000 streams fit in 150 MB.
 const GOALS = { at: 64, ttftP99AddedMs: 2, gapP99AddedMs: 1, nginxAt: 256, rssStreams: 1000, rssMB: 150 }
@@ -149,7 +154,7 @@ const proxyEnv = () => {
   }
   return env
 }
-const startProxy = async () => {
+const startProxy = async (ollamaPort = upstreamPort) => {
   const port = await freePort()
   const child = spawn(proxyNode, [...NODE_FLAGS, path.join(ROOT, "dist", "main.js")], {
     env: {
@@ -157,7 +162,7 @@ const startProxy = async () => {
       PORT: String(port),
       HOST: "127.0.0.1",
       OLLAMA_MANAGED: "false",
-      OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
+      OLLAMA_HOST: `127.0.0.1:${ollamaPort}`,
       AUTHORIZATION_APIKEY: KEY,
       AUTHORIZATION_LOG_LEVEL: "warn"
     },
@@ -191,7 +196,7 @@ const targets = [direct, proxy, ...(nginx ? [nginx] : [])]
 // Measuring
 // ---------------------------------------------------------------------------------------------------
 /** One client run against `target` with `streams` concurrent streams. */
-const measure = (target, streams, seconds) =>
+const measure = (target, streams, seconds, intervalMs = TOKEN_INTERVAL_MS) =>
   new Promise((resolve) => {
     const client = start(process.execPath, [
       path.join(BENCH, "latency-client.mjs"),
@@ -199,7 +204,7 @@ const measure = (target, streams, seconds) =>
       String(streams),
       String(seconds),
       target.key ?? ""
-    ], { BENCH_STREAM_MS: String(TOKEN_INTERVAL_MS * (TOKENS + 1)) })
+    ], { BENCH_STREAM_MS: String(intervalMs * (TOKENS + 1)) })
     const killer = setTimeout(() => client.kill("SIGKILL"), (seconds + 30) * 1000)
     client.on("exit", () => {
       clearTimeout(killer)
@@ -296,13 +301,18 @@ const memory = (pid) => {
   }
 }
 proxy.child.kill("SIGTERM")
-const fresh = await startProxy()
+const slowUpstream = start(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"], {
+  BENCH_STREAM_LINES: String(TOKENS),
+  BENCH_TOKEN_INTERVAL_MS: String(RSS_TOKEN_INTERVAL_MS)
+})
+const fresh = await startProxy(await listening(slowUpstream))
 const idle = memory(fresh.child.pid)
-const rssSeconds = Math.max(6, Math.min(options.seconds, 10))
-const rssRun = await measure(fresh, GOALS.rssStreams, rssSeconds)
+// Two stream lengths: every connection starts (they are spread over one length) and runs a full one.
+const rssSeconds = Math.ceil((2 * RSS_TOKEN_INTERVAL_MS * (TOKENS + 1)) / 1000)
+const rssRun = await measure(fresh, GOALS.rssStreams, rssSeconds, RSS_TOKEN_INTERVAL_MS)
 const loaded = memory(fresh.child.pid)
 console.log(
-  `\n${GOALS.rssStreams} concurrent streams through a fresh proxy (${rssSeconds} s): peak RSS ${
+  `\n${GOALS.rssStreams} concurrent streams (a token every ${RSS_TOKEN_INTERVAL_MS} ms) through a fresh proxy (${rssSeconds} s): peak RSS ${
     loaded ? (loaded.hwmKiB / 1024).toFixed(0) : "?"
   } MB (idle after start ${idle ? (idle.rssKiB / 1024).toFixed(0) : "?"} MB)\n  ${row("proxy", rssRun)}`
 )

@@ -2,13 +2,14 @@
 // 100 records per POST and with one record per POST (the default). See "Webhook throughput" in
 // bench/README.md.
 //
-//   npm run bench:webhook-throughput -- [--seconds S] [--node current|PATH]
+//   npm run bench:webhook-throughput -- [--seconds S] [--rate R] [--node current|PATH]
 //
 // For each batch size, a fresh proxy (on the image's Node by default) meters short non-streamed
-// chat completions that wrk sends as fast as the proxy answers them, for S seconds (default 10),
-// and posts a record for each to bench/webhook.mjs, which answers every POST 50 ms late. Then the
-// proxy gets SIGTERM and flushes its queue. Printed: records/s delivered while the load ran, what
-// was delivered in all, and what the proxy logged as not delivered (queue full, shutdown deadline).
+// chat completions that wrk sends at RATE a second (--rate, default 3000: above the goal, so
+// that the goal is not met by a load too light to test it) for S seconds (default 10), and posts a
+// record for each to bench/webhook.mjs, which answers every POST 50 ms late. Then the proxy gets
+// SIGTERM and flushes its queue. Printed: records/s delivered while the load ran, what was
+// delivered in all, and what the proxy logged as not delivered (queue full, shutdown deadline).
 const WEBHOOK_DELAY_MS = 50
 const BATCH_SIZES = [100, 1]
 // Issue 16: at batch size 100, at least 2,000 records a second delivered, none lost.
@@ -28,12 +29,14 @@ const MAIN = path.join(BENCH, "..", "dist", "main.js")
 const KEY = `bench-${Math.random().toString(16).slice(2)}`
 const BODY = JSON.stringify({ model: "llama3.1:8b-instruct-q4_K_M", messages: [{ role: "user", content: "Hi" }] })
 
-const options = { seconds: Number(process.env.BENCH_DURATION ?? 10), node: "image" }
+const options = { seconds: Number(process.env.BENCH_DURATION ?? 10), rate: 3000, node: "image" }
+const CONNECTIONS = 16
 for (let i = 2; i < process.argv.length; i++) {
   const [flag, inline] = process.argv[i].split(/=(.*)/s, 2)
   const value = () => inline ?? process.argv[++i]
   if (flag === "--seconds") options.seconds = Number(value())
   else if (flag === "--node") options.node = value()
+  else if (flag === "--rate") options.rate = Number(value())
   else {
     console.error(`webhook-throughput: unknown option ${process.argv[i]}`)
     process.exit(2)
@@ -100,7 +103,7 @@ const run = async (batchSize) => {
     USER_MODEL_METRICS_WEBHOOK_URL: `http://127.0.0.1:${receiverPort}/usage`,
     USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: String(batchSize),
     // The defaults for the rest: WEBHOOK_CONCURRENCY 4, WEBHOOK_QUEUE_SIZE 10000, a 1 s batch wait.
-    SHUTDOWN_TIMEOUT: "60s"
+    SHUTDOWN_TIMEOUT: "10s"
   })
   for (let i = 0; (await get(port, "/ping")).status !== 200; i++) {
     if (i > 150) fail(`the proxy did not start: ${proxy.errors()}`)
@@ -110,14 +113,14 @@ const run = async (batchSize) => {
   const wrk = await new Promise((resolve) => {
     const child = start("wrk", [
       "-t1",
-      "-c16",
+      `-c${CONNECTIONS}`,
       `-d${options.seconds}s`,
       "--timeout",
       "5s",
       "-s",
       path.join(BENCH, "wrk.lua"),
       `http://127.0.0.1:${port}/v1/chat/completions`
-    ], { BENCH_POST: "1", BENCH_KEY: KEY, BENCH_BODY: BODY })
+    ], { BENCH_POST: "1", BENCH_KEY: KEY, BENCH_BODY: BODY, BENCH_RATE: String(options.rate), BENCH_CONNECTIONS: String(CONNECTIONS) })
     child.on("exit", () => resolve(child.output()))
   })
   const during = await stats()
@@ -128,7 +131,8 @@ const run = async (batchSize) => {
   // Shutdown: the proxy flushes what is queued (within SHUTDOWN_TIMEOUT) and exits.
   const flushStarted = performance.now()
   proxy.kill("SIGTERM")
-  await new Promise((resolve) => proxy.exitCode !== null ? resolve() : proxy.once("exit", resolve))
+  // "close", not "exit": the last of its output may still be on its way after the process is gone.
+  await new Promise((resolve) => proxy.stdout.closed ? resolve() : proxy.once("close", resolve))
   const flushSeconds = (performance.now() - flushStarted) / 1000
   const after = await stats()
   receiver.kill("SIGTERM")
@@ -161,8 +165,10 @@ const run = async (batchSize) => {
 }
 
 console.log(
-  `webhook throughput: a webhook ${WEBHOOK_DELAY_MS} ms away, WEBHOOK_CONCURRENCY 4, wrk -c16 for ${options.seconds} s of ` +
-    `non-streamed POST /v1/chat/completions (a record each); proxy on ${node === process.execPath ? process.version : node}`
+  `webhook throughput: a webhook ${WEBHOOK_DELAY_MS} ms away, WEBHOOK_CONCURRENCY 4; wrk -c${CONNECTIONS} sends ${options.rate} ` +
+    `non-streamed POST /v1/chat/completions a second (a record each) for ${options.seconds} s; proxy on ${
+      node === process.execPath ? process.version : node
+    }`
 )
 const results = []
 for (const batchSize of BATCH_SIZES) results.push(await run(batchSize))

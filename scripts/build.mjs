@@ -7,6 +7,14 @@ import { fileURLToPath } from "node:url"
 const root = fileURLToPath(new URL("..", import.meta.url))
 const pkg = JSON.parse(readFileSync(path.join(root, "package.json"), "utf8"))
 
+// `undici` resolves to scripts/undici-slim.mjs: the parts the service uses, not all of undici.
+const slimUndici = {
+  name: "undici-slim",
+  setup(build) {
+    build.onResolve({ filter: /^undici$/ }, () => ({ path: path.join(root, "scripts", "undici-slim.mjs") }))
+  }
+}
+
 const result = await build({
   absWorkingDir: root,
   entryPoints: ["src/main.ts"],
@@ -22,6 +30,7 @@ const result = await build({
   // Some bundled CommonJS dependencies call require() for Node built-ins.
   banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
   logLevel: "warning",
+  plugins: [slimUndici],
   write: false
 })
 // Each file is written beside its place and renamed into it: a proxy started meanwhile (the demo
