@@ -139,7 +139,12 @@ const run = async (batchSize) => {
   const lost = proxy.output().split("\n").filter((l) => l.includes("\"usage record not delivered\""))
   const reasons = {}
   for (const l of lost) {
-    const reason = JSON.parse(l).reason.replace(/\(\d+ records\)/, "(...)")
+    let reason = "a line cut short"
+    try {
+      reason = JSON.parse(l).reason.replace(/\(\d+ records\)/, "(...)")
+    } catch {
+      // counted as cut
+    }
     reasons[reason] = (reasons[reason] ?? 0) + 1
   }
   const result = {
