@@ -1,6 +1,8 @@
 # ollama-authentication-proxy: Ollama and the proxy in one container, nothing else.
 # The proxy is PID 1's only child; it starts, supervises and stops `ollama serve` itself.
-ARG NODE_VERSION=20.20.2
+# Node 24 LTS: the maintained line (20 reached end of life on 2026-04-30). The tests run the bundle
+# on this same version (scripts/node-runtime.mjs fetches it from the npm registry).
+ARG NODE_VERSION=24.22.3
 ARG OLLAMA_VERSION=0.32.15
 
 # ---- build: the single-file bundle ----

@@ -1,4 +1,4 @@
-// Helpers shared by the bench scripts (run.mjs, webhook-cost.mjs, coldstart.mjs).
+// Helpers shared by the bench scripts (run.mjs, latency.mjs, webhook-cost.mjs, coldstart.mjs, ...).
 import { spawnSync } from "node:child_process"
 import { readFileSync } from "node:fs"
 import net from "node:net"
@@ -52,3 +52,44 @@ export const allowedCpus = () => {
     return Array.from({ length: b - a + 1 }, (_, i) => a + i)
   })
 }
+
+/**
+ * The nginx every bench compares with: 1 worker, `proxy_buffering off` (streams pass as they
+ * come), HTTP/1.1 keep-alive to the upstream. It checks no API key. `dir` holds its pid, logs and
+ * temp files.
+ */
+export const nginxConf = ({ dir, port, upstreamPort }) => `
+daemon off;
+master_process on;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_timeout 65s;
+  keepalive_requests 1000000;
+  upstream ollama {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 64;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://ollama;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:${upstreamPort};
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }
+  }
+}
+`

@@ -24,9 +24,11 @@ const VARIANTS = [
   // Issue 5: exporting every span (a server span per request, a GenAI span per generation) costs at
   // most 10% of the stream relay.
   { name: "proxy + tracing", env: { OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}" }, vs: "proxy", goals: { stream: 0.9 } },
-  // Issue 4: metering every inference response and posting its record costs at most 5% of the
-  // stream relay (GET /api/tags is not metered: its ratio is for information).
-  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy", goals: { stream: 0.95 } }
+  // Metering every inference response and posting its record, for information only: issue 4's goal
+  // (>= 0.95 of the stream relay) is retired. Its stream is 1000 lines in ~6 ms, a record per
+  // response; at any real token rate one POST per response is lost in the noise (issue 16). What
+  // matters for the webhook is throughput to a distant one: npm run bench:webhook-throughput.
+  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy" }
 ]
 
 // Targets from the issue, as a fraction of the baseline's throughput.
@@ -40,7 +42,7 @@ import os from "node:os"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
-import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
+import { allowedCpus, CLK_TCK, freePort, median, nginxConf, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -372,41 +374,7 @@ const startNginx = async (upstreamPort) => {
   reaper.stdin.write(`dir:${dir}\n`)
   chmodSync(dir, 0o755) // workers may run as an unprivileged user when started as root
   const port = await freePort()
-  const conf = `
-daemon off;
-master_process on;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy;
-  fastcgi_temp_path ${dir}/fastcgi;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  keepalive_timeout 65s;
-  keepalive_requests 1000000;
-  upstream ollama {
-    server 127.0.0.1:${upstreamPort};
-    keepalive 64;
-    keepalive_requests 1000000;
-    keepalive_timeout 60s;
-  }
-  server {
-    listen 127.0.0.1:${port};
-    location / {
-      proxy_pass http://ollama;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host 127.0.0.1:${upstreamPort};
-      proxy_buffering off;
-      proxy_request_buffering off;
-    }
-  }
-}
-`
+  const conf = nginxConf({ dir, port, upstreamPort })
   writeFileSync(path.join(dir, "nginx.conf"), conf)
   const child = startChild("nginx", nginx, ["-p", dir + "/", "-c", path.join(dir, "nginx.conf"), "-e", path.join(dir, "error.log")])
   try {

@@ -5,11 +5,14 @@
 //   GET  /api/tags             -> 200 small JSON model list (~300 bytes)
 //   POST /api/generate|chat    -> 200 application/x-ndjson, LINES lines, one res.write each, last done:true
 //   POST /v1/chat/completions  -> stream:true: SSE of LINES chunk events (+ usage chunk if asked) + [DONE]
-// Env: BENCH_STREAM_LINES (default 1000).
+// Env: BENCH_STREAM_LINES (default 1000); BENCH_TOKEN_INTERVAL_MS paces the NDJSON streams as a
+// model would: the head and the first line after one interval, then a line every interval (the
+// done line included), on a fixed schedule from the request, so a late timer does not shift the rest.
 import http from "node:http"
 
 const port = Number(process.argv[2] ?? 0)
 const LINES = Number(process.env.BENCH_STREAM_LINES ?? 1000)
+const INTERVAL = Number(process.env.BENCH_TOKEN_INTERVAL_MS ?? 0)
 const YIELD_EVERY = 50
 const MODEL = "llama3.1:8b-instruct-q4_K_M"
 const CREATED = "2025-01-15T10:21:33.123456789Z"
@@ -137,6 +140,26 @@ const stream = (res, type, lines, tail) => {
   step()
 }
 
+// One line per interval, each due at start + (i + 1) x interval.
+const paced = (res, type, lines) => {
+  const start = performance.now()
+  let i = 0
+  let closed = false
+  let timer
+  res.on("close", () => {
+    closed = true
+    clearTimeout(timer)
+  })
+  const step = () => {
+    if (closed) return
+    if (i === 0) res.writeHead(200, { "Content-Type": type })
+    res.write(lines[i++])
+    if (i >= lines.length) return void res.end()
+    timer = setTimeout(step, Math.max(0, start + (i + 1) * INTERVAL - performance.now()))
+  }
+  timer = setTimeout(step, INTERVAL)
+}
+
 const readBody = (req, then) => {
   const chunks = []
   req.on("data", (c) => chunks.push(c))
@@ -154,8 +177,15 @@ const server = http.createServer((req, res) => {
     return fixed(res, 404, "text/plain", NOT_FOUND)
   }
   if (req.method !== "POST") return fixed(res, 405, "text/plain", Buffer.from("405 method not allowed"))
-  if (path === "/api/generate") return readBody(req, () => stream(res, "application/x-ndjson", GENERATE, []))
-  if (path === "/api/chat") return readBody(req, () => stream(res, "application/x-ndjson", CHAT, []))
+  if (path === "/api/generate") {
+    return readBody(
+      req,
+      () => INTERVAL > 0 ? paced(res, "application/x-ndjson", GENERATE) : stream(res, "application/x-ndjson", GENERATE, [])
+    )
+  }
+  if (path === "/api/chat") {
+    return readBody(req, () => INTERVAL > 0 ? paced(res, "application/x-ndjson", CHAT) : stream(res, "application/x-ndjson", CHAT, []))
+  }
   if (path === "/v1/chat/completions") {
     return readBody(req, (body) => {
       let parsed = {}

@@ -14,9 +14,11 @@
 // and the upstream float, as with `bench/run.mjs --pin target`.
 // Printed: per round and as medians, on/off (what bench/run.mjs reports), on/(off + load) (the
 // proxy's own cost) and (off + load)/off (the receiver's share), each for throughput and for the
-// proxy's CPU time per response. The verdict (issue 4's goal, >= 0.95) is on the CPU time of
-// on/(off + load): since the relay writes a batch per read, the proxy is no longer what limits the
-// stream scenario's throughput on 2 cores (wrk and the upstream are), so throughput hides its cost.
+// proxy's CPU time per response; read the CPU time of on/(off + load): since the relay writes a batch
+// per read, the proxy is no longer what limits the stream scenario's throughput on 2 cores (wrk and
+// the upstream are), so throughput hides its cost. No verdict: issue 4's goal (>= 0.95) is retired
+// (a record per 6 ms response is no real workload, see bench/README.md); this splits a cost, for
+// information.
 import { spawn, spawnSync } from "node:child_process"
 import { existsSync } from "node:fs"
 import http from "node:http"
@@ -29,7 +31,6 @@ const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const MAIN = path.join(BENCH, "..", "dist", "main.js")
 const ROUNDS = Number(process.argv[2] ?? process.env.BENCH_ROUNDS ?? 8)
 const SECONDS = Number(process.argv[3] ?? process.env.BENCH_DURATION ?? 3)
-const GOAL = 0.95
 const KEY = `bench-${Math.random().toString(16).slice(2)}`
 const BODY = JSON.stringify({ model: "llama3.1:8b-instruct-q4_K_M", prompt: "Why is the sky blue?", stream: true })
 
@@ -202,7 +203,5 @@ medians of ${ROUNDS} rounds (throughput; CPU time per response as other / on, 1.
   (off + load) / off      ${f2(median(rows.map((r) => r.receiver)))}  cpu ${
   f2(median(rows.map((r) => r.off.cpuUs / r["off + load"].cpuUs)))
 }   the receiver's share: the proxy does nothing more
-  on / (off + load)       ${f2(own)}  cpu ${f2(cpuOwn)}   the proxy's own cost of metering and posting: ${
-  cpuOwn >= GOAL ? "PASS" : "FAIL"
-} (goal: cpu >= ${GOAL})`)
+  on / (off + load)       ${f2(own)}  cpu ${f2(cpuOwn)}   the proxy's own cost of metering and posting`)
 process.exit(0)

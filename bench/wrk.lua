@@ -9,6 +9,16 @@ if os.getenv("BENCH_POST") == "1" then
   wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "")
 end
 
+-- BENCH_RATE (requests a second, all connections together) paces the load: each connection waits
+-- connections / rate seconds before each request (wrk's delay() hook), so the rate is at most that.
+local rate = tonumber(os.getenv("BENCH_RATE") or "")
+if rate then
+  local connections = tonumber(os.getenv("BENCH_CONNECTIONS") or "1")
+  function delay()
+    return 1000 * connections / rate
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -72,6 +72,10 @@ export interface AppConfigShape {
   readonly webhookUrl: Option.Option<URL>
   readonly webhookApiKey: Option.Option<Redacted.Redacted<string>>
   readonly webhookQueueSize: number
+  /** Records per POST: 1 posts each record alone (a JSON object); above 1, JSON arrays of up to that many. */
+  readonly webhookBatchSize: number
+  /** How long a batch waits for more records after its first one before it is sent anyway. */
+  readonly webhookBatchWait: Duration.Duration
   /** POSTs under way at once (connections to the webhook). */
   readonly webhookConcurrency: number
   readonly webhookMaxRetryTime: Duration.Duration
@@ -422,6 +426,8 @@ const fromConfig = Config.all({
   webhookUrl: optional("USER_MODEL_METRICS_WEBHOOK_URL", parseHttpUrl),
   webhookApiKey: optional("USER_MODEL_METRICS_WEBHOOK_API_KEY", (raw) => Either.right(Redacted.make(raw.trim()))),
   webhookQueueSize: withDefault("WEBHOOK_QUEUE_SIZE", parsePositiveInt, 10_000),
+  webhookBatchSize: withDefault("USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE", parsePositiveInt, 1),
+  webhookBatchWait: withDefault("USER_MODEL_METRICS_WEBHOOK_BATCH_WAIT", parsePositiveDuration, Duration.seconds(1)),
   webhookConcurrency: withDefault("WEBHOOK_CONCURRENCY", parsePositiveInt, 4),
   webhookMaxRetryTime: withDefault("WEBHOOK_MAX_RETRY_TIME", parseDuration, Duration.minutes(10)),
   webhookRetryDelay: withDefault("WEBHOOK_RETRY_DELAY", parseDuration, Duration.seconds(1)),
@@ -509,6 +515,12 @@ export const loadAppConfig = Effect.gen(function*() {
   )
   const raw = yield* Effect.withConfigProvider(fromConfig, provider).pipe(Effect.mapError(toAppConfigError))
   const apiKeys = yield* readApiKeys(env)
+  if (raw.webhookBatchSize > raw.webhookQueueSize) {
+    return yield* new AppConfigError({
+      variable: "USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE",
+      reason: `${raw.webhookBatchSize} is more than WEBHOOK_QUEUE_SIZE (${raw.webhookQueueSize}): a batch could never fill`
+    })
+  }
   const port = Option.getOrElse(raw.port, () => 80)
   const config: AppConfigShape = {
     port,
@@ -545,6 +557,8 @@ export const loadAppConfig = Effect.gen(function*() {
     webhookUrl: raw.webhookUrl,
     webhookApiKey: raw.webhookApiKey,
     webhookQueueSize: raw.webhookQueueSize,
+    webhookBatchSize: raw.webhookBatchSize,
+    webhookBatchWait: raw.webhookBatchWait,
     webhookConcurrency: raw.webhookConcurrency,
     webhookMaxRetryTime: raw.webhookMaxRetryTime,
     webhookRetryDelay: raw.webhookRetryDelay,

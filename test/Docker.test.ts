@@ -1,14 +1,18 @@
 /**
  * No Docker engine runs here, so this checks what can be checked of the image: the Dockerfile's
- * inputs exist, its bases are pinned, and the one file it ships runs on its own.
+ * inputs exist, its bases are pinned, and the one file it ships runs on its own, on the image's
+ * own Node version (fetched from the npm registry, see scripts/node-runtime.mjs).
  */
+import { execFileSync } from "node:child_process"
+import { once } from "node:events"
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
+import { ensureNode, imageNodeVersion } from "../scripts/node-runtime.mjs"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
-import { raw } from "./support/http.js"
+import { ndjson, open, raw, readToEnd } from "./support/http.js"
 import { BUNDLE, ROOT, spawnProxy } from "./support/proxy.js"
 
 const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8")
@@ -28,8 +32,14 @@ const expand = (s: string) => s.replace(/\$\{(\w+)\}/g, (_, name: string) => arg
 describe("Dockerfile", () => {
   it("builds on pinned images only", () => {
     const bases = instructions.filter((l) => l.startsWith("FROM ")).map((l) => expand(l.split(/\s+/)[1]!))
-    expect(bases).toEqual(["node:20.20.2-bookworm-slim", "node:20.20.2-bookworm-slim", "ollama/ollama:0.32.15"])
+    expect(bases).toEqual(["node:24.22.3-bookworm-slim", "node:24.22.3-bookworm-slim", "ollama/ollama:0.32.15"])
     for (const base of bases) expect(base).toMatch(/:\d+\.\d+\.\d+/)
+  })
+
+  it("runs Node 24, the LTS line, which package.json's engines allow", () => {
+    expect(imageNodeVersion()).toMatch(/^24\.\d+\.\d+$/)
+    const engines = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).engines.node as string
+    expect(engines).toContain(">=24")
   })
 
   it("copies only sources that exist and that .dockerignore lets into the context", () => {
@@ -87,6 +97,45 @@ describe("the bundle alone", () => {
       const tags = await raw(`${proxy.url}/api/tags`, { headers: { authorization: "Bearer k" } })
       expect(tags.status).toBe(200)
       expect(JSON.parse(tags.text).models.length).toBeGreaterThan(0)
+    } finally {
+      await proxy.kill()
+      await fake.close()
+    }
+  })
+})
+
+describe("the bundle on the image's Node", () => {
+  let node: string
+  // The first run on a machine fetches the binary (~50 MB) from the npm registry; later runs find it cached.
+  beforeAll(async () => {
+    node = await ensureNode()
+  }, 300_000)
+
+  it("is the Node version the Dockerfile pins", () => {
+    expect(execFileSync(node, ["--version"], { encoding: "utf8" }).trim()).toBe(`v${imageNodeVersion()}`)
+  })
+
+  it("answers /ping and streams a chat through, chunk by chunk", async () => {
+    const fake = await startFakeOllama({ tokens: 6, tokenDelayMs: 30 })
+    const proxy = await spawnProxy({ OLLAMA_MANAGED: "false", OLLAMA_HOST: fake.url, AUTHORIZATION_APIKEY: "k" }, { node })
+    try {
+      await proxy.waitForLine((l) => l.msg === "ollama is up")
+      expect((await raw(`${proxy.url}/ping`)).status).toBe(200)
+      const { res } = await open(`${proxy.url}/api/chat`, {
+        method: "POST",
+        headers: { authorization: "Bearer k", "content-type": "application/json" },
+        body: JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }] })
+      })
+      expect(res.statusCode).toBe(200)
+      // The first token reaches the client while Ollama is still generating the rest.
+      const [first] = (await once(res, "data")) as [Buffer]
+      expect(fake.requests.find((r) => r.path === "/api/chat")?.completed).toBe(false)
+      const rest = await readToEnd(res)
+      const lines = ndjson(first.toString("utf8") + rest.body)
+      expect(rest.complete).toBe(true)
+      expect(lines).toHaveLength(7)
+      expect(lines.at(-1)).toMatchObject({ done: true, eval_count: 6 })
+      expect(fake.requests.find((r) => r.path === "/api/chat")?.headers.authorization).toBeUndefined()
     } finally {
       await proxy.kill()
       await fake.close()

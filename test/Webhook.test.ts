@@ -230,7 +230,11 @@ describe("UsageWebhook shutdown", () => {
     })
     expect(Date.now() - started).toBeLessThan(3000)
     const lost = undelivered(logs)
-    expect(lost.map((l) => l.reason)).toEqual(Array(6).fill("shutdown deadline reached"))
+    // Four POSTs were on the wire (the webhook may have them: replays deduplicate on id), two waited.
+    expect(lost.map((l) => l.reason).sort()).toEqual([
+      ...Array(2).fill("shutdown deadline reached"),
+      ...Array(4).fill("shutdown deadline reached while the webhook had not answered")
+    ])
     expect(lost.map((l) => l.record.id).sort()).toEqual(records.map((r) => r.id).sort())
   })
 
@@ -242,13 +246,152 @@ describe("UsageWebhook shutdown", () => {
       await receiver!.until((got) => got.length >= 6)
     })
     const lost = undelivered(logs)
-    expect(lost.map((l) => l.reason)).toEqual(["shutdown deadline reached", "shutdown deadline reached"])
+    expect(lost).toHaveLength(2)
+    for (const line of lost) expect(line.reason).toMatch(/^shutdown deadline reached/)
     expect(lost.map((l) => l.record.id).sort()).toEqual(records.map((r) => r.id).sort())
+  })
+
+  it("does not log a record the webhook acknowledged as the deadline struck", async () => {
+    // The status line says 200 at once; the rest of the answer never comes. The record is
+    // delivered: the deadline that cuts the unfinished response must not log it as lost.
+    receiver = await startWebhook((n) => n < 2 ? { status: 200, holdBody: true } : "hang")
+    const records = [record(0), record(1), record(2)]
+    const logs = await withWebhook(
+      { USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, SHUTDOWN_TIMEOUT: "300ms", WEBHOOK_CONCURRENCY: "3" },
+      async (w) => {
+        for (const r of records) w.offer(r)
+        await receiver!.until((got) => got.length === 3)
+      }
+    )
+    const lost = undelivered(logs)
+    expect(lost.map((l) => [l.record.id, l.reason])).toEqual([[
+      records[2]!.id,
+      "shutdown deadline reached while the webhook had not answered"
+    ]])
   })
 
   it("never writes the webhook key to the log", () => {
     expect(allLogs.length).toBeGreaterThan(10)
     expect(allLogs.join("\n")).not.toContain(KEY)
+  })
+})
+
+describe("UsageWebhook batches (USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE)", () => {
+  const batched = (env: Record<string, string> = {}) => ({
+    USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url,
+    USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: "5",
+    ...env
+  })
+
+  it("POSTs full batches as JSON arrays at once, the rest after BATCH_WAIT, each record whole", async () => {
+    receiver = await startWebhook()
+    const records = Array.from({ length: 12 }, (_, i) => record(i))
+    let offeredAt = 0
+    const logs = await withWebhook(batched({ USER_MODEL_METRICS_WEBHOOK_BATCH_WAIT: "400ms" }), async (w) => {
+      offeredAt = performance.now()
+      for (const r of records) w.offer(r)
+      await receiver!.until((got) => got.length === 2)
+      expect(performance.now() - offeredAt).toBeLessThan(300)
+      await receiver!.until((got) => got.length === 3)
+      expect(performance.now() - offeredAt).toBeGreaterThanOrEqual(390)
+    })
+    expect(receiver.received.map((g) => g.records.length)).toEqual([5, 5, 2])
+    for (const got of receiver.received) {
+      expect(Array.isArray(JSON.parse(got.body))).toBe(true)
+      expect(got.headers["content-type"]).toBe("application/json")
+      // The key names the batch; every record keeps its own id for deduplication.
+      expect(got.headers["idempotency-key"]).toMatch(/^[0-9a-f-]{36}$/)
+      expect(records.map((r) => r.id)).not.toContain(got.headers["idempotency-key"])
+    }
+    expect(new Set(receiver.received.map((g) => g.headers["idempotency-key"])).size).toBe(3)
+    expect(receiver.accepted()).toEqual(records)
+    expect(undelivered(logs)).toEqual([])
+  })
+
+  it("retries a batch with the same key and body", async () => {
+    receiver = await startWebhook((n) => (n === 0 ? { status: 503 } : { status: 200 }))
+    const records = Array.from({ length: 5 }, (_, i) => record(i))
+    const logs = await withWebhook(batched(), async (w) => {
+      for (const r of records) w.offer(r)
+      await receiver!.until((got) => got.some((g) => g.accepted))
+    })
+    const [first, second] = receiver.received
+    expect(second!.headers["idempotency-key"]).toBe(first!.headers["idempotency-key"])
+    expect(second!.body).toBe(first!.body)
+    expect(receiver.accepted()).toEqual(records)
+    expect(logs.filter((l) => l.msg === "usage webhook attempt failed")).toMatchObject([
+      { batch_id: first!.headers["idempotency-key"], records: 5, reason: "the webhook answered HTTP 503" }
+    ])
+    expect(undelivered(logs)).toEqual([])
+  })
+
+  it("logs every record of a refused batch, one line each, replayable", async () => {
+    receiver = await startWebhook(() => ({ status: 422 }))
+    const records = Array.from({ length: 3 }, (_, i) => record(i))
+    const logs = await withWebhook(batched({ USER_MODEL_METRICS_WEBHOOK_BATCH_WAIT: "50ms" }), async (w) => {
+      for (const r of records) w.offer(r)
+      await receiver!.until((got) => got.length === 1)
+    })
+    const lost = undelivered(logs)
+    expect(lost.map((l) => l.record)).toEqual(records)
+    for (const line of lost) expect(line).toMatchObject({ level: "error", reason: "the webhook answered HTTP 422" })
+  })
+
+  it("sends the gathering batch at shutdown without waiting, and delivers every queued one", async () => {
+    receiver = await startWebhook(() => ({ status: 200, delayMs: 20 }))
+    const records = Array.from({ length: 23 }, (_, i) => record(i))
+    const started = performance.now()
+    const logs = await withWebhook(batched({ USER_MODEL_METRICS_WEBHOOK_BATCH_WAIT: "1m", WEBHOOK_CONCURRENCY: "1" }), (w) => {
+      for (const r of records) w.offer(r)
+    })
+    expect(performance.now() - started).toBeLessThan(5000)
+    expect(receiver.received.map((g) => g.records.length)).toEqual([5, 5, 5, 5, 3])
+    expect(receiver.accepted()).toEqual(records)
+    expect(logs.some((l) => l.msg === "delivering queued usage records" && l.records === 23)).toBe(true)
+    expect(undelivered(logs)).toEqual([])
+  })
+
+  it("logs each record of the batches still undelivered at the shutdown deadline, once", async () => {
+    receiver = await startWebhook(() => "hang")
+    const records = Array.from({ length: 7 }, (_, i) => record(i))
+    const logs = await withWebhook(batched({ SHUTDOWN_TIMEOUT: "300ms", WEBHOOK_CONCURRENCY: "1" }), (w) => {
+      for (const r of records) w.offer(r)
+    })
+    const lost = undelivered(logs)
+    expect(lost.map((l) => l.record.id).sort()).toEqual(records.map((r) => r.id).sort())
+    // The first batch was on the wire; the second waited for the one sender.
+    expect(lost.map((l) => l.reason).sort()).toEqual([
+      ...Array(2).fill("shutdown deadline reached"),
+      ...Array(5).fill("shutdown deadline reached while the webhook had not answered")
+    ])
+  })
+
+  it("counts WEBHOOK_QUEUE_SIZE in records, and logs each one the full queue cannot take", async () => {
+    receiver = await startWebhook(() => ({ status: 204, delayMs: 300 }))
+    const records = Array.from({ length: 9 }, (_, i) => record(i))
+    const logs = await withWebhook(
+      batched({ USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: "2", WEBHOOK_QUEUE_SIZE: "4", WEBHOOK_CONCURRENCY: "1" }),
+      (w) => {
+        for (const r of records) w.offer(r)
+      }
+    )
+    // The first batch of two goes at once; four records then fill the queue; three are refused.
+    const lost = undelivered(logs)
+    expect(lost.map((l) => l.record)).toEqual(records.slice(6))
+    for (const line of lost) expect(line.reason).toBe("queue full (4 records)")
+    expect(receiver.accepted()).toEqual(records.slice(0, 6))
+  })
+
+  it("refuses a batch size the queue cannot hold, naming the variable", async () => {
+    const env = { USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: "200", WEBHOOK_QUEUE_SIZE: "100" }
+    const error = await Effect.runPromise(Effect.flip(AppConfig.pipe(Effect.provide(AppConfig.fromEnv(env)))))
+    expect(error.message).toBe(
+      "invalid configuration: USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: 200 is more than WEBHOOK_QUEUE_SIZE (100): a batch could never fill"
+    )
+    for (const [variable, value] of [["USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE", "0"], ["USER_MODEL_METRICS_WEBHOOK_BATCH_WAIT", "soon"]]) {
+      const bad = await Effect.runPromise(Effect.flip(AppConfig.pipe(Effect.provide(AppConfig.fromEnv({ [variable!]: value! })))))
+      expect(bad.message).toContain(variable)
+    }
   })
 })
 

@@ -1,13 +1,18 @@
 /**
  * UsageWebhook: delivers every usage record to USER_MODEL_METRICS_WEBHOOK_URL, at least once.
  *
- * The proxy hands a record over synchronously, once per exchange: it is POSTed at once when one
- * of WEBHOOK_CONCURRENCY connections is free, else queued (bounded); a failed POST is retried
- * with exponential backoff, so a slow or failing webhook never touches a client's response. On
- * shutdown the queue is flushed within SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
- * shutdown deadline) is logged whole, at error level, for an operator to replay.
+ * The proxy hands a record over synchronously, once per exchange. With
+ * USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE at 1 (the default) each record is POSTed alone, at once when
+ * one of WEBHOOK_CONCURRENCY connections is free, else queued (bounded); above 1, records gather
+ * into a batch, POSTed as one JSON array when it is full or USER_MODEL_METRICS_WEBHOOK_BATCH_WAIT
+ * after its first record. A failed POST is retried with exponential backoff, so a slow or failing
+ * webhook never touches a client's response. On shutdown the queue is flushed within
+ * SHUTDOWN_TIMEOUT. A record that cannot be delivered (queue full, retries exhausted, rejected,
+ * shutdown deadline) is logged whole, one line per record, at error level, for an operator to
+ * replay; a record is logged only if the webhook did not acknowledge it with a 2xx.
  */
-import { Data, Duration, Effect, Either, Fiber, identity, MutableQueue, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
+import { Data, Duration, Effect, FiberSet, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
+import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders } from "node:http"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
@@ -16,7 +21,6 @@ import { USER_AGENT } from "../Version.js"
 import type { UsageRecord } from "./Record.js"
 
 const MAX_RETRY_DELAY = Duration.minutes(1)
-
 /** The webhook answered, but not with a 2xx. */
 export class WebhookRejected extends Data.TaggedError("WebhookRejected")<{
   readonly status: number
@@ -94,20 +98,35 @@ export interface UsageWebhookShape {
 /** A record on its way: the JSON is made once, when the record is handed over. */
 interface Outgoing {
   readonly id: string
-  readonly body: string
-  /** The trace of the exchange that produced the record, continued by every POST of it. */
+  readonly json: string
+}
+
+/**
+ * What one POST carries, the same on every retry: one record (its `id` is the Idempotency-Key, its
+ * exchange's trace the POST's `traceparent`), or a batch as a JSON array under a key of its own.
+ */
+interface Batch {
+  readonly key: string
+  readonly records: Array<Outgoing>
+  /** Made when the batch is closed. */
+  body: string
+  /** The trace of the exchange that produced a lone record; a batch mixes traces and carries none. */
   readonly parent: Tracer.ExternalSpan | undefined
+  /** A POST of it is on the wire (for the log line at the shutdown deadline). */
+  posting: boolean
+  /** Acknowledged by a 2xx, or given to the log: nothing more happens to it. */
+  done: boolean
 }
 
 const traceparentOf = (span: Tracer.ExternalSpan) => `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
 
-/** A POST under way: when it was sent and, once undici has begun it, how to cut it. */
+/** A POST on the wire: when it was sent and, once undici has begun it, how to cut it. */
 interface Attempt {
   readonly since: number
   controller?: Dispatcher.DispatchController
 }
 
-/** What a POST came to: undefined when the webhook took the record. */
+/** What a POST came to: undefined when the webhook took it. */
 type Sent = (error: DeliveryError | undefined) => void
 
 /**
@@ -115,14 +134,17 @@ type Sent = (error: DeliveryError | undefined) => void
  * hands undici a literal with these same five methods, and a second literal of that shape holding
  * other functions makes V8 generalise the map they share. The relay's per-chunk callback then
  * stops being inlined: measured, the stream relay lost a quarter of its throughput.
+ *
+ * The answer counts from its status line: a 2xx there is the webhook's acknowledgement, whatever
+ * then happens to the rest of the response; `ended` runs once the response is over, either way.
  */
 class PostHandler implements Dispatcher.DispatchHandler {
-  private status = 0
-  private retryAfter: string | undefined
+  private answered = false
 
   constructor(
     private readonly started: (controller: Dispatcher.DispatchController) => void,
-    private readonly settle: (error: DeliveryError | undefined) => void
+    private readonly settle: Sent,
+    private readonly ended: () => void
   ) {}
 
   onRequestStart(controller: Dispatcher.DispatchController) {
@@ -131,22 +153,22 @@ class PostHandler implements Dispatcher.DispatchHandler {
 
   onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders) {
     if (statusCode < 200) return // an interim answer: the real one follows
-    this.status = statusCode
+    this.answered = true
+    if (statusCode < 300) return this.settle(undefined)
     const value = headers["retry-after"]
-    this.retryAfter = Array.isArray(value) ? value[0] : value
+    const retryAfter = parseRetryAfter(Array.isArray(value) ? value[0] : value, Date.now())
+    this.settle(new WebhookRejected({ status: statusCode, retryAfter }))
   }
 
   onResponseData() {}
 
   onResponseEnd() {
-    const status = this.status
-    this.settle(
-      status >= 200 && status < 300 ? undefined : new WebhookRejected({ status, retryAfter: parseRetryAfter(this.retryAfter, Date.now()) })
-    )
+    this.ended()
   }
 
   onResponseError(_c: Dispatcher.DispatchController, error: Error) {
-    this.settle(new WebhookUnreachable({ reason: transportReason(error) }))
+    this.ended()
+    if (!this.answered) this.settle(new WebhookUnreachable({ reason: transportReason(error) }))
   }
 }
 
@@ -158,191 +180,280 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     }
     const url = config.webhookUrl.value
     const timeoutMs = Duration.toMillis(config.webhookTimeout)
-    // One record per POST and one POST per connection at a time: with a webhook R seconds away,
-    // at most senders / R records per second get through; the rest wait in the queue.
+    const batchSize = config.webhookBatchSize
+    const batchWaitMs = Duration.toMillis(config.webhookBatchWait)
+    // One POST per connection at a time: with a webhook R seconds away, at most
+    // senders x batch size / R records per second get through; the rest wait in the queue.
     const senders = config.webhookConcurrency
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() => new Pool(url.origin, { connections: senders, connectTimeout: timeoutMs, keepAliveTimeout: 30_000 })),
       (pool) => Effect.promise(() => pool.destroy())
     )
     const path = `${url.pathname}${url.search}`
-    const runtime = yield* Effect.runtime<never>()
-    const runFork = Runtime.runFork(runtime)
+    // Retries run as fibers of this set: closing the service's scope interrupts what is left.
+    const retries = yield* FiberSet.make<void, never>()
+    const runRetry = yield* FiberSet.runtime(retries)<never>()
+    const runSync = Runtime.runSync(yield* Effect.runtime<never>())
 
     // Every inference exchange hands over a record, so the way to the webhook is plain callbacks:
     // measured under the stream benchmark, a record cost ~300 us of the proxy's CPU through the
     // platform HttpClient (an Effect timeout, an AbortSignal, a response stream, schema encoding,
     // a span) and still ~65 us through a queue and sender fibers. Effect takes over for the few
-    // records whose first POST fails: retries on the Schedule, spans, logs.
-    const waiting = MutableQueue.bounded<Outgoing>(config.webhookQueueSize)
+    // POSTs that fail: retries on the Schedule, spans, logs.
+
+    /** Closed batches waiting for a sender. */
+    const waiting: Array<Batch> = []
+    /** The batch records gather in (batch size above 1), and the timer that closes it. */
+    let open: Batch | undefined
+    let openTimer: ReturnType<typeof setTimeout> | undefined
+    /** Records in `open` and `waiting`: at most WEBHOOK_QUEUE_SIZE. */
+    let queued = 0
     /** POSTs and retries under way; at most `senders`. */
     let active = 0
-    /** Records taken in but not yet delivered or given up: active + waiting. The flush waits for 0. */
+    /** Records taken in and not yet acknowledged or logged. The flush waits for 0. */
     let outstanding = 0
     const idle = yield* Effect.makeLatch(true)
-    /** Shutdown has begun: new records are refused. */
+    /** Every batch not done yet: what the shutdown deadline logs. */
+    const undone = new Set<Batch>()
+    /** POSTs on the wire: what the timeout sweep and the shutdown deadline cut. */
+    const posts = new Set<Attempt>()
+    /** Shutdown has begun: new records are refused, the open batch goes at once. */
     let closing = false
-    /** The shutdown deadline has passed: what is still under way is logged, not retried. */
-    let stopped = false
-    const inFlight = new Map<Outgoing, Attempt>()
-    const retrying = new Set<Fiber.RuntimeFiber<void>>()
 
-    const undelivered = (item: Outgoing | UsageRecord, reason: string, outcome: "failed" | "dropped" = "failed") =>
-      Effect.logError("usage record not delivered").pipe(
-        Effect.zipLeft(Effect.sync(() => webhookRecords.unsafeUpdate(1, webhookRecordLabels(outcome)))),
-        Effect.annotateLogs({ reason, record: "body" in item ? JSON.parse(item.body) : item })
-      )
+    const logUndelivered = (records: ReadonlyArray<Outgoing | UsageRecord>, reason: string, outcome: "failed" | "dropped") =>
+      Effect.forEach(records, (record) =>
+        Effect.logError("usage record not delivered").pipe(
+          Effect.annotateLogs({ reason, record: "json" in record ? JSON.parse(record.json) : record })
+        ), { discard: true }).pipe(
+          Effect.zipLeft(Effect.sync(() => webhookRecords.unsafeUpdate(records.length, webhookRecordLabels(outcome))))
+        )
+
+    /** The end of a batch: acknowledged (delivered) or given to the log. */
+    const settleBatch = (batch: Batch) => {
+      batch.done = true
+      undone.delete(batch)
+      outstanding -= batch.records.length
+      if (outstanding === 0) idle.unsafeOpen()
+      webhookQueueDepth.unsafeUpdate(outstanding, NO_LABELS)
+    }
+
+    const acknowledged = (batch: Batch) => {
+      if (batch.done) return
+      settleBatch(batch)
+      webhookRecords.unsafeUpdate(batch.records.length, webhookRecordLabels("delivered"))
+    }
+
+    /** Logs a batch's records unless it is already done (a 2xx or the shutdown deadline came first). */
+    const giveUp = (batch: Batch, reason: string) =>
+      Effect.suspend(() => {
+        if (batch.done) return Effect.void
+        settleBatch(batch)
+        return logUndelivered(batch.records, reason, "failed")
+      }).pipe(Effect.uninterruptible)
 
     /** The headers every POST carries, made once. */
     const fixedHeaders: Record<string, string> = { "content-type": "application/json", "user-agent": USER_AGENT }
     if (Option.isSome(config.webhookApiKey)) fixedHeaders.authorization = `Bearer ${Redacted.value(config.webhookApiKey.value)}`
 
-    /** One POST, on undici's dispatch callbacks: no response stream object, no AbortSignal. */
-    const send = (item: Outgoing, sent: Sent) => {
-      const headers: Record<string, string> = { ...fixedHeaders, "idempotency-key": item.id }
-      if (item.parent !== undefined) headers.traceparent = traceparentOf(item.parent)
+    /**
+     * One POST, on undici's dispatch callbacks: no response stream object, no AbortSignal. `sent`
+     * runs once, unless the batch is done by then (the shutdown deadline cut it); returns the
+     * attempt, for a retry to cut it when interrupted.
+     */
+    const send = (batch: Batch, sent: Sent): Attempt => {
+      const headers: Record<string, string> = { ...fixedHeaders, "idempotency-key": batch.key }
+      if (batch.parent !== undefined) headers.traceparent = traceparentOf(batch.parent)
       const attempt: Attempt = { since: performance.now() }
-      inFlight.set(item, attempt)
+      posts.add(attempt)
+      batch.posting = true
       pool.dispatch(
         // undici's own timeouts are off: the sweep below times every POST out (WEBHOOK_TIMEOUT).
-        { method: "POST", path, headers, body: item.body, headersTimeout: 0, bodyTimeout: 0 },
+        { method: "POST", path, headers, body: batch.body, headersTimeout: 0, bodyTimeout: 0 },
         new PostHandler(
           (controller) => {
-            if (inFlight.get(item) === attempt) attempt.controller = controller
+            if (posts.has(attempt)) attempt.controller = controller
             else controller.abort(new Error("usage webhook: delivery cancelled"))
           },
           (error) => {
-            inFlight.delete(item)
-            if (!stopped) sent(error)
-          }
+            batch.posting = false
+            // The acknowledgement is taken here, synchronously: nothing can log this batch later.
+            if (error === undefined) acknowledged(batch)
+            if (!batch.done || error === undefined) sent(error)
+          },
+          () => posts.delete(attempt)
         )
       )
+      return attempt
     }
 
     /** A POST as an Effect, for retries: interrupting it cuts the request. */
-    const post = (item: Outgoing) =>
+    const post = (batch: Batch) =>
       Effect.async<void, DeliveryError>((resume) => {
-        send(item, (error) => resume(error === undefined ? Effect.void : Effect.fail(error)))
+        const attempt = send(batch, (error) => resume(error === undefined ? Effect.void : Effect.fail(error)))
         return Effect.sync(() => {
-          const attempt = inFlight.get(item)
-          inFlight.delete(item)
-          attempt?.controller?.abort(new Error("usage webhook shutting down"))
+          posts.delete(attempt)
+          attempt.controller?.abort(new Error("usage webhook: delivery cancelled"))
         })
       })
 
-    // One timer for every POST under way: a POST unanswered after WEBHOOK_TIMEOUT is cut, and
+    // One timer for every POST on the wire: a POST unanswered after WEBHOOK_TIMEOUT is cut, and
     // fails as unreachable (so it is retried). Checked a few times per timeout, at most once a second.
     const sweep = setInterval(() => {
       const expired = performance.now() - timeoutMs
-      for (const attempt of inFlight.values()) {
+      for (const attempt of posts) {
         if (attempt.since <= expired) attempt.controller?.abort(new Error(`no answer within ${timeoutMs} ms`))
       }
     }, Math.min(1000, Math.max(10, timeoutMs / 4)))
     sweep.unref()
     yield* Effect.addFinalizer(() => Effect.sync(() => clearInterval(sweep)))
 
-    const attemptFailed = (item: Outgoing, error: DeliveryError) =>
-      Effect.logWarning("usage webhook attempt failed").pipe(Effect.annotateLogs({ record_id: item.id, reason: error.message }))
+    const describe = (batch: Batch) => batchSize === 1 ? { record_id: batch.key } : { batch_id: batch.key, records: batch.records.length }
 
-    const schedule = retrySchedule(config.webhookRetryDelay, config.webhookMaxRetryTime)
+    const attemptFailed = (batch: Batch, error: DeliveryError) =>
+      Effect.logWarning("usage webhook attempt failed").pipe(Effect.annotateLogs({ ...describe(batch), reason: error.message }))
 
-    /** After a failed first POST: retry on the schedule, or give the record to the log. */
-    const retry = Effect.fn("UsageWebhook.retry")(function*(item: Outgoing, first: DeliveryError) {
-      yield* Effect.annotateCurrentSpan({ "usage.record_id": item.id })
-      yield* attemptFailed(item, first)
-      const driver = yield* Schedule.driver(schedule)
-      let error = first
-      while (isRetryable(error)) {
-        // Sleeps until the next try; fails once the schedule is done (out of time).
-        if (Either.isLeft(yield* Effect.either(driver.next(error)))) {
-          return yield* undelivered(item, `gave up retrying: ${error.message}`)
+    const policy = retrySchedule(config.webhookRetryDelay, config.webhookMaxRetryTime)
+
+    /**
+     * After a failed first POST: retry on the schedule, or give the batch to the log. The body is
+     * one attempt; its first run reports the first POST's failure (made on the fast path, outside
+     * Effect) so that the schedule counts from it, and every later run POSTs again.
+     */
+    const retry = Effect.fn("UsageWebhook.retry")(
+      function*(batch: Batch, failed: { first: DeliveryError | undefined }) {
+        const first = failed.first
+        if (first !== undefined) {
+          failed.first = undefined
+          yield* Effect.annotateCurrentSpan(
+            batchSize === 1 ? { "usage.record_id": batch.key } : { "usage.batch_id": batch.key, "usage.records": batch.records.length }
+          )
+          return yield* Effect.fail(first)
         }
         webhookRetries.unsafeUpdate(1, NO_LABELS)
-        const result = yield* Effect.either(post(item))
-        if (Either.isRight(result)) return delivered()
-        error = result.left
-        yield* attemptFailed(item, error)
-      }
-      yield* undelivered(item, error.message)
-    }, (effect, item) =>
-      Effect.onInterrupt(effect, () => undelivered(item, "shutdown deadline reached")).pipe(
-        item.parent === undefined ? identity : Effect.withParentSpan(item.parent)
-      ))
-
-    const delivered = () => webhookRecords.unsafeUpdate(1, webhookRecordLabels("delivered"))
+        yield* post(batch)
+      },
+      (effect, batch) =>
+        effect.pipe(
+          Effect.tapError((error) => attemptFailed(batch, error)),
+          Effect.retry(policy),
+          Effect.catchAll((error) => giveUp(batch, isRetryable(error) ? `gave up retrying: ${error.message}` : error.message)),
+          // Its sender is busy until the batch is done: a failing webhook slows intake, not memory.
+          Effect.ensuring(Effect.sync(finished))
+        )
+    )
 
     const finished = () => {
       active--
-      if (--outstanding === 0) idle.unsafeOpen()
-      webhookQueueDepth.unsafeUpdate(outstanding, NO_LABELS)
-      const next = MutableQueue.poll(waiting, undefined)
-      if (next !== undefined) start(next)
+      let next = waiting.shift()
+      while (next?.done === true) next = waiting.shift()
+      if (next !== undefined) {
+        queued -= next.records.length
+        start(next)
+      }
     }
 
-    const start = (item: Outgoing) => {
+    const start = (batch: Batch) => {
       active++
-      send(item, (error) => {
-        if (error === undefined) {
-          delivered()
-          return finished()
-        }
-        const fiber = runFork(retry(item, error))
-        retrying.add(fiber)
-        fiber.addObserver(() => {
-          retrying.delete(fiber)
-          if (!stopped) finished()
-        })
+      send(batch, (error) => {
+        if (error === undefined) return finished()
+        const retrying = retry(batch, { first: error })
+        runRetry(batch.parent === undefined ? retrying : Effect.withParentSpan(retrying, batch.parent))
       })
     }
 
-    const offer = (record: UsageRecord, parent?: Tracer.ExternalSpan): void => {
-      if (closing) {
-        runFork(undelivered(record, "offered after shutdown began", "dropped"))
-        return
-      }
-      // Built to its schema (the tests decode what the webhook receives): not validated again.
-      const item: Outgoing = { id: record.id, body: JSON.stringify(record), parent }
-      if (active >= senders && !MutableQueue.offer(waiting, item)) {
-        runFork(undelivered(record, `queue full (${config.webhookQueueSize} records)`, "dropped"))
-        return
-      }
-      if (outstanding++ === 0) idle.unsafeClose()
+    const take = (batch: Batch) => {
+      undone.add(batch)
+      if (outstanding === 0) idle.unsafeClose()
+      outstanding += batch.records.length
       webhookQueueDepth.unsafeUpdate(outstanding, NO_LABELS)
-      if (active < senders) start(item)
+    }
+
+    /** Closes the gathering batch: it goes at once if a sender is free, else it waits its turn. */
+    const closeOpen = () => {
+      const batch = open
+      if (batch === undefined) return
+      open = undefined
+      if (openTimer !== undefined) clearTimeout(openTimer)
+      openTimer = undefined
+      batch.body = `[${batch.records.map((r) => r.json).join(",")}]`
+      if (active < senders) {
+        queued -= batch.records.length
+        start(batch)
+      } else waiting.push(batch)
+    }
+
+    const drop = (record: UsageRecord, reason: string) => runSync(logUndelivered([record], reason, "dropped"))
+
+    const offer = (record: UsageRecord, parent?: Tracer.ExternalSpan): void => {
+      if (closing) return drop(record, "offered after shutdown began")
+      // Built to its schema (the tests decode what the webhook receives): not validated again.
+      const item: Outgoing = { id: record.id, json: JSON.stringify(record) }
+      if (batchSize === 1) {
+        const batch: Batch = { key: item.id, records: [item], body: item.json, parent, posting: false, done: false }
+        if (active < senders) {
+          take(batch)
+          return start(batch)
+        }
+        if (queued >= config.webhookQueueSize) return drop(record, `queue full (${config.webhookQueueSize} records)`)
+        take(batch)
+        queued++
+        waiting.push(batch)
+        return
+      }
+      if (queued >= config.webhookQueueSize) return drop(record, `queue full (${config.webhookQueueSize} records)`)
+      if (open === undefined) {
+        open = { key: randomUUID(), records: [], body: "", parent: undefined, posting: false, done: false }
+        take(open)
+        openTimer = setTimeout(closeOpen, batchWaitMs)
+        openTimer.unref()
+      }
+      open.records.push(item)
+      queued++
+      outstanding++
+      webhookQueueDepth.unsafeUpdate(outstanding, NO_LABELS)
+      if (open.records.length >= batchSize) closeOpen()
     }
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         closing = true
+        closeOpen()
         if (outstanding > 0) {
           yield* Effect.logInfo("delivering queued usage records").pipe(Effect.annotateLogs({ records: outstanding }))
         }
         // Finalizers run uninterruptibly: without `interruptible` the wait would outlast its deadline.
         yield* idle.await.pipe(
           Effect.interruptible,
-          Effect.timeoutTo({
-            duration: config.shutdownTimeout,
-            onSuccess: () => true,
-            onTimeout: () => false
-          })
+          Effect.timeoutTo({ duration: config.shutdownTimeout, onSuccess: () => true, onTimeout: () => false })
         )
-        stopped = true
-        // Out of time: retries log their record as they are interrupted, POSTs under way are cut
-        // and logged, and so is every record still waiting.
-        yield* Fiber.interruptAll(retrying)
-        for (const [item, attempt] of inFlight) {
-          attempt.controller?.abort(new Error("usage webhook shutting down"))
-          yield* undelivered(item, "shutdown deadline reached")
-        }
-        inFlight.clear()
-        for (let item = MutableQueue.poll(waiting, undefined); item !== undefined; item = MutableQueue.poll(waiting, undefined)) {
-          yield* undelivered(item, "shutdown deadline reached")
-        }
+        if (outstanding === 0) return
+        // Out of time. What is not done now is logged, and only that: a batch is marked done
+        // before its POST is cut, so the callbacks of the cut POSTs change nothing, and a 2xx
+        // that arrived before this point was taken synchronously and left nothing to log.
+        const left = [...undone].map((batch) => {
+          settleBatch(batch)
+          // A POST cut while the webhook had not answered may still have reached it: replays of
+          // these lines must be deduplicated on `id` (the README says so).
+          return {
+            batch,
+            reason: batch.posting ? "shutdown deadline reached while the webhook had not answered" : "shutdown deadline reached"
+          }
+        })
+        yield* FiberSet.clear(retries)
+        for (const attempt of posts) attempt.controller?.abort(new Error("usage webhook shutting down"))
+        posts.clear()
+        waiting.length = 0
+        for (const { batch, reason } of left) yield* logUndelivered(batch.records, reason, "failed")
       }).pipe(Effect.withSpan("UsageWebhook.flush"))
     )
 
     yield* Effect.logInfo("usage webhook enabled").pipe(
-      Effect.annotateLogs({ url: `${url.origin}${url.pathname}`, queue_size: config.webhookQueueSize })
+      Effect.annotateLogs({
+        url: `${url.origin}${url.pathname}`,
+        queue_size: config.webhookQueueSize,
+        batch_size: batchSize,
+        concurrency: senders
+      })
     )
     return { enabled: true, offer } satisfies UsageWebhookShape as UsageWebhookShape
   })

@@ -65,13 +65,13 @@ export interface SpawnedProxy {
 
 /**
  * `node dist/main.js` with JSON logs on a random port; resolves once it logged `listening`.
- * Pass `waitForListening: false` for runs expected to fail at start.
+ * Pass `waitForListening: false` for runs expected to fail at start; `node` runs another Node binary.
  */
 export const spawnProxy = async (
   env: Record<string, string>,
-  options: { waitForListening?: boolean; script?: string; cwd?: string } = {}
+  options: { waitForListening?: boolean; script?: string; cwd?: string; node?: string } = {}
 ): Promise<SpawnedProxy> => {
-  const child = spawn(process.execPath, [...NODE_FLAGS, options.script ?? BUNDLE], {
+  const child = spawn(options.node ?? process.execPath, [...NODE_FLAGS, options.script ?? BUNDLE], {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, PORT: "0", HOST: "127.0.0.1", AUTHORIZATION_LOG_JSON: "true", ...env },
     stdio: ["ignore", "pipe", "pipe"]

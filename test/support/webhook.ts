@@ -9,13 +9,22 @@ import { makeSignal } from "./signal.js"
 export interface Received {
   readonly headers: IncomingHttpHeaders
   readonly body: string
+  /** The JSON body: one record, or a batch's array (then this is its first record). */
   readonly record: Record<string, unknown>
+  /** The records the POST carried: one, or a batch's. */
+  readonly records: Array<Record<string, unknown>>
   /** Whether the receiver answered 2xx to this one. */
   accepted: boolean
 }
 
 export type Answer =
-  | { readonly status: number; readonly headers?: Record<string, string>; readonly delayMs?: number }
+  | {
+    readonly status: number
+    readonly headers?: Record<string, string>
+    readonly delayMs?: number
+    /** Sends the status line and headers, then never ends the body. */
+    readonly holdBody?: boolean
+  }
   /** Never answers (until the receiver closes). */
   | "hang"
 
@@ -23,7 +32,7 @@ export interface WebhookReceiver {
   readonly url: string
   /** Every POST, in arrival order, accepted or not. */
   readonly received: Array<Received>
-  /** The records answered with 2xx. */
+  /** The records answered with 2xx (a batch's one by one). */
   readonly accepted: () => Array<Record<string, unknown>>
   /** The most POSTs that were waiting for their answer at the same time. */
   readonly maxInFlight: () => number
@@ -45,13 +54,14 @@ export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ 
     req.on("data", (c: Buffer) => chunks.push(c))
     req.on("end", () => {
       const body = Buffer.concat(chunks).toString()
-      let record: Record<string, unknown> = {}
+      let records: Array<Record<string, unknown>> = [{}]
       try {
-        record = JSON.parse(body)
+        const parsed = JSON.parse(body)
+        records = Array.isArray(parsed) ? parsed : [parsed]
       } catch {
         // kept as received; the test will see an empty record
       }
-      const entry: Received = { headers: req.headers, body, record, accepted: false }
+      const entry: Received = { headers: req.headers, body, record: records[0] ?? {}, records, accepted: false }
       const n = received.length
       received.push(entry)
       const reply = receiver.answer(n, entry)
@@ -62,7 +72,8 @@ export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ 
         inFlight--
         entry.accepted = reply.status >= 200 && reply.status < 300
         res.writeHead(reply.status, { "content-type": "text/plain", ...reply.headers })
-        res.end(entry.accepted ? "" : "no")
+        if (reply.holdBody) res.flushHeaders()
+        else res.end(entry.accepted ? "" : "no")
         notify()
       }
       if (reply.delayMs) setTimeout(send, reply.delayMs)
@@ -74,7 +85,7 @@ export const startWebhook = async (answer: WebhookReceiver["answer"] = () => ({ 
   const receiver: WebhookReceiver = {
     url: `http://127.0.0.1:${port}/usage`,
     received,
-    accepted: () => received.filter((r) => r.accepted).map((r) => r.record),
+    accepted: () => received.filter((r) => r.accepted).flatMap((r) => r.records),
     maxInFlight: () => maxInFlight,
     answer,
     until: (predicate, timeoutMs = 10_000) =>
