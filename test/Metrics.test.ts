@@ -2,18 +2,11 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, Metric } from "effect"
 import { createServer } from "node:net"
 import OpenAI from "openai"
-import {
-  labelCache,
-  modelLabel,
-  ollamaRestarts,
-  setPreloadState,
-  webhookQueueDepth,
-  webhookRecordLabels,
-  webhookRecords
-} from "../src/telemetry/Metrics.js"
+import { labelCache, modelLabel, ollamaRestarts, setPreloadState } from "../src/telemetry/Metrics.js"
 import { PROMETHEUS_CONTENT_TYPE } from "../src/telemetry/MetricsExport.js"
 import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
+import { webhookQueueDepth, webhookRecordLabels, webhookRecords } from "../src/usage/Webhook.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
 import { scrape } from "./support/metrics.js"

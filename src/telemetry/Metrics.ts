@@ -11,8 +11,8 @@
  *
  * Other parts update their own instruments here: the Ollama process (`ollamaUp` is fed from
  * OllamaHealth by `MetricsLive`; `ollamaRestarts`), the preloader (`setPreloadState`), the GPU
- * check (`setModelVramRatio`), the usage webhook (`webhookRecords`, `webhookRetries`,
- * `webhookQueueDepth`). From Effect code use the Effect API (`Metric.increment(ollamaRestarts)`),
+ * check (`setModelVramRatio`); the usage webhook keeps its own (src/usage/Webhook.ts), so the
+ * consumers of exchanges import nothing of each other. From Effect code use the Effect API (`Metric.increment(ollamaRestarts)`),
  * from callbacks the `unsafe*` methods.
  */
 import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
@@ -119,7 +119,7 @@ export const timeToFirstChunk = Metric.histogram(
 )
 
 // ---------------------------------------------------------------------------------------------
-// The Ollama process, preload, usage webhook
+// The Ollama process, preload, GPU
 
 export const ollamaUp = Metric.gauge("ollama.up", { description: "1 when Ollama answers, else 0" })
 export const ollamaRestarts = Metric.counter("ollama.restarts", { description: "Restarts of ollama serve", incremental: true })
@@ -148,17 +148,5 @@ const modelLabels = labelCache(["model"])
 export const setModelVramRatio = (model: string, ratio: number): Effect.Effect<void> =>
   Effect.sync(() => modelVramRatio.unsafeUpdate(ratio, modelLabels(model)))
 
-/** Labels: outcome = delivered | failed (gave up after retries) | dropped (queue full). */
-export const webhookRecords = Metric.counter("usage.webhook.records", {
-  description: "Usage records by final outcome",
-  incremental: true
-})
-export const webhookRecordLabels = labelCache(["outcome"])
-export const webhookRetries = Metric.counter("usage.webhook.retries", {
-  description: "Webhook delivery attempts retried",
-  incremental: true
-})
-export const webhookQueueDepth = Metric.gauge("usage.webhook.queue.depth", { description: "Usage records waiting for delivery" })
-
 /** Metrics that should read 0 before anything happened, not be missing. */
-export const preregistered = [activeRequests, ollamaUp, ollamaRestarts, webhookRetries, webhookQueueDepth] as const
+export const preregistered = [activeRequests, ollamaUp, ollamaRestarts] as const

@@ -11,14 +11,29 @@
  * shutdown deadline) is logged whole, one line per record, at error level, for an operator to
  * replay; a record is logged only if the webhook did not acknowledge it with a 2xx.
  */
-import { Data, Duration, Effect, FiberSet, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
+import { Data, Duration, Effect, FiberSet, Metric, MetricLabel, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders } from "node:http"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
-import { NO_LABELS, webhookQueueDepth, webhookRecordLabels, webhookRecords, webhookRetries } from "../telemetry/Metrics.js"
 import { USER_AGENT } from "../Version.js"
 import type { UsageRecord } from "./Record.js"
+
+// The webhook's own instruments: the Prometheus export reads every Effect metric, wherever defined.
+/** Labels: outcome = delivered | failed (gave up after retries) | dropped (queue full). */
+export const webhookRecords = Metric.counter("usage.webhook.records", {
+  description: "Usage records by final outcome",
+  incremental: true
+})
+const outcomeLabels = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+export const webhookRecordLabels = (outcome: "delivered" | "failed" | "dropped") => {
+  let labels = outcomeLabels.get(outcome)
+  if (labels === undefined) outcomeLabels.set(outcome, labels = [MetricLabel.make("outcome", outcome)])
+  return labels
+}
+const webhookRetries = Metric.counter("usage.webhook.retries", { description: "Webhook delivery attempts retried", incremental: true })
+export const webhookQueueDepth = Metric.gauge("usage.webhook.queue.depth", { description: "Usage records waiting for delivery" })
+const NO_LABELS: ReadonlyArray<MetricLabel.MetricLabel> = []
 
 const MAX_RETRY_DELAY = Duration.minutes(1)
 /** The webhook answered, but not with a 2xx. */
@@ -175,6 +190,9 @@ class PostHandler implements Dispatcher.DispatchHandler {
 export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebhook", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
+    // Read as 0 before anything happened, not missing, webhook or not.
+    webhookRetries.unsafeValue(NO_LABELS)
+    webhookQueueDepth.unsafeValue(NO_LABELS)
     if (Option.isNone(config.webhookUrl)) {
       return { enabled: false, offer: () => {} } satisfies UsageWebhookShape as UsageWebhookShape
     }
