@@ -17,7 +17,7 @@ import type { UsageRecord } from "../src/usage/Record.js"
 import { makeUsageRecords } from "../src/usage/Records.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { scrape } from "./support/metrics.js"
-import { startProxy } from "./support/proxy.js"
+import { startProxy, untilReady } from "./support/proxy.js"
 import { makeSignal } from "./support/signal.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
@@ -75,15 +75,6 @@ const env = (extra: Record<string, string> = {}) => ({
 
 const failures = async (url: string, part: string) => (await scrape(url)).value("ollama_proxy_exchange_failures_total", { part }) ?? 0
 
-/** /ping answers from a state a background probe keeps: wait until Ollama is seen up. */
-const ready = async (url: string) => {
-  const deadline = Date.now() + 10_000
-  while ((await fetch(`${url}/ping`)).status !== 200) {
-    if (Date.now() > deadline) throw new Error("the proxy never saw Ollama up")
-    await new Promise((r) => setTimeout(r, 20))
-  }
-}
-
 /** A usage reader that breaks on its second body chunk, the way a bug in a reader would. */
 class BreakingReader extends UsageReader {
   private chunks = 0
@@ -101,7 +92,7 @@ describe("a failure inside the reading", () => {
       Layer.succeed(UsageReaders, (format) => new BreakingReader(format))
     )
     try {
-      await ready(proxy.url)
+      await untilReady(proxy.url)
       const before = await failures(proxy.url, "reading")
       const id = randomUUID()
       const messages = [{ role: "user", content: "Why is the sky blue?" }]
@@ -165,7 +156,7 @@ describe("consumers, each on its own", () => {
     ).pipe(Layer.provide(Layer.succeed(Tracing, Tracing.off)))
     const proxy = await startProxy(env(), undefined, consumers)
     try {
-      await ready(proxy.url)
+      await untilReady(proxy.url)
       const id = randomUUID()
       const answer = await new Ollama({ host: proxy.url, headers: { ...auth, "x-request-id": id } })
         .generate({ model: "llama3.2", prompt: "Hi", stream: false })
@@ -191,7 +182,7 @@ describe("metering without a webhook", () => {
   it("an OpenAI stream that did not ask for usage is still read: its tokens reach the metrics, its bytes stay the client's", async () => {
     const proxy = await startProxy(env())
     try {
-      await ready(proxy.url)
+      await untilReady(proxy.url)
       const before = (await scrape(proxy.url)).total("gen_ai_client_token_usage_sum", { gen_ai_token_type: "output" })
       const client = new OpenAI({ baseURL: `${proxy.url}/v1`, apiKey: KEY, maxRetries: 0 })
       const chunks = []

@@ -20,7 +20,7 @@ import { isCloudModel, ModelRule, normalizeModel } from "../src/keys/Models.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { raw } from "./support/http.js"
 import { scrape } from "./support/metrics.js"
-import { type RunningProxy, spawnProxy, startProxy } from "./support/proxy.js"
+import { type RunningProxy, spawnProxy, startProxy, untilReady } from "./support/proxy.js"
 
 describe("model names and rules", () => {
   it("brings names to Ollama's short form", () => {
@@ -224,11 +224,7 @@ describe("keys from the file, with the real clients", () => {
       AUTHORIZATION_KEYS_FILE_POLL: "100ms",
       METRICS_PUBLIC: "false"
     })
-    const deadline = Date.now() + 10_000
-    while ((await fetch(`${proxy.url}/ping`)).status !== 200) {
-      if (Date.now() > deadline) throw new Error("the proxy never saw Ollama up")
-      await new Promise((r) => setTimeout(r, 20))
-    }
+    await untilReady(proxy.url)
   })
 
   afterAll(async () => {

@@ -8,7 +8,7 @@ import { makeLineLogger, makeLogger } from "../src/telemetry/Logging.js"
 import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
 import { chatStream, play } from "./support/exchange.js"
-import { FAKE_OLLAMA_BIN, spawnProxy } from "./support/proxy.js"
+import { FAKE_OLLAMA_BIN, spawnProxy, untilReady } from "./support/proxy.js"
 import { startReceiver } from "./support/receiver.js"
 import { spanRecorder } from "./support/spans.js"
 
@@ -204,7 +204,7 @@ describe("the built service's output", () => {
       AUTHORIZATION_LOG_LEVEL: "debug"
     })
     try {
-      for (let i = 0; i < 300 && (await fetch(`${proxy.url}/ping`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 20))
+      await untilReady(proxy.url)
       const chat = await fetch(`${proxy.url}/api/chat`, {
         method: "POST",
         headers: { authorization: `Bearer ${secrets.key}`, "x-request-id": "req-log-test", "x-openwebui-user-id": "u-7" },

@@ -10,7 +10,7 @@ import { webhookQueueDepth, webhookRecordLabels, webhookRecords } from "../src/u
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
 import { scrape } from "./support/metrics.js"
-import { startProxy } from "./support/proxy.js"
+import { startProxy, untilReady } from "./support/proxy.js"
 
 const KEY = "metrics-test-key"
 const auth = { authorization: `Bearer ${KEY}` }
@@ -159,7 +159,7 @@ describe("who sees the series per API key", () => {
       AUTHORIZATION_DEFAULT_SCOPES: "inference,metrics"
     })
     try {
-      for (let i = 0; i < 200 && (await fetch(`${proxy.url}/ping`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 20))
+      await untilReady(proxy.url)
       const chat = JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false })
       const before = await scrape(proxy.url)
       for (const key of ["key-ann-1", "key-ben-2", "key-ben-2"]) {
@@ -189,7 +189,7 @@ describe("/metrics after real traffic through the fake Ollama", () => {
     const fake = await startFakeOllama({ tokens: 9 })
     const proxy = await startProxy({ OLLAMA_HOST: fake.url, AUTHORIZATION_APIKEY_DAVE: KEY, AUTHORIZATION_DEFAULT_SCOPES: "all" })
     try {
-      for (let i = 0; i < 200 && (await fetch(`${proxy.url}/ping`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 20))
+      await untilReady(proxy.url)
       const post = (path: string, body: object) =>
         fetch(`${proxy.url}${path}`, { method: "POST", headers: auth, body: JSON.stringify(body) }).then((r) => r.text())
       const chat = { model: "llama3.2", messages: [{ role: "user", content: "Tell me about metrics" }] }

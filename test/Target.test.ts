@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { classify } from "../src/exchange/Classify.js"
 import { targetOf } from "../src/exchange/Target.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
-import { type RunningProxy, startProxy } from "./support/proxy.js"
+import { type RunningProxy, startProxy, untilReady } from "./support/proxy.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
 describe("targetOf", () => {
@@ -78,11 +78,7 @@ describe("every spelling, against the real proxy and a fake Ollama that routes a
       AUTHORIZATION_DEFAULT_SCOPES: "all",
       USER_MODEL_METRICS_WEBHOOK_URL: webhook.url
     })
-    const deadline = Date.now() + 10_000
-    while ((await fetch(`${proxy.url}/ping`)).status !== 200) {
-      if (Date.now() > deadline) throw new Error("the proxy never saw Ollama up")
-      await new Promise((r) => setTimeout(r, 20))
-    }
+    await untilReady(proxy.url)
   })
 
   afterAll(async () => {

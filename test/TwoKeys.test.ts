@@ -10,7 +10,7 @@ import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { type FakeOllama, startFakeOllama } from "./fake-ollama/server.mjs"
 import { raw } from "./support/http.js"
-import { type RunningProxy, startProxy } from "./support/proxy.js"
+import { type RunningProxy, startProxy, untilReady } from "./support/proxy.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
 const PROXY_KEY = "proxy-key-7c1d9e0b"
@@ -30,11 +30,7 @@ beforeAll(async () => {
     AUTHORIZATION_APIKEY_BOB: OTHER_PROXY_KEY,
     USER_MODEL_METRICS_WEBHOOK_URL: webhook.url
   })
-  const deadline = Date.now() + 10_000
-  while ((await fetch(`${proxy.url}/ping`)).status !== 200) {
-    if (Date.now() > deadline) throw new Error("the proxy never saw Ollama up")
-    await new Promise((r) => setTimeout(r, 20))
-  }
+  await untilReady(proxy.url)
 })
 
 afterAll(async () => {

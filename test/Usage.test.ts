@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { UsageRecord } from "../src/usage/Record.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { freePort, open, raw } from "./support/http.js"
-import { type RunningProxy, spawnProxy, startProxy } from "./support/proxy.js"
+import { type RunningProxy, spawnProxy, startProxy, untilReady } from "./support/proxy.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
 const KEY = "usage-test-key-5f1e"
@@ -36,20 +36,11 @@ const proxyEnv = (webhookUrl: string) => ({
   WEBHOOK_RETRY_DELAY: "10ms"
 })
 
-/** /ping answers from a state a background probe keeps: wait until Ollama is seen up. */
-const waitForReady = async (url: string) => {
-  const deadline = Date.now() + 10_000
-  while ((await fetch(`${url}/ping`)).status !== 200) {
-    if (Date.now() > deadline) throw new Error("the proxy never saw Ollama up")
-    await new Promise((r) => setTimeout(r, 20))
-  }
-}
-
 beforeAll(async () => {
   fake = await startFakeOllama()
   webhook = await startWebhook()
   proxy = await startProxy(proxyEnv(webhook.url))
-  await waitForReady(proxy.url)
+  await untilReady(proxy.url)
 })
 
 afterAll(async () => {
@@ -492,7 +483,7 @@ describe("request bodies the proxy reads", () => {
     const { AUTHORIZATION_APIKEY_ALICE: _, ...withoutKeys } = proxyEnv(webhook.url)
     const open = await startProxy(withoutKeys)
     try {
-      await waitForReady(open.url)
+      await untilReady(open.url)
       const id = randomUUID()
       const body = Buffer.from(
         JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "x".repeat(33 * 1024 * 1024) }] })
@@ -537,7 +528,7 @@ describe("the built service", () => {
     own = await startWebhook(() => ({ status: 204, delayMs: 150 }))
     const child = await spawnProxy({ ...proxyEnv(own.url), AUTHORIZATION_LOG_LEVEL: "debug" })
     try {
-      await waitForReady(child.url)
+      await untilReady(child.url)
       const ids = Array.from({ length: 12 }, () => randomUUID())
       await Promise.all(
         ids.map((id) =>
@@ -564,7 +555,7 @@ describe("the built service", () => {
     fake.set({ tokens: 1000, tokenDelayMs: 50 })
     const child = await spawnProxy({ ...proxyEnv(own.url), SHUTDOWN_TIMEOUT: "500ms" })
     try {
-      await waitForReady(child.url)
+      await untilReady(child.url)
       const id = randomUUID()
       const { req, res } = await open(`${child.url}/api/chat`, {
         method: "POST",
@@ -591,7 +582,7 @@ describe("the built service", () => {
   it("logs the whole record, at error level, when the webhook is down", async () => {
     const child = await spawnProxy({ ...proxyEnv(`http://127.0.0.1:${await freePort()}/usage`), WEBHOOK_MAX_RETRY_TIME: "200ms" })
     try {
-      await waitForReady(child.url)
+      await untilReady(child.url)
       const id = randomUUID()
       await post(`${child.url}/api/chat`, { model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false }, {
         ...auth,

@@ -134,3 +134,15 @@ export const spawnProxy = async (
     }
   }
 }
+
+/**
+ * Resolves once /ping says 200: the proxy has seen Ollama answer (its health is a state a
+ * background probe keeps) and the preload is over.
+ */
+export const untilReady = async (url: string, timeoutMs = 10_000) => {
+  const deadline = Date.now() + timeoutMs
+  while ((await fetch(`${url}/ping`)).status !== 200) {
+    if (Date.now() > deadline) throw new Error(`the proxy at ${url} never said it was ready`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
