@@ -4,6 +4,7 @@
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import type { Scope } from "./exchange/Classify.js"
+import { type KeyLimits, parseLimits } from "./limits/Limits.js"
 import { type OllamaHost, parseOllamaHost } from "./ollama/Host.js"
 
 export class AppConfigError extends Data.TaggedError("AppConfigError")<{
@@ -63,6 +64,9 @@ export interface AppConfigShape {
   readonly keysFile: Option.Option<string>
   /** How often the key file is read to see whether it changed. */
   readonly keysFilePoll: Duration.Duration
+  /** AUTHORIZATION_DEFAULT_LIMITS: the limits of keys that name none; undefined = no limits. */
+  readonly defaultLimits: KeyLimits | undefined
+  readonly limitsStore: LimitsStoreConfig
   readonly preloadModels: ReadonlyArray<string>
   readonly preloadKeepAlive: string | number
   readonly preloadConcurrency: number
@@ -80,6 +84,15 @@ export interface AppConfigShape {
   readonly webhookTimeout: Duration.Duration
   readonly metricsPublic: boolean
   readonly otel: OtelConfig
+}
+
+/** Where the counters of limits live, and what happens when that place does not answer. */
+export interface LimitsStoreConfig {
+  /** REDIS_URL: counters shared by every worker; none = in this process. May carry a password. */
+  readonly redisUrl: Option.Option<Redacted.Redacted<string>>
+  /** How long a request waits for Redis before LIMITS_ON_STORE_FAILURE decides. */
+  readonly timeout: Duration.Duration
+  readonly onFailure: "open" | "closed"
 }
 
 export type OtlpProtocol = "http/protobuf" | "http/json"
@@ -156,6 +169,22 @@ const parsePositiveDuration: Parse<Duration.Duration> = (raw) =>
 const parsePositiveInt: Parse<number> = (raw) => {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
   return Number.isSafeInteger(n) && n > 0 ? Either.right(n) : Either.left(`${quoted(raw)} is not a positive integer`)
+}
+
+/** redis:// or rediss:// (TLS); the text is never echoed, since it may carry a password. */
+const parseRedisUrl: Parse<Redacted.Redacted<string>> = (raw) => {
+  try {
+    const url = new URL(raw.trim())
+    if ((url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "") return Either.right(Redacted.make(raw.trim()))
+  } catch {
+    // reported below
+  }
+  return Either.left("not a redis:// or rediss:// URL (like redis://:password@redis:6379/0)")
+}
+
+const parseStoreFailure: Parse<"open" | "closed"> = (raw) => {
+  const v = raw.trim().toLowerCase()
+  return v === "open" || v === "closed" ? Either.right(v) : Either.left(`${quoted(raw)} is not open or closed`)
 }
 
 const parseLogLevel: Parse<LogLevelName> = (raw) => {
@@ -395,6 +424,10 @@ const fromConfig = Config.all({
   defaultScopes: withDefault("AUTHORIZATION_DEFAULT_SCOPES", parseScopes, new Set<Scope>(["inference", "read"])),
   keysFile: optional("AUTHORIZATION_KEYS_FILE", text),
   keysFilePoll: withDefault("AUTHORIZATION_KEYS_FILE_POLL", parsePositiveDuration, Duration.seconds(2)),
+  defaultLimits: withDefault<KeyLimits | undefined>("AUTHORIZATION_DEFAULT_LIMITS", parseLimits, undefined),
+  redisUrl: optional("REDIS_URL", parseRedisUrl),
+  limitsStoreTimeout: withDefault("LIMITS_STORE_TIMEOUT", parsePositiveDuration, Duration.millis(200)),
+  limitsOnStoreFailure: withDefault<"open" | "closed">("LIMITS_ON_STORE_FAILURE", parseStoreFailure, "open"),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
   otelResourceAttributes: withDefault("OTEL_RESOURCE_ATTRIBUTES", parseKeyValues("attributes", true), {}),
@@ -497,6 +530,8 @@ export const loadAppConfig = Effect.gen(function*() {
     defaultScopes: raw.defaultScopes,
     keysFile: raw.keysFile,
     keysFilePoll: raw.keysFilePoll,
+    defaultLimits: raw.defaultLimits,
+    limitsStore: { redisUrl: raw.redisUrl, timeout: raw.limitsStoreTimeout, onFailure: raw.limitsOnStoreFailure },
     preloadModels: readPreloadModels(env),
     preloadKeepAlive: raw.preloadKeepAlive,
     preloadConcurrency: raw.preloadConcurrency,
