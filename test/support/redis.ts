@@ -13,6 +13,9 @@ export interface TestRedis {
   readonly start: () => Promise<void>
   /** SIGKILL: a Redis that dies without a word. */
   readonly kill: () => Promise<void>
+  /** SIGSTOP / SIGCONT: a Redis that holds its connections open and answers nothing, then everything. */
+  readonly pause: () => void
+  readonly resume: () => void
   readonly close: () => Promise<void>
 }
 
@@ -58,5 +61,16 @@ export const startRedis = async (): Promise<TestRedis> => {
     await exited
   }
   await start()
-  return { port, url: `redis://127.0.0.1:${port}`, start, kill, close: kill }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    start,
+    kill,
+    pause: () => child?.kill("SIGSTOP"),
+    resume: () => child?.kill("SIGCONT"),
+    close: async () => {
+      child?.kill("SIGCONT")
+      await kill()
+    }
+  }
 }
