@@ -30,12 +30,12 @@ afterAll(async () => {
 
 const STORES: Record<string, () => Store> = {
   embedded: () => {
-    const store = embeddedStore(LEASE)
+    const store = embeddedStore()
     const name = "alice"
     return {
       admit: async (limits, now, o = {}) => store.admit({ name, limits, now, tokens: o.tokens ?? true, slot: o.slot ?? randomUUID() }),
       charge: async (limits, now, tokens, slot = "") => store.charge({ name, limits, now, tokens, slot }),
-      renew: async (slots, now) => store.renew(slots.map((slot) => ({ name, slot })), now),
+      renew: async () => {},
       read: async (limits, now) => store.read(name, limits, now)
     }
   },
@@ -138,7 +138,7 @@ describe.each(Object.keys(STORES))("the %s store", (kind) => {
     expect(month.retryAfterMs).toBe(Date.UTC(2027, 0, 1) - (T0 + MINUTE + 2))
   })
 
-  it("holds concurrent_requests with slots given back at the end, and frees the slots nobody renews", async () => {
+  it("holds concurrent_requests with slots given back at the end", async () => {
     const store = make()
     const limits = { concurrent_requests: 2 }
     expect((await store.admit(limits, T0, { slot: "a" })).refused).toBeUndefined()
@@ -146,11 +146,9 @@ describe.each(Object.keys(STORES))("the %s store", (kind) => {
     expect((await store.admit(limits, T0, { slot: "c" })).refused).toBe("concurrent_requests")
     expect((await store.charge(limits, T0 + 1, 0, "b")).concurrent).toBe(1)
     expect((await store.admit(limits, T0 + 2, { slot: "d" })).refused).toBeUndefined()
-    // "a" belongs to a worker that died: only "d" is renewed.
-    await store.renew(["d"], T0 + LEASE - 1)
-    expect((await store.read(limits, T0 + LEASE)).concurrent).toBe(1)
-    expect((await store.admit(limits, T0 + LEASE, { slot: "e" })).refused).toBeUndefined()
-    expect((await store.admit(limits, T0 + LEASE, { slot: "f" })).refused).toBe("concurrent_requests")
+    expect((await store.admit(limits, T0 + 2, { slot: "e" })).refused).toBe("concurrent_requests")
+    expect((await store.charge(limits, T0 + 3, 0, "a")).concurrent).toBe(1)
+    expect((await store.charge(limits, T0 + 3, 0, "d")).concurrent).toBe(0)
   })
 
   it("when several limits refuse, names the one that frees last", async () => {
@@ -164,6 +162,21 @@ describe.each(Object.keys(STORES))("the %s store", (kind) => {
     await store.charge(limits, hourBeforeMidnight, 9000)
     // The day's budget frees at midnight, an hour on.
     expect(await store.admit(limits, hourBeforeMidnight)).toMatchObject({ refused: "tokens_per_day", retryAfterMs: 3_600_000 })
+  })
+})
+
+describe("the redis store's slots", () => {
+  it("free themselves when the worker holding them stops renewing them", async () => {
+    const store = STORES.redis!()
+    const limits = { concurrent_requests: 2 }
+    expect((await store.admit(limits, T0, { slot: "a" })).refused).toBeUndefined()
+    expect((await store.admit(limits, T0, { slot: "d" })).refused).toBeUndefined()
+    expect((await store.admit(limits, T0 + 2, { slot: "x" })).refused).toBe("concurrent_requests")
+    // "a" belongs to a worker that died: only "d" is renewed.
+    await store.renew(["d"], T0 + LEASE - 1)
+    expect((await store.read(limits, T0 + LEASE)).concurrent).toBe(1)
+    expect((await store.admit(limits, T0 + LEASE, { slot: "e" })).refused).toBeUndefined()
+    expect((await store.admit(limits, T0 + LEASE, { slot: "f" })).refused).toBe("concurrent_requests")
   })
 })
 

@@ -5,7 +5,7 @@
  * the bytes themselves, and none of them knows of another.
  */
 import { Context, Tracer } from "effect"
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import type { ModelRule } from "../keys/Models.js"
 import type { ExchangeLimits } from "../limits/Limiter.js"
 import type { Caller } from "./Caller.js"
@@ -125,6 +125,8 @@ export class Exchange {
   refusal: string | undefined = undefined
   /** What the key's limits did with this exchange (src/limits/); undefined for a key without limits. */
   limits: ExchangeLimits | undefined = undefined
+  /** Headers of the proxy's own for the answer from Ollama (a key's rate limits). */
+  responseHeaders: OutgoingHttpHeaders | undefined = undefined
   private finished = false
 
   constructor(

@@ -1,8 +1,9 @@
 /**
  * What a client is told of its key's limits: OpenAI's `x-ratelimit-*` headers on every answer
  * (the minute's requests and tokens, with `reset` as OpenAI writes it: `1s`, `6m0s`, `120ms`), the
- * same trio for the day's and month's token budgets, and on a refusal `Retry-After` (seconds, as
- * HTTP says) and `retry-after-ms` (which the `openai` client reads first).
+ * same trio for the day's and month's token budgets (the token ones on inference answers and on
+ * refusals), and on a refusal `Retry-After` (seconds, as HTTP says) and `retry-after-ms` (which
+ * the `openai` client reads first).
  */
 import type { OutgoingHttpHeaders } from "node:http"
 import type { KeyLimits, LimitName } from "./Limits.js"
@@ -20,36 +21,80 @@ export const resetText = (ms: number): string => {
   return `${seconds}s`
 }
 
-const remaining = (limit: number, used: number) => String(Math.max(0, Math.floor(limit - used + 1e-9)))
+const left = (limit: number, used: number) => Math.max(0, Math.floor(limit - used + 1e-9))
 
-/** The rate-limit headers for a key's limits as `usage` left them at `now`. */
-export const limitHeaders = (limits: KeyLimits, usage: Usage, now: number): OutgoingHttpHeaders => {
-  const headers: OutgoingHttpHeaders = {}
+/** The figures the headers of one answer say, in a fixed order; -1 where a limit is absent. */
+const NONE = -1
+const FIGURES = 8
+
+/** The last headers made for a key's limits, with their figures: the same figures give the same object. */
+interface Made {
+  readonly figures: Float64Array
+  tokens: boolean
+  headers: OutgoingHttpHeaders
+}
+const made = new WeakMap<KeyLimits, Made>()
+
+/**
+ * The rate-limit headers for a key's limits as `usage` left them at `now`: those of the token
+ * limits only when `tokens` (they apply to inference requests alone). The budgets' resets are
+ * given in whole seconds. At a high rate of admitted requests (the only case where this costs
+ * anything) the figures rarely change from one answer to the next, so the headers of the last
+ * answer are handed out again while they do not: making them anew for every request of the
+ * small-request bench cost it several percent (strings, objects and their collection).
+ */
+export const limitHeaders = (limits: KeyLimits, usage: Usage, now: number, tokens: boolean): OutgoingHttpHeaders => {
   const rpm = limits.requests_per_minute
+  const tpm = tokens ? limits.tokens_per_minute : undefined
+  const day = tokens ? limits.tokens_per_day : undefined
+  const month = tokens ? limits.tokens_per_month : undefined
+  const periods = day !== undefined || month !== undefined ? periodsAt(now) : undefined
+  let last = made.get(limits)
+  if (last === undefined) made.set(limits, last = { figures: new Float64Array(FIGURES).fill(NaN), tokens, headers: {} })
+  const f = last.figures
+  const same = last.tokens === tokens &&
+    f[0] === (rpm === undefined ? NONE : left(rpm, usage.requests)) &&
+    f[1] === (rpm === undefined ? NONE : Math.ceil((usage.requests * MINUTE) / rpm)) &&
+    f[2] === (tpm === undefined ? NONE : left(tpm, usage.tokens)) &&
+    f[3] === (tpm === undefined ? NONE : Math.ceil((usage.tokens * MINUTE) / tpm)) &&
+    f[4] === (day === undefined ? NONE : left(day, usage.tokensDay)) &&
+    f[5] === (day === undefined ? NONE : Math.ceil((periods!.dayEnd - now) / 1000)) &&
+    f[6] === (month === undefined ? NONE : left(month, usage.tokensMonth)) &&
+    f[7] === (month === undefined ? NONE : Math.ceil((periods!.monthEnd - now) / 1000))
+  if (same) return last.headers
+
+  const headers: OutgoingHttpHeaders = {}
+  f.fill(NONE)
   if (rpm !== undefined) {
+    f[0] = left(rpm, usage.requests)
+    f[1] = Math.ceil((usage.requests * MINUTE) / rpm)
     headers["x-ratelimit-limit-requests"] = String(rpm)
-    headers["x-ratelimit-remaining-requests"] = remaining(rpm, usage.requests)
-    headers["x-ratelimit-reset-requests"] = resetText((usage.requests * MINUTE) / rpm)
+    headers["x-ratelimit-remaining-requests"] = String(f[0])
+    headers["x-ratelimit-reset-requests"] = resetText(f[1])
   }
-  const tpm = limits.tokens_per_minute
   if (tpm !== undefined) {
+    f[2] = left(tpm, usage.tokens)
+    f[3] = Math.ceil((usage.tokens * MINUTE) / tpm)
     headers["x-ratelimit-limit-tokens"] = String(tpm)
-    headers["x-ratelimit-remaining-tokens"] = remaining(tpm, usage.tokens)
-    headers["x-ratelimit-reset-tokens"] = resetText((usage.tokens * MINUTE) / tpm)
+    headers["x-ratelimit-remaining-tokens"] = String(f[2])
+    headers["x-ratelimit-reset-tokens"] = resetText(f[3])
   }
-  if (limits.tokens_per_day !== undefined || limits.tokens_per_month !== undefined) {
-    const periods = periodsAt(now)
-    if (limits.tokens_per_day !== undefined) {
-      headers["x-ratelimit-limit-tokens-day"] = String(limits.tokens_per_day)
-      headers["x-ratelimit-remaining-tokens-day"] = remaining(limits.tokens_per_day, usage.tokensDay)
-      headers["x-ratelimit-reset-tokens-day"] = resetText(periods.dayEnd - now)
-    }
-    if (limits.tokens_per_month !== undefined) {
-      headers["x-ratelimit-limit-tokens-month"] = String(limits.tokens_per_month)
-      headers["x-ratelimit-remaining-tokens-month"] = remaining(limits.tokens_per_month, usage.tokensMonth)
-      headers["x-ratelimit-reset-tokens-month"] = resetText(periods.monthEnd - now)
-    }
+  if (day !== undefined) {
+    f[4] = left(day, usage.tokensDay)
+    f[5] = Math.ceil((periods!.dayEnd - now) / 1000)
+    headers["x-ratelimit-limit-tokens-day"] = String(day)
+    headers["x-ratelimit-remaining-tokens-day"] = String(f[4])
+    headers["x-ratelimit-reset-tokens-day"] = resetText(f[5] * 1000)
   }
+  if (month !== undefined) {
+    f[6] = left(month, usage.tokensMonth)
+    f[7] = Math.ceil((periods!.monthEnd - now) / 1000)
+    headers["x-ratelimit-limit-tokens-month"] = String(month)
+    headers["x-ratelimit-remaining-tokens-month"] = String(f[6])
+    headers["x-ratelimit-reset-tokens-month"] = resetText(f[7] * 1000)
+  }
+  last.tokens = tokens
+  last.headers = headers
   return headers
 }
 
