@@ -23,6 +23,7 @@ const KEYS = {
   conc: "sk-conc-44f0e2",
   down: "sk-down-a9c310",
   probe: "sk-probe-09de5f",
+  stall: "sk-stall-3a7b02",
   ops: "sk-ops-6c2e71"
 }
 const MONTH_BUDGET = 120
@@ -34,6 +35,7 @@ keys:
   - { name: conc, key: ${KEYS.conc}, limits: { concurrent_requests: 5 } }
   - { name: down, key: ${KEYS.down}, limits: { requests_per_minute: 2 } }
   - { name: probe, key: ${KEYS.probe}, limits: { concurrent_requests: 1000, requests_per_minute: 1000000 } }
+  - { name: stall, key: ${KEYS.stall}, limits: { concurrent_requests: 1, requests_per_minute: 1000000 } }
   - { name: ops, key: ${KEYS.ops}, scopes: [all], limits: {} }
 `
 
@@ -260,7 +262,7 @@ describe("when Redis fails", () => {
     redis.pause()
     try {
       const started = performance.now()
-      const [open1, closed1] = await Promise.all([probe(a), probe(b)])
+      const [open1, closed1] = await Promise.all([raw(`${a.url}/api/tags`, { headers: bearer(KEYS.stall) }), probe(b)])
       const waited = performance.now() - started
       expect(waited).toBeGreaterThanOrEqual(280)
       expect(waited).toBeLessThan(1000)
@@ -270,5 +272,14 @@ describe("when Redis fails", () => {
       redis.resume()
     }
     await reconnected()
+    // The admission Redis answered late took the key's one slot: it was given back, so one
+    // request runs again, and only one.
+    fake.set({ tokens: 10, tokenDelayMs: 50 })
+    const body = JSON.stringify({ model: "llama3.2", prompt: "Hi" })
+    const running = await open(`${a.url}/api/generate`, { method: "POST", headers: bearer(KEYS.stall), body })
+    expect(running.res.statusCode).toBe(200)
+    expect((await raw(`${b.url}/api/generate`, { method: "POST", headers: bearer(KEYS.stall), body })).status).toBe(429)
+    await readToEnd(running.res)
+    fake.set({ tokens: 5, tokenDelayMs: 0 })
   })
 })

@@ -6,8 +6,8 @@
  * The counters live in this process (one worker) or in Redis (REDIS_URL: every worker). The
  * embedded store decides synchronously, inside the listener's callback; Redis costs one round trip
  * before the request goes on (the request is held, unread, meanwhile) and one after it ended, off
- * the response's path. A Redis that fails or does not answer within LIMITS_STORE_TIMEOUT lets the
- * request in or refuses it as LIMITS_ON_STORE_FAILURE says; every such decision is counted, and
+ * the response's path. A Redis that fails, or does not answer an admission within
+ * LIMITS_STORE_TIMEOUT, lets the request in or refuses it as LIMITS_ON_STORE_FAILURE says; every such decision is counted, and
  * logged at most once per LOG_EVERY with the count since the last line. Tokens whose charge failed
  * are kept and charged again until Redis takes them.
  *
@@ -283,7 +283,30 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         if (gone) return exchange.finish("client_aborted")
         forward(exchange)
       }
-      store.admit(request).then(decided, (error) => decided(undefined, error))
+      // The request waits LIMITS_STORE_TIMEOUT at most. An answer that comes later was still
+      // counted in Redis: a slot it took is given back at once (its request went on unchecked, or
+      // was refused), and the request it counted stays counted for its minute.
+      let late = false
+      const timer = setTimeout(() => {
+        late = true
+        decided(undefined, new Error(`no answer within ${timeoutMs} ms`))
+      }, timeoutMs)
+      store.admit(request).then(
+        (admission) => {
+          if (!late) {
+            clearTimeout(timer)
+            return decided(admission)
+          }
+          if (admission.refused === undefined && slot !== "") {
+            store.charge({ name, limits, now: Date.now(), tokens: 0, slot }).catch(() => {})
+          }
+        },
+        (error) => {
+          if (late) return
+          clearTimeout(timer)
+          decided(undefined, error)
+        }
+      )
     }
 
     const charge = (exchange: Exchange) => {

@@ -121,9 +121,12 @@ interface LimitsRedis extends Redis {
   limitsCharge(...args: Array<string | number>): Promise<[string, string, number, number, number]>
 }
 
+/** How long a command other than an admission may wait for Redis. */
+const CHARGE_TIMEOUT_MS = 5000
+
 export interface RedisStoreOptions {
   readonly url: string
-  /** How long one command may take before it fails. */
+  /** How long a connection may take; commands wait at least CHARGE_TIMEOUT_MS. */
   readonly timeoutMs: number
   /** Connection errors and state changes, for the caller's (rate-limited) log. */
   readonly onConnectionError: (error: Error) => void
@@ -146,7 +149,10 @@ export const redisStore = (options: RedisStoreOptions): RedisLimitStore => {
     // waits for Redis to come back.
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
-    commandTimeout: options.timeoutMs,
+    // Admissions are timed by the caller (LIMITS_STORE_TIMEOUT); a charge is off the response's
+    // path and may wait longer, since one that fails is charged again, and one that timed out
+    // here but was done in Redis would then count twice.
+    commandTimeout: Math.max(CHARGE_TIMEOUT_MS, options.timeoutMs),
     connectTimeout: Math.max(1000, options.timeoutMs),
     retryStrategy: (attempt) => Math.min(100 * attempt, 2000),
     lazyConnect: false
