@@ -15,6 +15,7 @@ import { type FakeOllama, startFakeOllama } from "./fake-ollama/server.mjs"
 import { ndjson, open, raw } from "./support/http.js"
 import { scrape } from "./support/metrics.js"
 import { type RunningProxy, startProxy } from "./support/proxy.js"
+import { spanRecorder } from "./support/spans.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
 const KEYS = {
@@ -40,6 +41,14 @@ keys:
   - { name: admin, key: ${KEYS.admin}, scopes: [all], limits: {} }
 `
 
+const waitForOllama = async (url: string) => {
+  const deadline = Date.now() + 10_000
+  while ((await fetch(`${url}/ping`)).status !== 200) {
+    if (Date.now() > deadline) throw new Error("the proxy never saw Ollama up")
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
+
 let fake: FakeOllama
 let webhook: WebhookReceiver
 let proxy: RunningProxy
@@ -56,11 +65,7 @@ beforeAll(async () => {
     AUTHORIZATION_DEFAULT_LIMITS: "requests_per_minute=1",
     USER_MODEL_METRICS_WEBHOOK_URL: webhook.url
   })
-  const deadline = Date.now() + 10_000
-  while ((await fetch(`${proxy.url}/ping`)).status !== 200) {
-    if (Date.now() > deadline) throw new Error("the proxy never saw Ollama up")
-    await new Promise((r) => setTimeout(r, 20))
-  }
+  await waitForOllama(proxy.url)
 })
 
 afterAll(async () => {
@@ -267,5 +272,31 @@ describe("a key without limits", () => {
     const tags = await raw(`${proxy.url}/api/tags`, { headers: bearer(KEYS.none) })
     expect(tags.status).toBe(200)
     expect(Object.keys(tags.headers).filter((h) => h.startsWith("x-ratelimit"))).toEqual([])
+  })
+})
+
+describe("a refusal as telemetry sees it", () => {
+  it("the server span names the limit that refused", async () => {
+    const recorder = spanRecorder()
+    const traced = await startProxy({
+      OLLAMA_HOST: fake.url,
+      AUTHORIZATION_APIKEY_TRACED: "sk-traced-5e0c1d",
+      AUTHORIZATION_DEFAULT_LIMITS: "requests_per_minute=1"
+    }, recorder.layer)
+    try {
+      await waitForOllama(traced.url)
+      expect((await raw(`${traced.url}/api/tags`, { headers: bearer("sk-traced-5e0c1d") })).status).toBe(200)
+      expect((await raw(`${traced.url}/api/tags`, { headers: bearer("sk-traced-5e0c1d") })).status).toBe(429)
+    } finally {
+      await traced.close()
+    }
+    const spans = recorder.named("GET /api/tags")
+    expect(
+      spans.map((
+        s
+      ) => [s.attributes["http.response.status_code"], s.attributes["ollama_proxy.outcome"], s.attributes["ollama_proxy.rate_limit"]])
+    )
+      .toEqual([[200, "completed", undefined], [429, "rate_limited", "requests_per_minute"]])
+    expect(spans[1]!.attributes["ollama_proxy.refusal"]).toContain("rate limit reached: requests_per_minute")
   })
 })
