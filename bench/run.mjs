@@ -28,8 +28,18 @@ const VARIANTS = [
   // (>= 0.95 of the stream relay) is retired. Its stream is 1000 lines in ~6 ms, a record per
   // response; at any real token rate one POST per response is lost in the noise (issue 16). What
   // matters for the webhook is throughput to a distant one: npm run bench:webhook-throughput.
-  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy" }
+  { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy" },
+  // Issue 14: every limit on the key (never reached), counters in the process: at most 5% on both.
+  { name: "proxy + limits", env: { AUTHORIZATION_DEFAULT_LIMITS: "{LIMITS}" }, vs: "proxy", goals: { tags: 0.95, stream: 0.95 } },
+  // The same with the counters in Redis (`{REDIS_URL}`: a redis-server the bench starts): two round
+  // trips per request, for information (`info`: no verdict against the baseline either;
+  // bench/limits-latency.mjs gives the latency they add).
+  { name: "proxy + limits in Redis", env: { AUTHORIZATION_DEFAULT_LIMITS: "{LIMITS}", REDIS_URL: "{REDIS_URL}" }, vs: "proxy", info: true }
 ]
+
+// Limits that a benchmark never reaches: each is checked and counted on every request.
+const LIMITS_NEVER_REACHED =
+  "requests_per_minute=1000000000,tokens_per_minute=1000000000000,concurrent_requests=100000,tokens_per_day=1000000000000,tokens_per_month=1000000000000"
 
 // Targets from the issue, as a fraction of the baseline's throughput.
 const GOALS = { tags: 0.8, stream: 0.9 }
@@ -404,7 +414,7 @@ const childPids = (pid) => {
 const proxyEnv = (port, upstreamPort, extra) => {
   const env = {}
   for (const [k, v] of Object.entries(process.env)) {
-    if (/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|OTEL_|OLLAMA_)|^(PORT|PORT_HEALTH|HOST)$/.test(k)) continue
+    if (/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|OTEL_|OLLAMA_|LIMITS_)|^(PORT|PORT_HEALTH|HOST|REDIS_URL)$/.test(k)) continue
     env[k] = v
   }
   return {
@@ -445,6 +455,18 @@ const webhookStats = async () => {
   return res?.status === 200 ? JSON.parse(res.body.toString()) : undefined
 }
 
+// The Redis the limits variants share, started on first use (Debian's redis-server, no persistence).
+let redis
+const startRedis = async () => {
+  if (redis) return redis
+  if (!onPath("redis-server")) throw new Fatal("a variant needs redis-server: apt-get install -y redis-server")
+  const port = await freePort()
+  const child = startChild("redis", "redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+  await waitForLine(child, /Ready to accept connections/, 10000)
+  redis = { child, port, url: `redis://127.0.0.1:${port}` }
+  return redis
+}
+
 const startOtlpSink = async () => {
   const child = startChild("otlp-sink", process.execPath, [path.join(BENCH, "otlp-sink.mjs"), "0"])
   const [, port] = await waitForLine(child, /listening (\d+)/, 10000)
@@ -462,6 +484,8 @@ const startVariant = async (variant, upstreamPort, sink) => {
   const env = Object.fromEntries(Object.entries(variant.env).map(([k, v]) => [k, sink ? v.replaceAll("{OTLP_SINK}", sink.url) : v]))
   for (const [k, v] of Object.entries(env)) {
     if (v.includes("{WEBHOOK_URL}")) env[k] = v.replaceAll("{WEBHOOK_URL}", (await startWebhook()).url)
+    if (v.includes("{REDIS_URL}")) env[k] = v.replaceAll("{REDIS_URL}", (await startRedis()).url)
+    env[k] = env[k].replaceAll("{LIMITS}", LIMITS_NEVER_REACHED)
   }
   const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, env) })
   await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
@@ -585,6 +609,11 @@ const place = (measured, targets) => {
   if (webhook && !webhook.placed) {
     webhook.placed = true
     spawnSync(pinning.taskset, ["-a", "-p", "-c", pinning.rest, String(webhook.child.pid)], { stdio: "ignore" })
+  }
+  // Redis too stands for a service elsewhere.
+  if (redis && !redis.placed) {
+    redis.placed = true
+    spawnSync(pinning.taskset, ["-a", "-p", "-c", pinning.rest, String(redis.child.pid)], { stdio: "ignore" })
   }
 }
 
@@ -883,7 +912,7 @@ const main = async () => {
   const rows = targets.map((t) => {
     const s = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, summary(t, sc.id)]))
     const ratio = Object.fromEntries(SCENARIOS.map((sc) => [sc.id, s[sc.id].rps / summary(baseline, sc.id).rps]))
-    const verdict = t.kind !== "proxy" ?
+    const verdict = t.kind !== "proxy" || t.variant?.info ?
       undefined :
       Object.fromEntries(SCENARIOS.map((sc) => [sc.id, s[sc.id].valid && ratio[sc.id] >= GOALS[sc.id] ? "PASS" : "FAIL"]))
     return { target: t, s, ratio, verdict }

@@ -1,10 +1,11 @@
 /**
  * The whole service as one layer, from an environment: what main runs and what tests start.
  */
-import { Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { AppConfig, Environment } from "./Config.js"
 import { ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
+import { ExchangeAdmission, Limits } from "./limits/Limiter.js"
 import { OllamaHealth } from "./ollama/Health.js"
 import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"
@@ -32,17 +33,24 @@ export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers, E, R>) =
   )
 
 /**
- * The consumers in force, in the order they see an exchange: telemetry, then usage records
- * (present only with a webhook URL: nothing would receive them otherwise).
+ * The consumers in force, in the order they see an exchange: telemetry, limits (the charge of
+ * its tokens, which the record carries), then usage records (present only with a webhook URL:
+ * nothing would receive them otherwise); and the admission of keys with limits. Limits are built
+ * after the usage records, so at shutdown they finish their last charges while the webhook still
+ * takes the records that wait for them.
  */
-export const ConsumersLive = Layer.effect(
-  ExchangeConsumers,
+export const ConsumersLive = Layer.effectContext(
   Effect.gen(function*() {
     const telemetry = yield* makeTelemetryConsumer
     const usage = yield* UsageRecords
-    return usage.consumer === undefined ? [telemetry] : [telemetry, usage.consumer]
+    const limits = yield* Limits
+    return Context.make(
+      ExchangeConsumers,
+      usage.consumer === undefined ? [telemetry, limits.consumer] : [telemetry, limits.consumer, usage.consumer]
+    )
+      .pipe(Context.add(ExchangeAdmission, limits.admit))
   })
-).pipe(Layer.provide(UsageRecords.Default))
+).pipe(Layer.provide(Limits.Default), Layer.provide(UsageRecords.Default))
 
 export const AppLive = appWith(ConsumersLive)
 

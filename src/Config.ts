@@ -4,6 +4,7 @@
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
+import { type KeyLimits, parseLimits } from "./limits/Limits.js"
 import { type OllamaHost, parseOllamaHost } from "./ollama/Host.js"
 import { type Scope, SCOPES } from "./Scopes.js"
 
@@ -64,6 +65,9 @@ export interface AppConfigShape {
   readonly keysFile: Option.Option<string>
   /** How often the key file is read to see whether it changed. */
   readonly keysFilePoll: Duration.Duration
+  /** AUTHORIZATION_DEFAULT_LIMITS: the limits of keys that name none; undefined = no limits. */
+  readonly defaultLimits: KeyLimits | undefined
+  readonly limitsStore: LimitsStoreConfig
   readonly preloadModels: ReadonlyArray<string>
   readonly preloadKeepAlive: string | number
   readonly preloadConcurrency: number
@@ -102,6 +106,15 @@ export interface AddressBlock {
   readonly address: string
   readonly prefix: number
   readonly family: "ipv4" | "ipv6"
+}
+
+/** Where the counters of limits live, and what happens when that place does not answer. */
+export interface LimitsStoreConfig {
+  /** REDIS_URL: counters shared by every worker; none = in this process. May carry a password. */
+  readonly redisUrl: Option.Option<Redacted.Redacted<string>>
+  /** How long a request waits for Redis before LIMITS_ON_STORE_FAILURE decides. */
+  readonly timeout: Duration.Duration
+  readonly onFailure: "open" | "closed"
 }
 
 export type OtlpProtocol = "http/protobuf" | "http/json"
@@ -197,6 +210,22 @@ export const parseAddressBlocks: Parse<ReadonlyArray<AddressBlock>> = (raw) => {
     blocks.push({ address, prefix, family: version === 4 ? "ipv4" : "ipv6" })
   }
   return Either.right(blocks)
+}
+
+/** redis:// or rediss:// (TLS); the text is never echoed, since it may carry a password. */
+const parseRedisUrl: Parse<Redacted.Redacted<string>> = (raw) => {
+  try {
+    const url = new URL(raw.trim())
+    if ((url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname !== "") return Either.right(Redacted.make(raw.trim()))
+  } catch {
+    // reported below
+  }
+  return Either.left("not a redis:// or rediss:// URL (like redis://:password@redis:6379/0)")
+}
+
+const parseStoreFailure: Parse<"open" | "closed"> = (raw) => {
+  const v = raw.trim().toLowerCase()
+  return v === "open" || v === "closed" ? Either.right(v) : Either.left(`${quoted(raw)} is not open or closed`)
 }
 
 const parseLogLevel: Parse<LogLevelName> = (raw) => {
@@ -441,6 +470,10 @@ const fromConfig = Config.all({
   maxConnections: withDefault("MAX_CONNECTIONS", parsePositiveInt, 4096),
   maxConnectionsPerAddress: withDefault("MAX_CONNECTIONS_PER_ADDRESS", parsePositiveInt, 512),
   trustedProxies: withDefault("TRUSTED_PROXIES", parseAddressBlocks, []),
+  defaultLimits: withDefault<KeyLimits | undefined>("AUTHORIZATION_DEFAULT_LIMITS", parseLimits, undefined),
+  redisUrl: optional("REDIS_URL", parseRedisUrl),
+  limitsStoreTimeout: withDefault("LIMITS_STORE_TIMEOUT", parsePositiveDuration, Duration.millis(200)),
+  limitsOnStoreFailure: withDefault<"open" | "closed">("LIMITS_ON_STORE_FAILURE", parseStoreFailure, "open"),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
   otelResourceAttributes: withDefault("OTEL_RESOURCE_ATTRIBUTES", parseKeyValues("attributes", true), {}),
@@ -549,6 +582,8 @@ export const loadAppConfig = Effect.gen(function*() {
     defaultScopes: raw.defaultScopes,
     keysFile: raw.keysFile,
     keysFilePoll: raw.keysFilePoll,
+    defaultLimits: raw.defaultLimits,
+    limitsStore: { redisUrl: raw.redisUrl, timeout: raw.limitsStoreTimeout, onFailure: raw.limitsOnStoreFailure },
     preloadModels: readPreloadModels(env),
     preloadKeepAlive: raw.preloadKeepAlive,
     preloadConcurrency: raw.preloadConcurrency,

@@ -18,6 +18,7 @@ const record = (n = 0): UsageRecord => ({
   model: "llama3.2",
   api_key_name: "alice",
   key_metadata: null,
+  key_period_totals: null,
   user_id: "u-1",
   user_name: "Zoë",
   user_email: "zoe@example.com",

@@ -5,8 +5,9 @@
  * the bytes themselves, and none of them knows of another.
  */
 import { Context, Tracer } from "effect"
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import type { ModelRule } from "../keys/Models.js"
+import type { ExchangeLimits } from "../limits/Limiter.js"
 import type { Caller } from "./Caller.js"
 import type { Route } from "./Classify.js"
 import { type Outcome, Reading } from "./Reading.js"
@@ -122,6 +123,10 @@ export class Exchange {
   modelRule: ModelRule | undefined = undefined
   /** Why the proxy refused the request, when it did (for the access line and the span). */
   refusal: string | undefined = undefined
+  /** What the key's limits did with this exchange (src/limits/); undefined for a key without limits. */
+  limits: ExchangeLimits | undefined = undefined
+  /** Headers of the proxy's own for the answer from Ollama (a key's rate limits). */
+  responseHeaders: OutgoingHttpHeaders | undefined = undefined
   private finished = false
 
   constructor(

@@ -99,7 +99,12 @@ const isStreaming = (headers: IncomingHttpHeaders) => {
   )
 }
 
-export const clientResponseHeaders = (headers: IncomingHttpHeaders, requestId: string): OutgoingHttpHeaders => {
+/** `extra`: the proxy's own headers for this answer (a key's rate limits). */
+export const clientResponseHeaders = (
+  headers: IncomingHttpHeaders,
+  requestId: string,
+  extra?: OutgoingHttpHeaders
+): OutgoingHttpHeaders => {
   const listed = connectionListed(headers)
   const out: OutgoingHttpHeaders = {}
   for (const name in headers) {
@@ -107,6 +112,7 @@ export const clientResponseHeaders = (headers: IncomingHttpHeaders, requestId: s
     out[name] = headers[name]
   }
   out["x-request-id"] = requestId
+  if (extra !== undefined) { for (const name in extra) out[name] = extra[name] }
   // Tells nginx-like front proxies not to buffer token streams.
   if (isStreaming(headers)) out["x-accel-buffering"] = "no"
   return out

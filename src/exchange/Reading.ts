@@ -26,7 +26,9 @@ export const Outcome = Schema.Literal(
   /** The proxy refused the request (no or invalid API key, a 401, a bad target, a 400); Ollama never saw it. */
   "rejected",
   /** The key may not do this (a scope, a model): a 403; Ollama never saw it. */
-  "forbidden"
+  "forbidden",
+  /** The key's limits refused it (a 429), or could not be checked and refuse then (a 503); Ollama never saw it. */
+  "rate_limited"
 )
 export type Outcome = typeof Outcome.Type
 

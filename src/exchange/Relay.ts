@@ -246,7 +246,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
             whole = { status, headers, replace, chunks: [] }
             return
           }
-          res.writeHead(status, clientResponseHeaders(headers, requestId))
+          res.writeHead(status, clientResponseHeaders(headers, requestId, exchange.responseHeaders))
           // A filter may change the body's length: only a body without a declared one is filtered.
           if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response(status, headers)
           reading.responseStart(status, headers)
@@ -265,7 +265,10 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         onResponseEnd() {
           if (whole !== undefined) {
             const out = whole.replace(Buffer.concat(whole.chunks))
-            res.writeHead(whole.status, { ...clientResponseHeaders(whole.headers, requestId), "content-length": out.length })
+            res.writeHead(whole.status, {
+              ...clientResponseHeaders(whole.headers, requestId, exchange.responseHeaders),
+              "content-length": out.length
+            })
             res.end(out)
             return finish("completed")
           }

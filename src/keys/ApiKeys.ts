@@ -16,6 +16,7 @@ import { readFile } from "node:fs/promises"
 import type { IncomingHttpHeaders } from "node:http"
 import { dirname } from "node:path"
 import { type ApiKeyConfig, AppConfig } from "../Config.js"
+import { type KeyLimits, sameLimits, someLimits } from "../limits/Limits.js"
 import { type Scope, SCOPES } from "../Scopes.js"
 import { type KeyEntry, KeyFileError, parseKeyFile, type ScopeName } from "./KeyFile.js"
 import { ModelRule } from "./Models.js"
@@ -33,6 +34,8 @@ export interface KeyPolicy {
   readonly disabled: boolean
   readonly metadata: KeyMetadata | undefined
   readonly source: "environment" | "file"
+  /** What the key may use (src/limits/); undefined = no limits. Counted per name. */
+  readonly limits: KeyLimits | undefined
 }
 
 export type AuthResult =
@@ -79,7 +82,7 @@ interface Keyring {
   readonly size: number
 }
 
-const fromEnvironment = (keys: ReadonlyArray<ApiKeyConfig>, scopes: ReadonlySet<Scope>) =>
+const fromEnvironment = (keys: ReadonlyArray<ApiKeyConfig>, scopes: ReadonlySet<Scope>, limits: KeyLimits | undefined) =>
   keys.map((k) => ({
     digest: k.hashed ? digestOfHex(Redacted.value(k.secret)) : digestOf(Redacted.value(k.secret)),
     policy: {
@@ -89,11 +92,12 @@ const fromEnvironment = (keys: ReadonlyArray<ApiKeyConfig>, scopes: ReadonlySet<
       expiresAt: undefined,
       disabled: false,
       metadata: undefined,
-      source: "environment"
+      source: "environment",
+      limits
     } satisfies KeyPolicy
   }))
 
-const fromFile = (entries: ReadonlyArray<KeyEntry>, defaultScopes: ReadonlySet<Scope>) =>
+const fromFile = (entries: ReadonlyArray<KeyEntry>, defaultScopes: ReadonlySet<Scope>, defaultLimits: KeyLimits | undefined) =>
   entries.map((e) => ({
     digest: e.key.toLowerCase().startsWith("sha256:") ? digestOfHex(e.key.slice(7)) : digestOf(e.key),
     policy: {
@@ -103,7 +107,8 @@ const fromFile = (entries: ReadonlyArray<KeyEntry>, defaultScopes: ReadonlySet<S
       expiresAt: e.expires_at === undefined ? undefined : Date.parse(e.expires_at),
       disabled: e.disabled === true,
       metadata: e.metadata,
-      source: "file"
+      source: "file",
+      limits: e.limits === undefined ? defaultLimits : someLimits(e.limits)
     } satisfies KeyPolicy
   }))
 
@@ -114,10 +119,19 @@ const keyringOf = (
 ): Either.Either<Keyring, string> => {
   const envNames = new Set(env.map((k) => k.policy.name))
   const byDigest = new Map<string, KeyPolicy>()
+  const byName = new Map<string, KeyPolicy>()
   for (const { digest, policy } of [...env, ...file]) {
     if (policy.source === "file" && envNames.has(policy.name)) {
       return Either.left(`the key name "${policy.name}" is also an AUTHORIZATION_APIKEY* name: a name belongs to one place`)
     }
+    // The counters of limits are the name's: two limits for one set of counters would be a guess.
+    const named = byName.get(policy.name)
+    if (named !== undefined && !sameLimits(named.limits, policy.limits)) {
+      return Either.left(
+        `the keys named "${policy.name}" carry different limits: keys that share a name share their limits, give them the same`
+      )
+    }
+    byName.set(policy.name, policy)
     const other = byDigest.get(digest)
     if (other !== undefined) return Either.left(`the same key is given twice (as "${other.name}" and as "${policy.name}")`)
     byDigest.set(digest, policy)
@@ -140,13 +154,13 @@ const reloadLabels = {
 export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
-    const env = fromEnvironment(config.apiKeys, config.defaultScopes)
+    const env = fromEnvironment(config.apiKeys, config.defaultScopes, config.defaultLimits)
     const file = Option.getOrUndefined(config.keysFile)
     /** No key anywhere: every caller is let in (a warning says so at start). */
     const open = env.length === 0 && file === undefined
 
     const load = (text: string): Either.Either<Keyring, string> =>
-      Either.flatMap(parseKeyFile(text), (entries) => keyringOf(env, fromFile(entries, config.defaultScopes)))
+      Either.flatMap(parseKeyFile(text), (entries) => keyringOf(env, fromFile(entries, config.defaultScopes, config.defaultLimits)))
 
     const readText = (path: string) =>
       Effect.tryPromise({
@@ -249,6 +263,9 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
       authenticate,
       /** Keys in force now. */
       size: () => current.size,
+      /** The names of the keys in force that have limits, with their limits (one per name). */
+      limited: (): ReadonlyMap<string, KeyLimits> =>
+        new Map([...current.byDigest.values()].flatMap((k) => (k.limits === undefined ? [] : [[k.name, k.limits] as const]))),
       /** Reads the key file again now (what SIGHUP does). */
       reload: file === undefined ? Effect.void : reload(file, true)
     } as const

@@ -11,10 +11,14 @@
  *       expires_at: "2027-01-01T00:00:00Z" # RFC 3339
  *       disabled: false
  *       metadata: { team: blue }           # copied into each usage record as key_metadata
+ *       limits:                            # default AUTHORIZATION_DEFAULT_LIMITS; {} = none
+ *         requests_per_minute: 60          # every field optional (src/limits/Limits.ts)
+ *         tokens_per_day: 200000
  */
 import { Data, Effect, Either, ParseResult, Schema } from "effect"
 import { readFile } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
+import { KeyLimitsSchema } from "../limits/Limits.js"
 import { type Scope, SCOPES } from "../Scopes.js"
 
 export class KeyFileError extends Data.TaggedError("KeyFileError")<{
@@ -59,7 +63,8 @@ export const KeyEntry = Schema.Struct({
   models: Schema.optional(Schema.Array(Schema.String.pipe(Schema.nonEmptyString()))),
   expires_at: Schema.optional(Rfc3339),
   disabled: Schema.optional(Schema.Boolean),
-  metadata: Schema.optional(Schema.Record({ key: Schema.String, value: MetadataValue }))
+  metadata: Schema.optional(Schema.Record({ key: Schema.String, value: MetadataValue })),
+  limits: Schema.optional(KeyLimitsSchema)
 })
 export type KeyEntry = typeof KeyEntry.Type
 

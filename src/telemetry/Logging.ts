@@ -49,6 +49,7 @@ const KEY_ORDER = [
   "api_key_name",
   "scope",
   "refusal",
+  "rate_limit",
   "user_id",
   "model",
   "outcome"

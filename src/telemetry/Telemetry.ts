@@ -35,6 +35,7 @@ const errorTypeOf = (outcome: Outcome, status: number, usage: ResponseUsage | un
       return usage?.error !== undefined ? "ollama_error" : undefined
     case "rejected":
     case "forbidden":
+    case "rate_limited":
       return String(status)
     default:
       return outcome
@@ -56,7 +57,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     // An answer the proxy wrote itself (401, 502, 503) counts its body too.
     const bytesOut = reading.bytesOut + (reading.status === null && res.headersSent ? Number(res.getHeader("content-length") ?? 0) : 0)
     // Ollama saw the request.
-    const answered = outcome !== "rejected" && outcome !== "forbidden" && outcome !== "unavailable"
+    const answered = outcome !== "rejected" && outcome !== "forbidden" && outcome !== "unavailable" && outcome !== "rate_limited"
     const usage = operation !== undefined && answered ? responseUsage(reading, operation) : undefined
     const errorType = errorTypeOf(outcome, status, usage)
     const statusText = String(status)
@@ -68,7 +69,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     const requestModel = reading.requestModel
     const sinceUpstream = reading.upstreamAt ?? startedAt
     const ttfc = reading.firstChunkAt === null ? undefined : (reading.firstChunkAt - sinceUpstream) / 1000
-    if (operation !== undefined && outcome !== "rejected" && outcome !== "forbidden") {
+    if (operation !== undefined && outcome !== "rejected" && outcome !== "forbidden" && outcome !== "rate_limited") {
       const model = modelLabel(requestModel ?? usage?.model)
       operationDuration.unsafeUpdate((reading.endedAt - sinceUpstream) / 1000, operationLabels(operation, PROVIDER, model, errorType ?? ""))
       if (ttfc !== undefined && errorType === undefined) {
@@ -95,7 +96,8 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
       usage,
       timeToFirstChunk: ttfc,
       errorType,
-      refusal: exchange.refusal
+      refusal: exchange.refusal,
+      rateLimit: exchange.limits?.refused
     })
 
     if (accessLog) {
@@ -113,6 +115,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
         api_key_name: caller.keyName,
         scope: route.scope,
         refusal: exchange.refusal,
+        rate_limit: exchange.limits?.refused,
         user_id: caller.user_id,
         model: requestModel ?? usage?.model,
         outcome,

@@ -63,6 +63,8 @@ export interface ExchangeSummary {
   readonly errorType: string | undefined
   /** Why the proxy refused the request (401, 403, 400...), when it did. */
   readonly refusal: string | undefined
+  /** The key's limit that refused it (a 429): `requests_per_minute`, `tokens_per_day`, ... */
+  readonly rateLimit: string | undefined
 }
 
 export interface ExchangeStart {

@@ -29,6 +29,16 @@ export const UsageRecord = Schema.Struct({
   key_metadata: Schema.NullOr(
     Schema.Record({ key: Schema.String, value: Schema.Union(Schema.String, Schema.Number, Schema.Boolean, Schema.Null) })
   ),
+  /**
+   * The key's token totals for the UTC day and month after this exchange was charged, counted
+   * across every worker that shares the limits' store; null for a key without limits.
+   */
+  key_period_totals: Schema.NullOr(Schema.Struct({
+    day: Schema.String,
+    tokens_day: Schema.NonNegativeInt,
+    month: Schema.String,
+    tokens_month: Schema.NonNegativeInt
+  })),
   user_id: Text,
   user_name: Text,
   user_email: Text,

@@ -27,7 +27,9 @@ export const recordOf = (exchange: Exchange, worker: WorkerIdentity = {}): Usage
   const { caller, reading } = exchange
   // Ollama never got the request: nothing was used.
   const outcome = reading.outcome
-  if (outcome === "unavailable" || outcome === "rejected" || outcome === "forbidden" || reading.loadOnly) return undefined
+  if (outcome === "unavailable" || outcome === "rejected" || outcome === "forbidden" || outcome === "rate_limited" || reading.loadOnly) {
+    return undefined
+  }
   const answer = reading.answer
   const u = answer?.usage
   return {
@@ -38,6 +40,7 @@ export const recordOf = (exchange: Exchange, worker: WorkerIdentity = {}): Usage
     model: u?.model ?? (requestModelCounts(exchange) ? reading.requestModel ?? null : null) ?? answer?.firstModel ?? null,
     api_key_name: caller.keyName,
     key_metadata: caller.key?.metadata ?? null,
+    key_period_totals: exchange.limits?.totals ?? null,
     user_id: caller.user_id,
     user_name: caller.user_name,
     user_email: caller.user_email,
@@ -67,10 +70,16 @@ export const makeUsageRecords = (
   deliver: (record: UsageRecord, parent: Tracer.ExternalSpan | undefined) => void,
   worker: WorkerIdentity = {}
 ): ExchangeConsumer => {
+  const send = (exchange: Exchange) => {
+    const record = recordOf(exchange, worker)
+    if (record !== undefined) deliver(record, exchange.parentSpan())
+  }
   const watch: ExchangeWatch = {
+    // With shared limits the key's totals come after a round trip to Redis: the record waits for them.
     end: (exchange) => {
-      const record = recordOf(exchange, worker)
-      if (record !== undefined) deliver(record, exchange.parentSpan())
+      const charged = exchange.limits?.charged
+      if (charged === undefined) send(exchange)
+      else void charged.then(() => send(exchange))
     }
   }
   return { name: "usage", open: (exchange) => (exchange.route.inference ? watch : undefined) }

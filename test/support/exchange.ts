@@ -37,7 +37,8 @@ const keyNamed = (name: string): KeyPolicy => ({
   expiresAt: undefined,
   disabled: false,
   metadata: undefined,
-  source: "environment"
+  source: "environment",
+  limits: undefined
 })
 
 const rethrow = (_exchange: Exchange, _consumer: ExchangeConsumer, _stage: string, cause: unknown) => {
