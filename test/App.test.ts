@@ -3,22 +3,14 @@
  * the consumers (usage records) flush, then Ollama is stopped.
  */
 import { Effect, Layer, ManagedRuntime } from "effect"
-import { createServer } from "node:net"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import { appWith } from "../src/App.js"
 import { Environment } from "../src/Config.js"
 import { ExchangeConsumers } from "../src/exchange/Exchange.js"
 import { Server } from "../src/http/Server.js"
+import { freePort } from "./support/http.js"
 import { waitGone } from "./support/processes.js"
 import { FAKE_OLLAMA_BIN } from "./support/proxy.js"
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 
 afterEach(() => {
   vi.restoreAllMocks()

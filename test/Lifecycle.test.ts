@@ -11,21 +11,12 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
+import { freePort } from "./support/http.js"
 import { isAlive, waitGone } from "./support/processes.js"
 import { FAKE_OLLAMA_BIN, ROOT, type SpawnedProxy, spawnProxy, startProxy } from "./support/proxy.js"
 
 const dir = mkdtempSync(join(tmpdir(), "lifecycle-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 
 let recordFiles = 0
 const recordFile = () => join(dir, `record-${recordFiles++}.ndjson`)

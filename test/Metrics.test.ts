@@ -1,6 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, Metric } from "effect"
-import { createServer } from "node:net"
 import OpenAI from "openai"
 import { labelCache, modelLabel, ollamaRestarts, setPreloadState } from "../src/telemetry/Metrics.js"
 import { PROMETHEUS_CONTENT_TYPE } from "../src/telemetry/MetricsExport.js"
@@ -9,19 +8,12 @@ import { Tracing } from "../src/telemetry/Tracing.js"
 import { webhookQueueDepth, webhookRecordLabels, webhookRecords } from "../src/usage/Webhook.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { chatStream, play } from "./support/exchange.js"
+import { freePort } from "./support/http.js"
 import { scrape } from "./support/metrics.js"
 import { startProxy, untilReady } from "./support/proxy.js"
 
 const KEY = "metrics-test-key"
 const auth = { authorization: `Bearer ${KEY}` }
-
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const server = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 
 describe("instruments", () => {
   it("label sets are built once per distinct values, empty values left out", () => {

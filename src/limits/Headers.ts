@@ -23,9 +23,16 @@ export const resetText = (ms: number): string => {
 
 const left = (limit: number, used: number) => Math.max(0, Math.floor(limit - used + 1e-9))
 
-/** The figures the headers of one answer say, in a fixed order; -1 where a limit is absent. */
+/** The figures the headers of one answer say, two per limit (what is left, the reset); -1 where a limit is absent. */
 const NONE = -1
 const FIGURES = 8
+/** Each limit's trio of headers, in the figures' order; resets of the budgets are in whole seconds. */
+const TRIOS = ["requests", "tokens", "tokens-day", "tokens-month"].map((name, i) => ({
+  limit: `x-ratelimit-limit-${name}`,
+  remaining: `x-ratelimit-remaining-${name}`,
+  reset: `x-ratelimit-reset-${name}`,
+  resetUnitMs: i < 2 ? 1 : 1000
+}))
 
 /** The last headers made for a key's limits, with their figures: the same figures give the same object. */
 interface Made {
@@ -34,14 +41,20 @@ interface Made {
   headers: OutgoingHttpHeaders
 }
 const made = new WeakMap<KeyLimits, Made>()
+/** This answer's figures, compared with the last ones before any header is made. */
+const current = new Float64Array(FIGURES)
+const figure = (i: number, limit: number | undefined, used: number, reset: number) => {
+  current[2 * i] = limit === undefined ? NONE : left(limit, used)
+  current[2 * i + 1] = limit === undefined ? NONE : reset
+}
 
 /**
  * The rate-limit headers for a key's limits as `usage` left them at `now`: those of the token
- * limits only when `tokens` (they apply to inference requests alone). The budgets' resets are
- * given in whole seconds. At a high rate of admitted requests (the only case where this costs
- * anything) the figures rarely change from one answer to the next, so the headers of the last
- * answer are handed out again while they do not: making them anew for every request of the
- * small-request bench cost it several percent (strings, objects and their collection).
+ * limits only when `tokens` (they apply to inference requests alone). At a high rate of admitted
+ * requests (the only case where this costs anything) the figures rarely change from one answer
+ * to the next, so the headers of the last answer are handed out again while they do not: making
+ * them anew for every request of the small-request bench cost it several percent (strings,
+ * objects and their collection).
  */
 export const limitHeaders = (limits: KeyLimits, usage: Usage, now: number, tokens: boolean): OutgoingHttpHeaders => {
   const rpm = limits.requests_per_minute
@@ -49,49 +62,28 @@ export const limitHeaders = (limits: KeyLimits, usage: Usage, now: number, token
   const day = tokens ? limits.tokens_per_day : undefined
   const month = tokens ? limits.tokens_per_month : undefined
   const periods = day !== undefined || month !== undefined ? periodsAt(now) : undefined
+  figure(0, rpm, usage.requests, Math.ceil((usage.requests * MINUTE) / (rpm ?? 1)))
+  figure(1, tpm, usage.tokens, Math.ceil((usage.tokens * MINUTE) / (tpm ?? 1)))
+  figure(2, day, usage.tokensDay, periods === undefined ? 0 : Math.ceil((periods.dayEnd - now) / 1000))
+  figure(3, month, usage.tokensMonth, periods === undefined ? 0 : Math.ceil((periods.monthEnd - now) / 1000))
+
   let last = made.get(limits)
   if (last === undefined) made.set(limits, last = { figures: new Float64Array(FIGURES).fill(NaN), tokens, headers: {} })
   const f = last.figures
-  const same = last.tokens === tokens &&
-    f[0] === (rpm === undefined ? NONE : left(rpm, usage.requests)) &&
-    f[1] === (rpm === undefined ? NONE : Math.ceil((usage.requests * MINUTE) / rpm)) &&
-    f[2] === (tpm === undefined ? NONE : left(tpm, usage.tokens)) &&
-    f[3] === (tpm === undefined ? NONE : Math.ceil((usage.tokens * MINUTE) / tpm)) &&
-    f[4] === (day === undefined ? NONE : left(day, usage.tokensDay)) &&
-    f[5] === (day === undefined ? NONE : Math.ceil((periods!.dayEnd - now) / 1000)) &&
-    f[6] === (month === undefined ? NONE : left(month, usage.tokensMonth)) &&
-    f[7] === (month === undefined ? NONE : Math.ceil((periods!.monthEnd - now) / 1000))
+  let same = last.tokens === tokens
+  for (let i = 0; same && i < FIGURES; i++) same = f[i] === current[i]
   if (same) return last.headers
 
+  f.set(current)
   const headers: OutgoingHttpHeaders = {}
-  f.fill(NONE)
-  if (rpm !== undefined) {
-    f[0] = left(rpm, usage.requests)
-    f[1] = Math.ceil((usage.requests * MINUTE) / rpm)
-    headers["x-ratelimit-limit-requests"] = String(rpm)
-    headers["x-ratelimit-remaining-requests"] = String(f[0])
-    headers["x-ratelimit-reset-requests"] = resetText(f[1])
-  }
-  if (tpm !== undefined) {
-    f[2] = left(tpm, usage.tokens)
-    f[3] = Math.ceil((usage.tokens * MINUTE) / tpm)
-    headers["x-ratelimit-limit-tokens"] = String(tpm)
-    headers["x-ratelimit-remaining-tokens"] = String(f[2])
-    headers["x-ratelimit-reset-tokens"] = resetText(f[3])
-  }
-  if (day !== undefined) {
-    f[4] = left(day, usage.tokensDay)
-    f[5] = Math.ceil((periods!.dayEnd - now) / 1000)
-    headers["x-ratelimit-limit-tokens-day"] = String(day)
-    headers["x-ratelimit-remaining-tokens-day"] = String(f[4])
-    headers["x-ratelimit-reset-tokens-day"] = resetText(f[5] * 1000)
-  }
-  if (month !== undefined) {
-    f[6] = left(month, usage.tokensMonth)
-    f[7] = Math.ceil((periods!.monthEnd - now) / 1000)
-    headers["x-ratelimit-limit-tokens-month"] = String(month)
-    headers["x-ratelimit-remaining-tokens-month"] = String(f[6])
-    headers["x-ratelimit-reset-tokens-month"] = resetText(f[7] * 1000)
+  const values = [rpm, tpm, day, month]
+  for (let i = 0; i < TRIOS.length; i++) {
+    const limit = values[i]
+    if (limit === undefined) continue
+    const trio = TRIOS[i]!
+    headers[trio.limit] = String(limit)
+    headers[trio.remaining] = String(f[2 * i])
+    headers[trio.reset] = resetText(f[2 * i + 1]! * trio.resetUnitMs)
   }
   last.tokens = tokens
   last.headers = headers

@@ -4,7 +4,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
-import { createServer } from "node:net"
+import { freePort } from "./http.js"
 
 export interface TestRedis {
   readonly port: number
@@ -18,16 +18,6 @@ export interface TestRedis {
   readonly resume: () => void
   readonly close: () => Promise<void>
 }
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const server = createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number }
-      server.close(() => resolve(port))
-    })
-  })
 
 export const startRedis = async (): Promise<TestRedis> => {
   const port = await freePort()
