@@ -12,14 +12,16 @@
 
 // ---------------------------------------------------------------------------------------------------
 // The proxy's environment here: what a production deployment turns on. Add a variable to this table
-// and every proxy of the benchmark runs with it (limits, when issue 14 brings them, go here).
-// `{WEBHOOK_URL}` is bench/webhook.mjs, `{OTLP_SINK}` bench/otlp-sink.mjs, both started by this script.
+// and every proxy of the benchmark runs with it. `{WEBHOOK_URL}` is bench/webhook.mjs, `{OTLP_SINK}`
+// bench/otlp-sink.mjs, both started by this script.
 // ---------------------------------------------------------------------------------------------------
 const PROXY_ENV = {
   // Usage metering on: every stream read for its usage, a record POSTed per stream.
   USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}",
   // Tracing on: a server span and a GenAI span per stream, all exported over OTLP.
-  OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}"
+  OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}",
+  // Limits on: all five on the key (never reached), counted in the process, checked per stream.
+  AUTHORIZATION_DEFAULT_LIMITS: "{LIMITS}"
 }
 
 const LEVELS = [1, 64, 256]
@@ -43,7 +45,7 @@ import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { ensureNode } from "../scripts/node-runtime.mjs"
-import { freePort, median, nginxConf } from "./lib.mjs"
+import { freePort, LIMITS_NEVER_REACHED, median, nginxConf } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -147,10 +149,9 @@ const proxyEnv = () => {
     if (!/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|WEBHOOK_|OTEL_|OLLAMA_)|^(PORT|PORT_HEALTH|HOST)$/.test(k)) env[k] = v
   }
   for (const [k, v] of Object.entries(PROXY_ENV)) {
-    env[k] = v.replaceAll("{WEBHOOK_URL}", `http://127.0.0.1:${webhookPort}/usage`).replaceAll(
-      "{OTLP_SINK}",
-      `http://127.0.0.1:${sinkPort}`
-    )
+    env[k] = v.replaceAll("{WEBHOOK_URL}", `http://127.0.0.1:${webhookPort}/usage`)
+      .replaceAll("{OTLP_SINK}", `http://127.0.0.1:${sinkPort}`)
+      .replaceAll("{LIMITS}", LIMITS_NEVER_REACHED)
   }
   return env
 }
@@ -186,11 +187,21 @@ const startNginx = async () => {
   return { name: "nginx", port, child }
 }
 
+// The hand-written node:http + undici proxy of bench/run.mjs, on the proxy's Node: what any Node
+// proxy adds on this machine, so the proxy's own share can be told from Node's.
+const startBareNode = async (ollamaPort = upstreamPort) => {
+  const port = await freePort()
+  const child = start(proxyNode, [path.join(BENCH, "baseline-proxy.mjs"), String(port), String(ollamaPort), KEY])
+  await listening(child)
+  return { name: "node", port, key: KEY, child }
+}
+
 const direct = { name: "direct", port: upstreamPort }
 const proxy = await startProxy()
 const nginx = options.nginx ? await startNginx() : undefined
 if (options.nginx && !nginx) console.log("nginx not found (apt-get install -y nginx-light): measured without it")
-const targets = [direct, proxy, ...(nginx ? [nginx] : [])]
+const bareNode = await startBareNode()
+const targets = [direct, proxy, bareNode, ...(nginx ? [nginx] : [])]
 
 // ---------------------------------------------------------------------------------------------------
 // Measuring
@@ -301,6 +312,7 @@ const memory = (pid) => {
   }
 }
 proxy.child.kill("SIGTERM")
+bareNode.child.kill("SIGTERM")
 const slowUpstream = start(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"], {
   BENCH_STREAM_LINES: String(TOKENS),
   BENCH_TOKEN_INTERVAL_MS: String(RSS_TOKEN_INTERVAL_MS)
@@ -315,6 +327,18 @@ console.log(
   `\n${GOALS.rssStreams} concurrent streams (a token every ${RSS_TOKEN_INTERVAL_MS} ms) through a fresh proxy (${rssSeconds} s): peak RSS ${
     loaded ? (loaded.hwmKiB / 1024).toFixed(0) : "?"
   } MB (idle after start ${idle ? (idle.rssKiB / 1024).toFixed(0) : "?"} MB)\n  ${row("proxy", rssRun)}`
+)
+
+// The same streams through a fresh bare Node proxy: the memory any Node proxy needs for them here.
+fresh.child.kill("SIGTERM")
+const freshNode = await startBareNode(await listening(slowUpstream))
+const nodeIdle = memory(freshNode.child.pid)
+const nodeRun = await measure(freshNode, GOALS.rssStreams, rssSeconds, RSS_TOKEN_INTERVAL_MS)
+const nodeLoaded = memory(freshNode.child.pid)
+console.log(
+  `  the bare Node proxy, the same streams: peak RSS ${nodeLoaded ? (nodeLoaded.hwmKiB / 1024).toFixed(0) : "?"} MB (idle after start ${
+    nodeIdle ? (nodeIdle.rssKiB / 1024).toFixed(0) : "?"
+  } MB)\n  ${row("node", nodeRun)}`
 )
 
 const webhookStats = JSON.parse((await get(webhookPort, "/stats")).body)
@@ -360,7 +384,13 @@ writeFileSync(
       settings: { ...options, tokens: TOKENS, tokenIntervalMs: TOKEN_INTERVAL_MS, levels: LEVELS, proxyEnv: PROXY_ENV },
       rounds: results,
       summary,
-      rss: { streams: GOALS.rssStreams, idleKiB: idle?.rssKiB, peakKiB: loaded?.hwmKiB, run: rssRun },
+      rss: {
+        streams: GOALS.rssStreams,
+        idleKiB: idle?.rssKiB,
+        peakKiB: loaded?.hwmKiB,
+        run: rssRun,
+        bareNode: { idleKiB: nodeIdle?.rssKiB, peakKiB: nodeLoaded?.hwmKiB, run: nodeRun }
+      },
       webhook: webhookStats,
       otlpSink: sinkStats,
       goals: verdicts.map(([what, value, pass]) => ({ what, value, pass }))

@@ -37,10 +37,6 @@ const VARIANTS = [
   { name: "proxy + limits in Redis", env: { AUTHORIZATION_DEFAULT_LIMITS: "{LIMITS}", REDIS_URL: "{REDIS_URL}" }, vs: "proxy", info: true }
 ]
 
-// Limits that a benchmark never reaches: each is checked and counted on every request.
-const LIMITS_NEVER_REACHED =
-  "requests_per_minute=1000000000,tokens_per_minute=1000000000000,concurrent_requests=100000,tokens_per_day=1000000000000,tokens_per_month=1000000000000"
-
 // Targets from the issue, as a fraction of the baseline's throughput.
 const GOALS = { tags: 0.8, stream: 0.9 }
 
@@ -52,7 +48,7 @@ import os from "node:os"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
-import { allowedCpus, CLK_TCK, freePort, median, nginxConf, statTicks } from "./lib.mjs"
+import { allowedCpus, CLK_TCK, freePort, LIMITS_NEVER_REACHED, median, nginxConf, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
