@@ -3,9 +3,9 @@
  */
 import { Context, Effect, Layer } from "effect"
 import { AppConfig, Environment } from "./Config.js"
-import { ExchangeConsumers } from "./exchange/Exchange.js"
+import { ExchangeAdmission, ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
-import { ExchangeAdmission, Limits } from "./limits/Limiter.js"
+import { Limits } from "./limits/Limiter.js"
 import { OllamaHealth } from "./ollama/Health.js"
 import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"

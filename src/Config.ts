@@ -4,7 +4,7 @@
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
-import { type KeyLimits, parseLimits } from "./limits/Limits.js"
+import { type KeyLimits, parseLimits } from "./Limits.js"
 import { type OllamaHost, parseOllamaHost } from "./ollama/Host.js"
 import { type Scope, SCOPES } from "./Scopes.js"
 

@@ -4,7 +4,7 @@
  */
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import type { KeyLimits } from "../src/limits/Limits.js"
+import type { KeyLimits } from "../src/Limits.js"
 import { redisStore } from "../src/limits/RedisStore.js"
 import { type Admission, embeddedStore, MINUTE, type Usage } from "../src/limits/Store.js"
 import { startRedis, type TestRedis } from "./support/redis.js"

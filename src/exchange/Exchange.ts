@@ -7,9 +7,10 @@
 import { Context, Tracer } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
 import type { ModelRule } from "../keys/Models.js"
-import type { ExchangeLimits } from "../limits/Limiter.js"
+import type { KeyLimits, LimitName } from "../Limits.js"
 import type { Caller } from "./Caller.js"
 import type { Route } from "./Classify.js"
+import type { Refusal } from "./Errors.js"
 import { type Outcome, Reading } from "./Reading.js"
 import type { UsageReaderFactory } from "./UsageReader.js"
 
@@ -35,6 +36,46 @@ export interface ExchangeConsumer {
 
 /** The consumers in force, in the order they see each exchange. */
 export class ExchangeConsumers extends Context.Tag("app/ExchangeConsumers")<ExchangeConsumers, ReadonlyArray<ExchangeConsumer>>() {}
+
+// Where the limits of keys (src/limits/) meet the exchange: what they did with one exchange, and
+// the admission the boundary calls for a key with limits. Defined here and provided by the
+// limits, as the consumers are: the request path knows the shape of an admission, not the
+// counters behind it.
+
+/** The key's token totals for the UTC day and month, after an exchange was charged. */
+export interface PeriodTotals {
+  readonly day: string
+  readonly tokens_day: number
+  readonly month: string
+  readonly tokens_month: number
+}
+
+/** What the limits did with one exchange (on `Exchange.limits`). */
+export interface ExchangeLimits {
+  /** The request went on to Ollama (or was meant to): its tokens are charged at the end. */
+  admitted: boolean
+  /** The slot it holds in the key's requests in flight; "" for none. */
+  slot: string
+  /** The limit that refused it. */
+  refused: LimitName | undefined
+  /** The key's totals after the charge; set when it is known. */
+  totals: PeriodTotals | undefined
+  /** With a shared store: settles when the charge is done (never rejects). */
+  charged: Promise<void> | undefined
+}
+
+export type RefuseExchange = (exchange: Exchange, refusal: Refusal, outcome: "rate_limited") => void
+
+/**
+ * Holds a request of a key with limits until they let it in: then `forward`, else `refuse`.
+ * Undefined when the proxy has no limits at all (no key has any).
+ */
+export type Admit = (exchange: Exchange, limits: KeyLimits, forward: (exchange: Exchange) => void, refuse: RefuseExchange) => void
+
+/** The admission the boundary calls for keys with limits; none by default (tests without limits). */
+export class ExchangeAdmission extends Context.Reference<ExchangeAdmission>()("app/ExchangeAdmission", {
+  defaultValue: (): Admit | undefined => undefined
+}) {}
 
 /** A consumer's watch of one exchange, and whose it is. */
 export interface OpenWatch {

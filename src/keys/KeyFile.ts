@@ -18,7 +18,7 @@
 import { Data, Effect, Either, ParseResult, Schema } from "effect"
 import { readFile } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
-import { KeyLimitsSchema } from "../limits/Limits.js"
+import { KeyLimitsSchema } from "../Limits.js"
 import { type Scope, SCOPES } from "../Scopes.js"
 
 export class KeyFileError extends Data.TaggedError("KeyFileError")<{

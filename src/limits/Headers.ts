@@ -6,7 +6,7 @@
  * the `openai` client reads first).
  */
 import type { OutgoingHttpHeaders } from "node:http"
-import type { KeyLimits, LimitName } from "./Limits.js"
+import type { KeyLimits, LimitName } from "../Limits.js"
 import { MINUTE, periodsAt, type Usage } from "./Store.js"
 
 /** A duration as OpenAI's reset headers write it (Go's duration format): `120ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`. */

@@ -13,52 +13,17 @@
  *
  * Plain callbacks and promises here, no Effect per request: see src/exchange/Boundary.ts.
  */
-import { Context, Duration, Effect, Metric, MetricLabel, Option, Redacted, Runtime, Schedule } from "effect"
+import { Duration, Effect, Metric, MetricLabel, Option, Redacted, Runtime, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import type { Refusal } from "../exchange/Errors.js"
-import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
+import type { Admit, Exchange, ExchangeConsumer, ExchangeWatch, PeriodTotals, RefuseExchange } from "../exchange/Exchange.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
+import type { KeyLimits } from "../Limits.js"
 import { labelCache } from "../telemetry/Metrics.js"
 import { limitHeaders, refusalMessage } from "./Headers.js"
-import type { KeyLimits, LimitName } from "./Limits.js"
 import { redisStore } from "./RedisStore.js"
 import { type Admission, type AnyLimitStore, embeddedStore, type HeldSlot, LEASE_MS, periodsAt, type Usage } from "./Store.js"
-
-/** The key's token totals for the UTC day and month, after an exchange was charged. */
-export interface PeriodTotals {
-  readonly day: string
-  readonly tokens_day: number
-  readonly month: string
-  readonly tokens_month: number
-}
-
-/** What the limits did with one exchange (on `Exchange.limits`). */
-export interface ExchangeLimits {
-  /** The request went on to Ollama (or was meant to): its tokens are charged at the end. */
-  admitted: boolean
-  /** The slot it holds in the key's requests in flight; "" for none. */
-  slot: string
-  /** The limit that refused it. */
-  refused: LimitName | undefined
-  /** The key's totals after the charge; set when it is known. */
-  totals: PeriodTotals | undefined
-  /** With a shared store: settles when the charge is done (never rejects). */
-  charged: Promise<void> | undefined
-}
-
-export type RefuseExchange = (exchange: Exchange, refusal: Refusal, outcome: "rate_limited") => void
-
-/**
- * Holds a request of a key with limits until they let it in: then `forward`, else `refuse`.
- * Undefined when the proxy has no limits at all (no key has any).
- */
-export type Admit = (exchange: Exchange, limits: KeyLimits, forward: (exchange: Exchange) => void, refuse: RefuseExchange) => void
-
-/** The admission the boundary calls for keys with limits; none by default (tests without limits). */
-export class ExchangeAdmission extends Context.Reference<ExchangeAdmission>()("app/ExchangeAdmission", {
-  defaultValue: (): Admit | undefined => undefined
-}) {}
 
 /** Labels: api_key_name. Left out of public scrapes, like every per-key gauge. */
 const remainingRequests = Metric.gauge("ollama_proxy.key.remaining_requests", {

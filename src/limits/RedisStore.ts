@@ -10,7 +10,7 @@
  * the caller decides what that means (LIMITS_ON_STORE_FAILURE).
  */
 import { Redis } from "ioredis"
-import type { KeyLimits, LimitName } from "./Limits.js"
+import type { KeyLimits, LimitName } from "../Limits.js"
 import { type AsyncLimitStore, LEASE_MS, periodsAt, type Usage } from "./Store.js"
 
 const DRAINED = `

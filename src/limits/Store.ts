@@ -29,7 +29,7 @@
  * - One consume is one key: the limits of a request checked one by one increment the first ones
  *   before a later one refuses. Here one script checks all of them and increments none on refusal.
  */
-import type { KeyLimits, LimitName } from "./Limits.js"
+import type { KeyLimits, LimitName } from "../Limits.js"
 
 export const MINUTE = 60_000
 /** Rounding slack: a level that is an integer in exact arithmetic may come out a hair above it. */
