@@ -6,7 +6,6 @@ import { AppConfig, Environment } from "./Config.js"
 import { ExchangeAdmission, ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
 import { Limits } from "./limits/Limiter.js"
-import { OllamaHealth } from "./ollama/Health.js"
 import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"
 import { MetricsLive } from "./telemetry/MetricsExport.js"
@@ -24,7 +23,7 @@ import { UsageRecords } from "./usage/Records.js"
  * process's spans are exported, and flushed after it stopped.
  */
 export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers, E, R>) =>
-  Layer.merge(Server.Default, MetricsLive.pipe(Layer.provide(OllamaHealth.Default))).pipe(
+  Layer.merge(Server.Default, MetricsLive).pipe(
     Layer.provide(consumers),
     Layer.provide(OllamaProcess.Default),
     Layer.provide(Tracing.layer),

@@ -5,7 +5,7 @@
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
 import { type KeyLimits, parseLimits } from "./Limits.js"
-import { type OllamaHost, parseOllamaHost } from "./ollama/Host.js"
+import { type OllamaHost, parseOllamaHost } from "./OllamaHost.js"
 import { type Scope, SCOPES } from "./Scopes.js"
 
 export class AppConfigError extends Data.TaggedError("AppConfigError")<{

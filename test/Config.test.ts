@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Either, Option, Redacted } from "effect"
 import { AppConfig, Environment, loadAppConfig, parseDuration, parseLoadTimeout } from "../src/Config.js"
-import { parseOllamaHost } from "../src/ollama/Host.js"
+import { parseOllamaHost } from "../src/OllamaHost.js"
 
 const load = (env: Record<string, string>) => loadAppConfig.pipe(Effect.provide(Environment.layer(env)), Effect.either, Effect.runSync)
 

@@ -3,7 +3,8 @@
  * A background loop probes `GET /`; the proxy reports connection failures, and in managed mode
  * the process supervisor reports exits, so a dead Ollama is noticed at once, not at the next probe.
  */
-import { Clock, Duration, Effect, Exit, Queue, Runtime, Schedule, Stream, SubscriptionRef, type Tracer } from "effect"
+import { Clock, Duration, Effect, Exit, Metric, Queue, Runtime, Schedule, Stream, SubscriptionRef, type Tracer } from "effect"
+import { ollamaUp } from "../telemetry/Metrics.js"
 import { OllamaClient } from "./Client.js"
 import { OllamaProcess } from "./Process.js"
 
@@ -68,6 +69,7 @@ export class OllamaHealth extends Effect.Service<OllamaHealth>()("app/OllamaHeal
           ? Effect.logWarning("ollama stopped answering")
           : Effect.void
         return SubscriptionRef.set(changes, current).pipe(
+          Effect.zipRight(Metric.set(ollamaUp, state === "up" ? 1 : 0)),
           Effect.zipRight(log.pipe(Effect.annotateLogs({ service: "OllamaHealth" })))
         )
       })

@@ -9,8 +9,8 @@
  * its label array. Names follow OpenTelemetry (dots); Prometheus shows dots as underscores and
  * counters with `_total`.
  *
- * Other parts update their own instruments here: the Ollama process (`ollamaUp` is fed from
- * OllamaHealth by `MetricsLive`; `ollamaRestarts`), the preloader (`setPreloadState`), the GPU
+ * Other parts update their own instruments here: Ollama's health (`ollamaUp`) and
+ * process (`ollamaRestarts`), the preloader (`setPreloadState`), the GPU
  * check (`setModelVramRatio`); the usage webhook keeps its own (src/usage/Webhook.ts), so the
  * consumers of exchanges import nothing of each other. From Effect code use the Effect API (`Metric.increment(ollamaRestarts)`),
  * from callbacks the `unsafe*` methods.

@@ -3,24 +3,18 @@
  * made by OpenTelemetry's Prometheus exporter from the Effect metrics bridge.
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect, Layer, Metric, Stream } from "effect"
+import { Effect, Layer } from "effect"
 import type { IncomingHttpHeaders } from "node:http"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import { forbidden, refusalBody, unauthorized } from "../exchange/Errors.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
-import { OllamaHealth } from "../ollama/Health.js"
-import { NO_LABELS, ollamaUp, preregistered } from "./Metrics.js"
+import { NO_LABELS, preregistered } from "./Metrics.js"
 import { resourceOf } from "./Tracing.js"
 
-/** Keeps `ollama.up` in step with OllamaHealth for as long as the service runs. */
-export const MetricsLive = Layer.scopedDiscard(
-  Effect.gen(function*() {
+/** The unlabelled series a scrape shows from the start, at 0, before anything has set them. */
+export const MetricsLive = Layer.effectDiscard(
+  Effect.sync(() => {
     for (const metric of preregistered) metric.unsafeValue(NO_LABELS)
-    const health = yield* OllamaHealth
-    yield* health.changes.changes.pipe(
-      Stream.runForEach((s) => Metric.set(ollamaUp, s.state === "up" ? 1 : 0)),
-      Effect.forkScoped
-    )
   })
 )
 
