@@ -3,18 +3,28 @@
  * backpressure, through undici's dispatcher without an intermediate stream. It feeds the
  * exchange's reading as the bytes pass (see Boundary.ts for why all of this is plain callbacks).
  */
-import { Duration, Effect } from "effect"
+import { Context, Duration, Effect } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 import type { Socket } from "node:net"
 import { Readable } from "node:stream"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
-import { OllamaHealth } from "../ollama/Health.js"
 import { badGateway, bodyTimeout as bodyTimedOut, ollamaUnavailable, writeRefusal } from "./Errors.js"
 import type { ChunkFilter, Exchange } from "./Exchange.js"
 import { clientResponseHeaders, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
 import { bodyModelRefusal } from "./Policy.js"
 import type { Outcome } from "./Reading.js"
+
+/**
+ * What the relay needs of Ollama's health: whether Ollama is known to be down (answer 503 at once
+ * instead of waiting on a connect), and a way to say it did not answer. Ollama's supervisor
+ * (src/ollama/Health.ts) provides it; src/http/Server.ts wires the two, so the request path knows
+ * nothing of the supervisor.
+ */
+export class UpstreamHealth extends Context.Tag("app/UpstreamHealth")<UpstreamHealth, {
+  readonly isDown: () => boolean
+  readonly reportUnreachable: () => void
+}>() {}
 
 class ClientAborted extends Error {
   constructor(message = "client closed the connection") {
@@ -122,7 +132,7 @@ const readBody = (
 export class Relay extends Effect.Service<Relay>()("app/Relay", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
-    const health = yield* OllamaHealth
+    const health = yield* UpstreamHealth
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() =>
         new Pool(config.ollama.origin, {
@@ -332,6 +342,5 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
     }
 
     return { forward } as const
-  }),
-  dependencies: [OllamaHealth.Default]
+  })
 }) {}

@@ -5,11 +5,12 @@
  */
 import { HttpMiddleware, HttpRouter, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Data, Duration, Effect } from "effect"
+import { Data, Duration, Effect, Layer } from "effect"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import { ExchangeBoundary } from "../exchange/Boundary.js"
+import { UpstreamHealth } from "../exchange/Relay.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { GpuCheck } from "../ollama/Gpu.js"
 import { OllamaHealth } from "../ollama/Health.js"
@@ -143,7 +144,8 @@ export class Server extends Effect.Service<Server>()("app/Server", {
     return { port, healthPort } as const
   }),
   dependencies: [
-    ExchangeBoundary.Default,
+    // The relay reads Ollama's health from the one OllamaHealth of the service.
+    ExchangeBoundary.Default.pipe(Layer.provide(Layer.effect(UpstreamHealth, OllamaHealth).pipe(Layer.provide(OllamaHealth.Default)))),
     ApiKeys.Default,
     OllamaHealth.Default,
     Preloader.Default,
