@@ -15,12 +15,12 @@
  * - tokens per UTC day and per UTC month are plain sums per calendar period.
  * An admission checks every limit of the key and changes nothing unless all of them let it in.
  *
- * Why not @effect/experimental's RateLimiter (0.61.1), measured on this machine (Node 20):
- * - Its `consume` is an Effect: 2.2 us CPU per call run with runSync on its memory store, 2.6 us
- *   as a fiber (runCallback, which a Redis store needs), 5.0 us for the three limits a request
- *   checks, against 0.04 us for the same arithmetic as a plain function. A small request costs
- *   the whole proxy ~37 us CPU (GET /api/tags bench), so that alone is 6-14% of it, and the goal
- *   is at most 5%.
+ * Why not @effect/experimental's RateLimiter (0.61.1), measured on a 2-core machine (Node 20,
+ * `npm run bench:ratelimiter`, bench/ratelimiter-cost.mjs):
+ * - Its `consume` is an Effect: 1.8 us CPU per call run with runSync on its memory store, the same
+ *   as a fiber (runCallback, which a Redis store needs), 4.5 us for three limits, against 0.11 us
+ *   for admitting and charging all five limits here. A small request costs the whole proxy ~40 us
+ *   CPU (GET /api/tags bench), so that alone is 5-11% of it, and the goal is at most 5%.
  * - Its fixed window refuses a charge that passes the limit and does not record it: consuming 90
  *   then 50 of 100 leaves 90 counted (a stream's tokens, known only at its end, must be counted
  *   even when they go over), and a charge above the limit is never recorded at all.
