@@ -1,8 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, SubscriptionRef, TestClock } from "effect"
+import { Context, Effect, Layer, Metric, SubscriptionRef, TestClock } from "effect"
 import { OllamaClient, OllamaUnavailable } from "../src/ollama/Client.js"
 import { OllamaHealth } from "../src/ollama/Health.js"
 import { OllamaProcess, ProcessState } from "../src/ollama/Process.js"
+import { ollamaUp } from "../src/telemetry/Metrics.js"
 
 /** OllamaHealth over an Ollama that answers when told, and a supervisor the test drives. */
 const setup = (initial: ProcessState) =>
@@ -85,16 +86,17 @@ describe("OllamaHealth", () => {
       expect(health.isDown()).toBe(false)
     }))
 
-  it.scoped("tracks an unmanaged Ollama by its answers alone", () =>
+  it.scoped("tracks an unmanaged Ollama by its answers alone, and ollama.up with it", () =>
     Effect.gen(function*() {
+      const up = Metric.value(ollamaUp).pipe(Effect.map((state) => state.value))
       const { answer, health, tick } = yield* setup(ProcessState.Unmanaged())
       yield* answer(true)
       yield* tick
-      expect(health.snapshot().state).toBe("up")
+      expect([health.snapshot().state, yield* up]).toEqual(["up", 1])
       yield* answer(false)
       yield* tick
       yield* tick
-      expect(health.snapshot().state).toBe("down")
+      expect([health.snapshot().state, yield* up]).toEqual(["down", 0])
     }))
 
   it.scoped("awaitUp waits for the first answer", () =>
