@@ -117,6 +117,8 @@ describe("requests_per_minute", () => {
     const native = await raw(`${proxy.url}/api/chat`, { method: "POST", headers: bearer(KEYS.rpm), body: chatBody(false) })
     expect(native.status).toBe(429)
     expect(JSON.parse(native.text)).toEqual({ error: expect.stringContaining("requests_per_minute (3 requests per minute)") })
+    // Like every answer the proxy writes itself, the refusal closes its connection.
+    expect(native.headers.connection).toBe("close")
     const ollama = new Ollama({ host: proxy.url, headers: bearer(KEYS.rpm) })
     await expect(ollama.list()).rejects.toMatchObject({ status_code: 429 })
     const anthropic = new Anthropic({ baseURL: proxy.url, apiKey: KEYS.rpm, maxRetries: 0 })
