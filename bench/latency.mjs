@@ -36,16 +36,15 @@ const RSS_TOKEN_INTERVAL_MS = 100
 // the p99 gap between tokens; at 256 it adds no more than nginx does; 1,000 streams fit in 150 MB.
 const GOALS = { at: 64, ttftP99AddedMs: 2, gapP99AddedMs: 1, nginxAt: 256, rssStreams: 1000, rssMB: 150 }
 
-import { spawn } from "node:child_process"
+import { spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import http from "node:http"
 import os from "node:os"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { ensureNode } from "../scripts/node-runtime.mjs"
-import { freePort, LIMITS_NEVER_REACHED, median, nginxConf } from "./lib.mjs"
+import { freePort, httpGet, LIMITS_NEVER_REACHED, listening, median, nginxConf, startChild, waitFor } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -75,71 +74,32 @@ if (!existsSync(path.join(ROOT, "dist", "main.js"))) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Child processes, all stopped on exit
+// Temporary files, removed on exit (child processes: bench/lib.mjs stops them)
 // ---------------------------------------------------------------------------------------------------
-const children = new Set()
-const start = (cmd, args, env = {}) => {
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
-  children.add(child)
-  child.on("exit", () => children.delete(child))
-  let out = ""
-  let err = ""
-  child.stdout.setEncoding("utf8").on("data", (d) => (out = (out + d).slice(-65536)))
-  child.stderr.setEncoding("utf8").on("data", (d) => (err = (err + d).slice(-4000)))
-  child.output = () => out
-  child.errors = () => err
-  return child
-}
 const tmpDirs = []
 process.on("exit", () => {
-  for (const child of children) child.kill("SIGKILL")
   for (const dir of tmpDirs) rmSync(dir, { recursive: true, force: true })
 })
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(signal, () => process.exit(130))
 
 const fail = (message) => {
   console.error(`latency: ${message}`)
   process.exit(1)
 }
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const waitFor = async (what, probe, timeoutMs = 15_000) => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const found = await probe()
-    if (found) return found
-    if (Date.now() > deadline) fail(`${what}: not ready after ${timeoutMs / 1000} s`)
-    await sleep(50)
-  }
-}
-const listening = (child) => waitFor(child.spawnargs.join(" "), () => Number(child.output().match(/listening (\d+)/)?.[1]) || undefined)
-const get = (port, urlPath, headers = {}) =>
-  new Promise((resolve) => {
-    http.get({ host: "127.0.0.1", port, path: urlPath, headers, agent: false }, (res) => {
-      let body = ""
-      res.on("data", (d) => (body += d))
-      res.on("end", () => resolve({ status: res.statusCode, body }))
-    }).on("error", () => resolve({ status: 0, body: "" }))
-  })
 
 // ---------------------------------------------------------------------------------------------------
 // Targets
 // ---------------------------------------------------------------------------------------------------
 const proxyNode = options.node === "current" ? process.execPath : options.node === "image" ? await ensureNode() : options.node
-const proxyNodeVersion = await new Promise((resolve) => {
-  const child = spawn(proxyNode, ["--version"], { stdio: ["ignore", "pipe", "ignore"] })
-  let out = ""
-  child.stdout.on("data", (d) => (out += d))
-  child.on("exit", () => resolve(out.trim()))
-})
+const proxyNodeVersion = spawnSync(proxyNode, ["--version"], { encoding: "utf8" }).stdout.trim()
 
-const upstream = start(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"], {
+const upstream = startChild(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"], {
   BENCH_STREAM_LINES: String(TOKENS),
   BENCH_TOKEN_INTERVAL_MS: String(TOKEN_INTERVAL_MS)
 })
 const upstreamPort = await listening(upstream)
-const webhook = start(process.execPath, [path.join(BENCH, "webhook.mjs"), "0"])
+const webhook = startChild(process.execPath, [path.join(BENCH, "webhook.mjs"), "0"])
 const webhookPort = await listening(webhook)
-const sink = start(process.execPath, [path.join(BENCH, "otlp-sink.mjs"), "0"])
+const sink = startChild(process.execPath, [path.join(BENCH, "otlp-sink.mjs"), "0"])
 const sinkPort = await listening(sink)
 
 const proxyEnv = () => {
@@ -157,21 +117,16 @@ const proxyEnv = () => {
 }
 const startProxy = async (ollamaPort = upstreamPort) => {
   const port = await freePort()
-  const child = spawn(proxyNode, [...NODE_FLAGS, path.join(ROOT, "dist", "main.js")], {
-    env: {
-      ...proxyEnv(),
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      OLLAMA_MANAGED: "false",
-      OLLAMA_HOST: `127.0.0.1:${ollamaPort}`,
-      AUTHORIZATION_APIKEY: KEY,
-      AUTHORIZATION_LOG_LEVEL: "warn"
-    },
-    stdio: ["ignore", "ignore", "pipe"]
-  })
-  children.add(child)
-  child.on("exit", () => children.delete(child))
-  await waitFor("the proxy", async () => (await get(port, "/ping")).status === 200)
+  const child = startChild(proxyNode, [...NODE_FLAGS, path.join(ROOT, "dist", "main.js")], {
+    ...proxyEnv(),
+    PORT: String(port),
+    HOST: "127.0.0.1",
+    OLLAMA_MANAGED: "false",
+    OLLAMA_HOST: `127.0.0.1:${ollamaPort}`,
+    AUTHORIZATION_APIKEY: KEY,
+    AUTHORIZATION_LOG_LEVEL: "warn"
+  }, { whole: true })
+  await waitFor("the proxy", async () => (await httpGet(port, "/ping")).status === 200)
   return { name: "proxy", port, key: KEY, child }
 }
 
@@ -182,8 +137,8 @@ const startNginx = async () => {
   tmpDirs.push(dir)
   const port = await freePort()
   writeFileSync(path.join(dir, "nginx.conf"), nginxConf({ dir, port, upstreamPort }))
-  const child = start(nginx, ["-p", `${dir}/`, "-c", path.join(dir, "nginx.conf"), "-e", path.join(dir, "error.log")])
-  await waitFor("nginx", async () => (await get(port, "/")).status === 200)
+  const child = startChild(nginx, ["-p", `${dir}/`, "-c", path.join(dir, "nginx.conf"), "-e", path.join(dir, "error.log")])
+  await waitFor("nginx", async () => (await httpGet(port, "/")).status === 200)
   return { name: "nginx", port, child }
 }
 
@@ -191,7 +146,7 @@ const startNginx = async () => {
 // proxy adds on this machine, so the proxy's own share can be told from Node's.
 const startBareNode = async (ollamaPort = upstreamPort) => {
   const port = await freePort()
-  const child = start(proxyNode, [path.join(BENCH, "baseline-proxy.mjs"), String(port), String(ollamaPort), KEY])
+  const child = startChild(proxyNode, [path.join(BENCH, "baseline-proxy.mjs"), String(port), String(ollamaPort), KEY])
   await listening(child)
   return { name: "node", port, key: KEY, child }
 }
@@ -209,7 +164,7 @@ const targets = [direct, proxy, bareNode, ...(nginx ? [nginx] : [])]
 /** One client run against `target` with `streams` concurrent streams. */
 const measure = (target, streams, seconds, intervalMs = TOKEN_INTERVAL_MS) =>
   new Promise((resolve) => {
-    const client = start(process.execPath, [
+    const client = startChild(process.execPath, [
       path.join(BENCH, "latency-client.mjs"),
       String(target.port),
       String(streams),
@@ -313,7 +268,7 @@ const memory = (pid) => {
 }
 proxy.child.kill("SIGTERM")
 bareNode.child.kill("SIGTERM")
-const slowUpstream = start(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"], {
+const slowUpstream = startChild(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"], {
   BENCH_STREAM_LINES: String(TOKENS),
   BENCH_TOKEN_INTERVAL_MS: String(RSS_TOKEN_INTERVAL_MS)
 })
@@ -341,8 +296,8 @@ console.log(
   } MB)\n  ${row("node", nodeRun)}`
 )
 
-const webhookStats = JSON.parse((await get(webhookPort, "/stats")).body)
-const sinkStats = JSON.parse((await get(sinkPort, "/stats")).body)
+const webhookStats = JSON.parse((await httpGet(webhookPort, "/stats")).body)
+const sinkStats = JSON.parse((await httpGet(sinkPort, "/stats")).body)
 console.log(
   `  metering and tracing were on: the webhook received ${webhookStats.records} records (${webhookStats.withCounts} with token counts); ` +
     `the OTLP sink ${Object.entries(sinkStats).map(([p, s]) => `${p} ${s.requests} exports`).join(", ") || "nothing"}`

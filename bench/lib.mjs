@@ -1,13 +1,78 @@
-// Helpers shared by the bench scripts (run.mjs, latency.mjs, webhook-cost.mjs, coldstart.mjs, ...).
-import { spawnSync } from "node:child_process"
+// Helpers shared by the bench scripts (run.mjs, latency.mjs, webhook-throughput.mjs, coldstart.mjs, ...).
+import { spawn, spawnSync } from "node:child_process"
 import { readFileSync } from "node:fs"
+import http from "node:http"
 import net from "node:net"
 
-/** A loopback port that was free a moment ago. */
 /** Limits that a benchmark never reaches: each is checked and counted on every request. */
 export const LIMITS_NEVER_REACHED =
   "requests_per_minute=1000000000,tokens_per_minute=1000000000000,concurrent_requests=100000,tokens_per_day=1000000000000,tokens_per_month=1000000000000"
 
+// ---------------------------------------------------------------------------------------------------
+// Child processes of a bench script: their output kept to be read, every one killed when the script
+// exits (at its end, on an error, or on SIGINT, SIGTERM or SIGHUP).
+// ---------------------------------------------------------------------------------------------------
+const children = new Set()
+let reaping = false
+const reap = () => {
+  if (reaping) return
+  reaping = true
+  process.on("exit", () => {
+    for (const child of children) child.kill("SIGKILL")
+  })
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(signal, () => process.exit(130))
+}
+
+/**
+ * Starts `cmd` with `env` added to this process's environment (or, `whole`, with `env` alone):
+ * `child.output()` is its stdout (the last `keep` characters; Infinity for all of it, for a proxy
+ * whose every log line is counted), `child.errors()` the end of its stderr.
+ */
+export const startChild = (cmd, args, env = {}, { keep = 65_536, whole = false } = {}) => {
+  reap()
+  const child = spawn(cmd, args, { env: whole ? env : { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
+  children.add(child)
+  child.on("exit", () => children.delete(child))
+  let out = ""
+  let err = ""
+  child.stdout.setEncoding("utf8").on("data", (d) => (out = keep === Infinity ? out + d : (out + d).slice(-keep)))
+  child.stderr.setEncoding("utf8").on("data", (d) => (err = (err + d).slice(-4000)))
+  child.output = () => out
+  child.errors = () => err
+  return child
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Polls `probe` every 50 ms until it gives something truthy, which is returned; throws after `timeoutMs`. */
+export const waitFor = async (what, probe, timeoutMs = 15_000) => {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const found = await probe()
+    if (found) return found
+    if (Date.now() > deadline) throw new Error(`${typeof what === "function" ? what() : what}: not ready after ${timeoutMs / 1000} s`)
+    await sleep(50)
+  }
+}
+
+/** The port a bench server (upstream.mjs, webhook.mjs, ...) prints as `listening PORT` once it listens. */
+export const listening = (child) =>
+  waitFor(
+    () => `${child.spawnargs.join(" ")} (${child.errors()})`,
+    () => Number(child.output().match(/listening (\d+)/)?.[1]) || undefined
+  )
+
+/** GET on loopback, a fresh connection each: `{ status, body }`, status 0 when nothing answers. */
+export const httpGet = (port, urlPath, headers = {}) =>
+  new Promise((resolve) => {
+    http.get({ host: "127.0.0.1", port, path: urlPath, headers, agent: false }, (res) => {
+      let body = ""
+      res.on("data", (d) => (body += d))
+      res.on("end", () => resolve({ status: res.statusCode, body }))
+    }).on("error", () => resolve({ status: 0, body: "" }))
+  })
+
+/** A loopback port that was free a moment ago. */
 export const freePort = () =>
   new Promise((resolve, reject) => {
     const server = net.createServer()

@@ -7,14 +7,12 @@ import http from "node:http"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
-import { freePort } from "./lib.mjs"
+import { freePort, LIMITS_NEVER_REACHED } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
 const N = Number(process.argv[2] ?? 3000)
 const KEY = "latency-bench-key"
-const LIMITS =
-  "requests_per_minute=1000000000,tokens_per_minute=1000000000000,concurrent_requests=100000,tokens_per_day=1000000000000,tokens_per_month=1000000000000"
 const children = []
 
 const start = (cmd, args, env, ready) =>
@@ -81,8 +79,8 @@ try {
   )
   const variants = [
     { name: "limits off", env: {} },
-    { name: "limits, in process", env: { AUTHORIZATION_DEFAULT_LIMITS: LIMITS } },
-    { name: "limits, in Redis", env: { AUTHORIZATION_DEFAULT_LIMITS: LIMITS, REDIS_URL: `redis://127.0.0.1:${redisPort}` } }
+    { name: "limits, in process", env: { AUTHORIZATION_DEFAULT_LIMITS: LIMITS_NEVER_REACHED } },
+    { name: "limits, in Redis", env: { AUTHORIZATION_DEFAULT_LIMITS: LIMITS_NEVER_REACHED, REDIS_URL: `redis://127.0.0.1:${redisPort}` } }
   ]
   for (const v of variants) {
     v.port = await freePort()

@@ -15,14 +15,13 @@ const BATCH_SIZES = [100, 1]
 // Issue 16: at batch size 100, at least 2,000 records a second delivered, none lost.
 const GOAL = { batchSize: 100, recordsPerSecond: 2000 }
 
-import { spawn, spawnSync } from "node:child_process"
+import { spawnSync } from "node:child_process"
 import { existsSync } from "node:fs"
-import http from "node:http"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { ensureNode } from "../scripts/node-runtime.mjs"
-import { freePort } from "./lib.mjs"
+import { freePort, httpGet, listening, startChild, waitFor } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const MAIN = path.join(BENCH, "..", "dist", "main.js")
@@ -50,49 +49,19 @@ if (spawnSync("sh", ["-c", "command -v wrk"]).status !== 0) fail("wrk not found 
 if (!existsSync(MAIN)) fail(`${MAIN} not found: run npm run build first (npm run bench:webhook-throughput does)`)
 const node = options.node === "current" ? process.execPath : options.node === "image" ? await ensureNode() : options.node
 
-const children = new Set()
-const start = (cmd, args, env = {}) => {
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
-  children.add(child)
-  child.on("exit", () => children.delete(child))
-  let out = ""
-  let err = ""
-  child.stdout.setEncoding("utf8").on("data", (d) => (out += d))
-  child.stderr.setEncoding("utf8").on("data", (d) => (err = (err + d).slice(-4000)))
-  child.output = () => out
-  child.errors = () => err
-  return child
-}
-process.on("exit", () => children.forEach((c) => c.kill("SIGKILL")))
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.on(signal, () => process.exit(130))
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const get = (port, urlPath) =>
-  new Promise((resolve) => {
-    http.get({ host: "127.0.0.1", port, path: urlPath, agent: false }, (res) => {
-      let body = ""
-      res.on("data", (d) => (body += d))
-      res.on("end", () => resolve({ status: res.statusCode, body }))
-    }).on("error", () => resolve({ status: 0, body: "" }))
-  })
-const listening = async (child) => {
-  for (let i = 0; i < 200; i++) {
-    const port = Number(child.output().match(/listening (\d+)/)?.[1])
-    if (port) return port
-    await sleep(50)
-  }
-  fail(`${child.spawnargs.join(" ")} did not start: ${child.errors()}`)
-}
-
-const upstream = start(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"])
+const upstream = startChild(process.execPath, [path.join(BENCH, "upstream.mjs"), "0"])
 const upstreamPort = await listening(upstream)
 
 const run = async (batchSize) => {
   // A receiver of its own per run, so its counts are this run's.
-  const receiver = start(process.execPath, [path.join(BENCH, "webhook.mjs"), "0"], { BENCH_WEBHOOK_DELAY_MS: String(WEBHOOK_DELAY_MS) })
+  const receiver = startChild(process.execPath, [path.join(BENCH, "webhook.mjs"), "0"], {
+    BENCH_WEBHOOK_DELAY_MS: String(WEBHOOK_DELAY_MS)
+  })
   const receiverPort = await listening(receiver)
-  const stats = async () => JSON.parse((await get(receiverPort, "/stats")).body)
+  const stats = async () => JSON.parse((await httpGet(receiverPort, "/stats")).body)
   const port = await freePort()
-  const proxy = start(node, [...NODE_FLAGS, MAIN], {
+  // All of its output: every "not delivered" line is counted.
+  const proxy = startChild(node, [...NODE_FLAGS, MAIN], {
     PORT: String(port),
     HOST: "127.0.0.1",
     OLLAMA_MANAGED: "false",
@@ -104,14 +73,11 @@ const run = async (batchSize) => {
     USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: String(batchSize),
     // The defaults for the rest: WEBHOOK_CONCURRENCY 4, WEBHOOK_QUEUE_SIZE 10000, a 1 s batch wait.
     SHUTDOWN_TIMEOUT: "10s"
-  })
-  for (let i = 0; (await get(port, "/ping")).status !== 200; i++) {
-    if (i > 150) fail(`the proxy did not start: ${proxy.errors()}`)
-    await sleep(100)
-  }
+  }, { keep: Infinity })
+  await waitFor(() => `the proxy (${proxy.errors()})`, async () => (await httpGet(port, "/ping")).status === 200)
   const before = await stats()
   const wrk = await new Promise((resolve) => {
-    const child = start("wrk", [
+    const child = startChild("wrk", [
       "-t1",
       `-c${CONNECTIONS}`,
       `-d${options.seconds}s`,
