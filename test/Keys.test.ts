@@ -21,6 +21,7 @@ import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { raw } from "./support/http.js"
 import { scrape } from "./support/metrics.js"
 import { type RunningProxy, spawnProxy, startProxy, untilReady } from "./support/proxy.js"
+import { spanRecorder } from "./support/spans.js"
 
 describe("model names and rules", () => {
   it("brings names to Ollama's short form", () => {
@@ -210,6 +211,8 @@ describe("keys from the file, with the real clients", () => {
   let proxy: RunningProxy
   let dir: string
   let file: string
+  // Each read of the file is an ApiKeys.reload span: the test counts polls by them.
+  const spans = spanRecorder()
 
   beforeAll(async () => {
     fake = await startFakeOllama({
@@ -223,7 +226,7 @@ describe("keys from the file, with the real clients", () => {
       AUTHORIZATION_KEYS_FILE: file,
       AUTHORIZATION_KEYS_FILE_POLL: "100ms",
       METRICS_PUBLIC: "false"
-    })
+    }, spans.layer)
     await untilReady(proxy.url)
   })
 
@@ -463,21 +466,25 @@ describe("keys from the file, with the real clients", () => {
     }
   })
 
-  it("a file that does not parse keeps the keys in force, and says so", async () => {
-    const before =
+  it("a file that does not parse keeps the keys in force, and says so once, not at every poll", async () => {
+    const failed = async () =>
       (await scrape(proxy.url, { authorization: `Bearer ${SCRAPER}` })).value("ollama_proxy_keys_reloads_total", { outcome: "failed" }) ?? 0
+    const before = await failed()
     writeKeys(file, keyFile("  - name: eve\n    key: sk-eve\n    scope: [all]\n"))
     const deadline = Date.now() + 5000
-    for (;;) {
-      const now =
-        (await scrape(proxy.url, { authorization: `Bearer ${SCRAPER}` })).value("ollama_proxy_keys_reloads_total", { outcome: "failed" }) ??
-          0
-      if (now > before) break
+    while ((await failed()) === before) {
       if (Date.now() > deadline) throw new Error("the broken file was not noticed")
       await new Promise((r) => setTimeout(r, 50))
     }
     expect((await raw(`${proxy.url}/api/tags`, { headers: { authorization: `Bearer ${ALICE}` } })).status).toBe(200)
     expect((await raw(`${proxy.url}/api/tags`, { headers: { authorization: "Bearer sk-eve" } })).status).toBe(401)
+    // Five more reads of the unchanged broken file: none is counted or logged again.
+    const reads = spans.named("ApiKeys.reload").length
+    while (spans.named("ApiKeys.reload").length < reads + 5) {
+      if (Date.now() > deadline) throw new Error("the file was not read again")
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    expect(await failed()).toBe(before + 1)
     writeKeys(file, keyFile())
   })
 })

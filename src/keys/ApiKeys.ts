@@ -169,7 +169,11 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
       })
 
     let current: Keyring
-    let lastText: string | undefined
+    /**
+     * What the last read of the file gave: its text, or why it could not be read. The same again is
+     * no change, good or bad: a broken file is reported once, not at every poll, until it changes.
+     */
+    let lastRead: Either.Either<string, string> | undefined
     if (file === undefined) {
       current = yield* Either.match(keyringOf(env, []), {
         onLeft: (reason) => Effect.die(reason),
@@ -181,7 +185,7 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
         onLeft: (reason) => Effect.fail(new KeyFileError({ file, reason })),
         onRight: Effect.succeed
       })
-      lastText = text
+      lastRead = Either.right(text)
     }
     keysLoaded.unsafeUpdate(current.size, [])
 
@@ -198,7 +202,10 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
     const reload = (path: string, force: boolean) =>
       Effect.gen(function*() {
         const text = yield* Effect.either(readText(path))
-        if (Either.isRight(text) && text.right === lastText && !force) return
+        const same = lastRead !== undefined && Either.isRight(lastRead) === Either.isRight(text) &&
+          Either.merge(lastRead) === Either.merge(text)
+        if (same && !force) return
+        lastRead = text
         const ring = Either.flatMap(text, load)
         if (Either.isLeft(ring)) {
           keyReloads.unsafeUpdate(1, reloadLabels.failed)
@@ -206,7 +213,6 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
             Effect.annotateLogs({ file: path, reason: ring.left, keys: current.size })
           )
         }
-        lastText = Either.getOrUndefined(text)
         current = ring.right
         keysLoaded.unsafeUpdate(current.size, [])
         keyReloads.unsafeUpdate(1, reloadLabels.loaded)
