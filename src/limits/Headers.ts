@@ -21,7 +21,8 @@ export const resetText = (ms: number): string => {
   return `${seconds}s`
 }
 
-const left = (limit: number, used: number) => Math.max(0, Math.floor(limit - used + 1e-9))
+/** What is left of `limit` after `used`, in whole units. */
+export const left = (limit: number, used: number) => Math.max(0, Math.floor(limit - used + 1e-9))
 
 /** The figures the headers of one answer say, two per limit (what is left, the reset); -1 where a limit is absent. */
 const NONE = -1
@@ -34,13 +35,18 @@ const TRIOS = ["requests", "tokens", "tokens-day", "tokens-month"].map((name, i)
   resetUnitMs: i < 2 ? 1 : 1000
 }))
 
-/** The last headers made for a key's limits, with their figures: the same figures give the same object. */
+/**
+ * The last headers made for a key name, with the limits and figures they say: the same again give
+ * the same object. By name, not by limits: every key without limits of its own shares the one
+ * object of AUTHORIZATION_DEFAULT_LIMITS, and their requests, interleaved, would miss each time.
+ */
 interface Made {
   readonly figures: Float64Array
+  limits: KeyLimits
   tokens: boolean
   headers: OutgoingHttpHeaders
 }
-const made = new WeakMap<KeyLimits, Made>()
+const made = new Map<string, Made>()
 /** This answer's figures, compared with the last ones before any header is made. */
 const current = new Float64Array(FIGURES)
 const figure = (i: number, limit: number | undefined, used: number, reset: number) => {
@@ -56,7 +62,7 @@ const figure = (i: number, limit: number | undefined, used: number, reset: numbe
  * them anew for every request of the small-request bench cost it several percent (strings,
  * objects and their collection).
  */
-export const limitHeaders = (limits: KeyLimits, usage: Usage, now: number, tokens: boolean): OutgoingHttpHeaders => {
+export const limitHeaders = (name: string, limits: KeyLimits, usage: Usage, now: number, tokens: boolean): OutgoingHttpHeaders => {
   const rpm = limits.requests_per_minute
   const tpm = tokens ? limits.tokens_per_minute : undefined
   const day = tokens ? limits.tokens_per_day : undefined
@@ -67,10 +73,10 @@ export const limitHeaders = (limits: KeyLimits, usage: Usage, now: number, token
   figure(2, day, usage.tokensDay, periods === undefined ? 0 : Math.ceil((periods.dayEnd - now) / 1000))
   figure(3, month, usage.tokensMonth, periods === undefined ? 0 : Math.ceil((periods.monthEnd - now) / 1000))
 
-  let last = made.get(limits)
-  if (last === undefined) made.set(limits, last = { figures: new Float64Array(FIGURES).fill(NaN), tokens, headers: {} })
+  let last = made.get(name)
+  if (last === undefined) made.set(name, last = { figures: new Float64Array(FIGURES).fill(NaN), limits, tokens, headers: {} })
   const f = last.figures
-  let same = last.tokens === tokens
+  let same = last.limits === limits && last.tokens === tokens
   for (let i = 0; same && i < FIGURES; i++) same = f[i] === current[i]
   if (same) return last.headers
 
@@ -85,6 +91,7 @@ export const limitHeaders = (limits: KeyLimits, usage: Usage, now: number, token
     headers[trio.remaining] = String(f[2 * i])
     headers[trio.reset] = resetText(f[2 * i + 1]! * trio.resetUnitMs)
   }
+  last.limits = limits
   last.tokens = tokens
   last.headers = headers
   return headers

@@ -13,7 +13,7 @@
  *
  * Plain callbacks and promises here, no Effect per request: see src/exchange/Boundary.ts.
  */
-import { Duration, Effect, Metric, MetricLabel, Option, Redacted, Runtime, Schedule } from "effect"
+import { Duration, Effect, Metric, Option, Redacted, Runtime, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import type { Refusal } from "../exchange/Errors.js"
@@ -21,7 +21,7 @@ import type { Admit, Exchange, ExchangeConsumer, ExchangeWatch, PeriodTotals, Re
 import { ApiKeys } from "../keys/ApiKeys.js"
 import type { KeyLimits } from "../Limits.js"
 import { labelCache } from "../telemetry/Metrics.js"
-import { limitHeaders, refusalMessage } from "./Headers.js"
+import { left, limitHeaders, refusalMessage } from "./Headers.js"
 import { redisStore } from "./RedisStore.js"
 import { type Admission, type AnyLimitStore, embeddedStore, type HeldSlot, LEASE_MS, periodsAt, type Usage } from "./Store.js"
 
@@ -41,12 +41,7 @@ const remainingTokensDay = Metric.gauge("ollama_proxy.key.remaining_tokens_day",
 const remainingTokensMonth = Metric.gauge("ollama_proxy.key.remaining_tokens_month", {
   description: "Tokens left in the key's budget for the current UTC month (tokens_per_month)"
 })
-const labelsByKey = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
-const keyLabels = (name: string) => {
-  let labels = labelsByKey.get(name)
-  if (labels === undefined) labelsByKey.set(name, labels = [MetricLabel.make("api_key_name", name)])
-  return labels
-}
+const keyLabels = labelCache(["api_key_name"])
 
 /** Labels: operation = admit | charge, decision = open | closed | retried. */
 export const storeFailures = Metric.counter("ollama_proxy.limits.store.failures", {
@@ -73,7 +68,6 @@ const tokensOf = (exchange: Exchange) => {
 
 const setGauges = (name: string, limits: KeyLimits, usage: Usage) => {
   const labels = keyLabels(name)
-  const left = (limit: number, used: number) => Math.max(0, Math.floor(limit - used + 1e-9))
   if (limits.requests_per_minute !== undefined) remainingRequests.unsafeUpdate(left(limits.requests_per_minute, usage.requests), labels)
   if (limits.tokens_per_minute !== undefined) remainingTokens.unsafeUpdate(left(limits.tokens_per_minute, usage.tokens), labels)
   if (limits.concurrent_requests !== undefined) remainingConcurrent.unsafeUpdate(left(limits.concurrent_requests, usage.concurrent), labels)
@@ -179,7 +173,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         status: 429,
         message: refusalMessage(limit, limits[limit]!, retryAfterMs),
         headers: {
-          ...limitHeaders(limits, admission.usage, now, true),
+          ...limitHeaders(exchange.caller.keyName!, limits, admission.usage, now, true),
           "retry-after": String(Math.ceil(retryAfterMs / 1000)),
           "retry-after-ms": String(retryAfterMs)
         },
@@ -190,11 +184,11 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     const admitted = (exchange: Exchange, limits: KeyLimits, admission: Admission, now: number) => {
       const state = exchange.limits!
       state.admitted = true
-      if (limits.concurrent_requests === undefined) state.slot = ""
-      else if (store.shared) held.set(state.slot, { name: exchange.caller.keyName!, slot: state.slot })
+      // A slot was named at the admission when the key has concurrent_requests; held ones are renewed.
+      if (store.shared && state.slot !== "") held.set(state.slot, { name: exchange.caller.keyName!, slot: state.slot })
       // Given to the relay for the answer's head (res.setHeader would validate each, then make
       // writeHead merge every header of Ollama's answer the slow way: measured on the tags bench).
-      exchange.responseHeaders = limitHeaders(limits, admission.usage, now, exchange.route.inference)
+      exchange.responseHeaders = limitHeaders(exchange.caller.keyName!, limits, admission.usage, now, exchange.route.inference)
     }
 
     const storeDown: Refusal = {
@@ -343,7 +337,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     // Exchanges drained at shutdown still have their charges (and records) to finish.
     yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all(pending)))
 
-    return { admit, consumer, shared: store.shared } as const
+    return { admit, consumer } as const
   }),
   dependencies: [ApiKeys.Default]
 }) {}
