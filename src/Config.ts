@@ -6,7 +6,7 @@ import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, E
 import { isIP } from "node:net"
 import { type KeyLimits, parseLimits } from "./Limits.js"
 import { type OllamaHost, parseOllamaHost } from "./OllamaHost.js"
-import { type Scope, SCOPES } from "./Scopes.js"
+import { type Scope, type ScopeName, SCOPES, scopesOf } from "./Scopes.js"
 
 export class AppConfigError extends Data.TaggedError("AppConfigError")<{
   readonly variable: string
@@ -391,7 +391,7 @@ const parseScopes: Parse<ReadonlySet<Scope>> = (raw) => {
   const wrong = names.filter((n) => n !== "all" && !SCOPES.includes(n as Scope))
   if (wrong.length > 0) return Either.left(`${quoted(wrong[0]!)} is not a scope (${SCOPES.join(", ")}, or all)`)
   if (names.length === 0) return Either.left("no scope given (inference, read, manage, metrics, or all)")
-  return Either.right(new Set(names.includes("all") ? SCOPES : names as ReadonlyArray<Scope>))
+  return Either.right(scopesOf(names as ReadonlyArray<ScopeName>))
 }
 
 const KEY_PREFIX = "AUTHORIZATION_APIKEY"

@@ -7,3 +7,10 @@
 export type Scope = "inference" | "read" | "manage" | "metrics"
 
 export const SCOPES: ReadonlyArray<Scope> = ["inference", "read", "manage", "metrics"]
+
+/** A scope as a key names it: one of them, or `all` for every one. */
+export type ScopeName = Scope | "all"
+
+/** The scopes some names grant: `all` is every scope. */
+export const scopesOf = (names: ReadonlyArray<ScopeName>): ReadonlySet<Scope> =>
+  new Set(names.includes("all") ? SCOPES : names.filter((n): n is Scope => n !== "all"))

@@ -17,8 +17,8 @@ import type { IncomingHttpHeaders } from "node:http"
 import { dirname } from "node:path"
 import { type ApiKeyConfig, AppConfig } from "../Config.js"
 import { type KeyLimits, sameLimits, someLimits } from "../Limits.js"
-import { type Scope, SCOPES } from "../Scopes.js"
-import { type KeyEntry, KeyFileError, parseKeyFile, type ScopeName } from "./KeyFile.js"
+import { type Scope, scopesOf } from "../Scopes.js"
+import { type KeyEntry, KeyFileError, parseKeyFile } from "./KeyFile.js"
 import { ModelRule } from "./Models.js"
 
 export type KeyMetadata = Readonly<Record<string, string | number | boolean | null>>
@@ -72,9 +72,6 @@ const presentedKeys = (headers: IncomingHttpHeaders) => {
 export const isPreflight = (method: string | undefined, headers: IncomingHttpHeaders) =>
   method === "OPTIONS" && headers.origin !== undefined && headers["access-control-request-method"] !== undefined &&
   (headers["content-length"] ?? "0") === "0" && headers["transfer-encoding"] === undefined
-
-export const scopesOf = (names: ReadonlyArray<ScopeName>): ReadonlySet<Scope> =>
-  new Set(names.includes("all") ? SCOPES : names.filter((n): n is Scope => n !== "all"))
 
 /** The keys in force: every digest with its policy. */
 interface Keyring {
@@ -267,13 +264,9 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
     return {
       open,
       authenticate,
-      /** Keys in force now. */
-      size: () => current.size,
       /** The names of the keys in force that have limits, with their limits (one per name). */
       limited: (): ReadonlyMap<string, KeyLimits> =>
-        new Map([...current.byDigest.values()].flatMap((k) => (k.limits === undefined ? [] : [[k.name, k.limits] as const]))),
-      /** Reads the key file again now (what SIGHUP does). */
-      reload: file === undefined ? Effect.void : reload(file, true)
+        new Map([...current.byDigest.values()].flatMap((k) => (k.limits === undefined ? [] : [[k.name, k.limits] as const])))
     } as const
   })
 }) {}

@@ -15,11 +15,10 @@
  *         requests_per_minute: 60          # every field optional (src/limits/Limits.ts)
  *         tokens_per_day: 200000
  */
-import { Data, Effect, Either, ParseResult, Schema } from "effect"
-import { readFile } from "node:fs/promises"
+import { Data, Either, ParseResult, Schema } from "effect"
 import { parse as parseYaml } from "yaml"
 import { KeyLimitsSchema } from "../Limits.js"
-import { type Scope, SCOPES } from "../Scopes.js"
+import { type ScopeName, SCOPES } from "../Scopes.js"
 
 export class KeyFileError extends Data.TaggedError("KeyFileError")<{
   readonly file: string
@@ -31,10 +30,9 @@ export class KeyFileError extends Data.TaggedError("KeyFileError")<{
 }
 
 /** A scope, or `all` for every one. */
-export type ScopeName = Scope | "all"
 const SCOPE_NAMES: ReadonlyArray<ScopeName> = [...SCOPES, "all"]
 
-const ScopeName = Schema.String.pipe(
+const ScopeNameSchema = Schema.String.pipe(
   Schema.filter((s): s is ScopeName => SCOPE_NAMES.includes(s as ScopeName), {
     message: (issue) => `${JSON.stringify(issue.actual)} is not a scope (${SCOPE_NAMES.join(", ")})`
   })
@@ -59,7 +57,7 @@ const MetadataValue = Schema.Union(Schema.String, Schema.Number, Schema.Boolean,
 export const KeyEntry = Schema.Struct({
   name: Schema.Trim.pipe(Schema.nonEmptyString({ message: () => "a non-empty name" })),
   key: KeyText,
-  scopes: Schema.optional(Schema.Array(ScopeName)),
+  scopes: Schema.optional(Schema.Array(ScopeNameSchema)),
   models: Schema.optional(Schema.Array(Schema.String.pipe(Schema.nonEmptyString()))),
   expires_at: Schema.optional(Rfc3339),
   disabled: Schema.optional(Schema.Boolean),
@@ -108,17 +106,3 @@ export const parseKeyFile = (text: string): Either.Either<ReadonlyArray<KeyEntry
   if (value === null || value === undefined) return Either.left("the file is empty: expected `keys:` with a list of keys")
   return Either.mapBoth(decode(value), { onLeft: describe, onRight: (file) => file.keys })
 }
-
-/** Reads and checks the key file. */
-export const readKeyFile = (file: string): Effect.Effect<ReadonlyArray<KeyEntry>, KeyFileError> =>
-  Effect.tryPromise({
-    try: () => readFile(file, "utf8"),
-    catch: (error) => new KeyFileError({ file, reason: `cannot read it: ${(error as NodeJS.ErrnoException).code ?? String(error)}` })
-  }).pipe(
-    Effect.flatMap((text) =>
-      Either.match(parseKeyFile(text), {
-        onLeft: (reason) => Effect.fail(new KeyFileError({ file, reason })),
-        onRight: Effect.succeed
-      })
-    )
-  )
