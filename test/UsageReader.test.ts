@@ -2,6 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { classify, type UsageFormat } from "../src/exchange/Classify.js"
 import { includeUsage, UsageEventFilter } from "../src/exchange/IncludeUsage.js"
 import { type Line, LINE_LIMIT, LineReader, TailLines } from "../src/exchange/Lines.js"
+import { RequestScanner } from "../src/exchange/RequestScan.js"
 import { readAnswer } from "./support/exchange.js"
 
 const NDJSON = { "content-type": "application/x-ndjson" }
@@ -511,7 +512,12 @@ describe("a stream cut short is billed for the chunks the client received, as an
 })
 
 describe("includeUsage", () => {
-  const rewrite = (body: string) => ({ body: includeUsage(Buffer.from(body))?.toString() })
+  // The stream flag as the exchange's reading finds it.
+  const rewrite = (body: string) => {
+    const scanner = new RequestScanner(true)
+    scanner.write(Buffer.from(body))
+    return { body: includeUsage(Buffer.from(body), scanner.stream)?.toString() }
+  }
 
   it("splices stream_options into a streamed request, keeping every other byte", () => {
     const body = `{"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`
@@ -529,6 +535,12 @@ describe("includeUsage", () => {
       include_usage: true
     })
     expect(JSON.parse(rewrite(`{"stream":true,"stream_options":null}`).body!).stream_options).toEqual({ include_usage: true })
+  })
+
+  it("reads the stream flag as Ollama does: in any letter case, the last of two", () => {
+    expect(rewrite(`{"Stream":true}`).body).toBe(`{"stream_options":{"include_usage":true},"Stream":true}`)
+    expect(rewrite(`{"stream":true,"stream":false}`).body).toBeUndefined()
+    expect(rewrite(`{"stream":false,"STREAM":true}`).body).toBe(`{"stream_options":{"include_usage":true},"stream":false,"STREAM":true}`)
   })
 
   it("leaves alone what does not stream, what asks already, and what is not valid", () => {

@@ -167,6 +167,13 @@ const OTHER: Record<Family, Route> = {
 /** A request whose target was refused: nothing is known of it but its family, for the error's shape. */
 export const unknownRoute = (rawPath: string): Route => OTHER[familyOf(rawPath)]
 
+/**
+ * The two endpoints whose streams report usage only when the request asks for it
+ * (`stream_options.include_usage`): the proxy asks on the client's behalf (IncludeUsage.ts).
+ */
+export const asksForUsage = (route: Route): boolean =>
+  route.inference && route.usage === "openai" && (route.operation === "chat" || route.operation === "completions")
+
 /** The route of a request; `path` is the path Ollama will route (see Target.ts). */
 export const classify = (method: string | undefined, path: string): Route => {
   const exact = ROUTES.get(`${method} ${path}`) ?? known.get(path)

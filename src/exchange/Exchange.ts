@@ -9,7 +9,7 @@ import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerR
 import type { ModelRule } from "../keys/Models.js"
 import type { KeyLimits, LimitName } from "../Limits.js"
 import type { Caller } from "./Caller.js"
-import type { Route } from "./Classify.js"
+import { asksForUsage, type Route } from "./Classify.js"
 import type { Refusal } from "./Errors.js"
 import { type Outcome, Reading } from "./Reading.js"
 import type { UsageReaderFactory } from "./UsageReader.js"
@@ -116,12 +116,14 @@ export const endWatches = (exchange: Exchange, failed: ConsumerFailed): void => 
  * hiding it again). Exchanges without one take the plain pass-through path.
  */
 export interface ExchangeRewrite {
-  /** Largest request body buffered for `request`; a larger one streams through unchanged. */
-  readonly maxRequestBody: number
-  /** The whole request body; returns the body to send instead, or undefined to send it unchanged. */
-  request(body: Buffer): Buffer | undefined
+  /**
+   * The whole request body (read ahead up to the relay's limit; a larger one streams through
+   * unchanged), with the reading that saw it; returns the body to send instead, or undefined to
+   * send it unchanged.
+   */
+  readonly request?: (body: Buffer, reading: Reading) => Buffer | undefined
   /** Called at the response head; a filter for the body, or undefined to relay it unchanged. */
-  response(status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined
+  readonly response?: (status: number, headers: IncomingHttpHeaders) => ChunkFilter | undefined
   /**
    * For small answers changed as a whole (a list of models): called at the response head; the
    * function that makes the body to send, or undefined to relay it unchanged.
@@ -186,7 +188,8 @@ export class Exchange {
     readers: UsageReaderFactory,
     private readonly onFinish: (exchange: Exchange) => void
   ) {
-    this.reading = new Reading(route, readers, caller.key !== null)
+    // The whole body is scanned where a rule checks its model, or include_usage reads its stream flag.
+    this.reading = new Reading(route, readers, caller.key !== null || asksForUsage(route))
   }
 
   /** The request is about to go to Ollama with these headers. */

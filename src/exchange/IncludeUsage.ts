@@ -7,28 +7,20 @@
 import type { IncomingHttpHeaders } from "node:http"
 import type { Route } from "./Classify.js"
 import type { ChunkFilter, ExchangeRewrite } from "./Exchange.js"
-
-/** The two endpoints whose streams report usage only when asked. */
-export const asksForUsage = (route: Route): boolean =>
-  route.inference && route.usage === "openai" && (route.operation === "chat" || route.operation === "completions")
-
-/**
- * Request bodies read whole to add include_usage. Above RunPod's 30 MB payload limit, so on RunPod
- * every body fits; a larger one streams through unchanged (and its usage is counted, not read).
- */
-const MAX_REQUEST_BODY = 32 * 1024 * 1024
-
-const isObject = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null && !Array.isArray(value)
+import { isObject } from "./Json.js"
 
 const INSERTED = Buffer.from(`"stream_options":{"include_usage":true},`)
 
 /**
  * The request body to send instead, when the request streams without asking for usage; undefined
- * to send it as it came. Without `stream_options` the member is spliced in after the opening
- * brace, so every other byte (and every number, whatever its size) reaches Ollama as the client
- * wrote it.
+ * to send it as it came. `streams` is the body's `stream` flag as the exchange's reading found it,
+ * the way Ollama's decoder reads it (any letter case, the last of two): a body that does not
+ * stream (a large one of images, say) is never parsed here. Without `stream_options` the member
+ * is spliced in after the opening brace, so every other byte (and every number, whatever its
+ * size) reaches Ollama as the client wrote it.
  */
-export const includeUsage = (body: Buffer): Buffer | undefined => {
+export const includeUsage = (body: Buffer, streams: boolean | undefined): Buffer | undefined => {
+  if (streams !== true) return undefined
   let request: unknown
   try {
     request = JSON.parse(body.toString("utf8"))
@@ -37,7 +29,7 @@ export const includeUsage = (body: Buffer): Buffer | undefined => {
   }
   if (!isObject(request)) return undefined
   const options = request.stream_options
-  if (request.stream !== true || (isObject(options) && options.include_usage === true)) return undefined
+  if (isObject(options) && options.include_usage === true) return undefined
   if (options === undefined) {
     const brace = body.indexOf("{")
     return Buffer.concat([body.subarray(0, brace + 1), INSERTED, body.subarray(brace + 1)])
@@ -176,9 +168,8 @@ const usageEventFilter = (route: Route, status: number, headers: IncomingHttpHea
 export const includeUsageRewrite = (route: Route): ExchangeRewrite => {
   let injected = false
   return {
-    maxRequestBody: MAX_REQUEST_BODY,
-    request: (body) => {
-      const rewritten = includeUsage(body)
+    request: (body, reading) => {
+      const rewritten = includeUsage(body, reading.requestStream)
       injected = rewritten !== undefined
       return rewritten
     },

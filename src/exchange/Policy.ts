@@ -81,9 +81,6 @@ export const modelListFilter = (rule: ModelRule, route: Route): ExchangeRewrite 
     return name !== undefined && rule.allows(name)
   }
   return {
-    maxRequestBody: 0,
-    request: () => undefined,
-    response: () => undefined,
     replaceBody: (status) =>
       status !== 200 ? undefined : (body) => {
         let value: unknown

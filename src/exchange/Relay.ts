@@ -258,7 +258,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           }
           res.writeHead(status, clientResponseHeaders(headers, requestId, exchange.responseHeaders))
           // A filter may change the body's length: only a body without a declared one is filtered.
-          if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response(status, headers)
+          if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response?.(status, headers)
           reading.responseStart(status, headers)
           if (headers["content-length"] === undefined) res.flushHeaders()
         },
@@ -314,7 +314,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       }
 
       const dispatch = () => pool.dispatch({ method: req.method ?? "GET", path: exchange.target, headers, body }, handler)
-      const limit = Math.max(rewrite?.maxRequestBody ?? 0, modelRule === undefined ? 0 : READ_AHEAD_LIMIT)
+      const limit = rewrite?.request !== undefined || modelRule !== undefined ? READ_AHEAD_LIMIT : 0
       if (body === null || limit === 0) return void dispatch()
       readBody(req, limit, (chunk) => reading.requestData(chunk), (read) => {
         if (finished) return
@@ -331,7 +331,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           }
         }
         if ("whole" in read) {
-          body = rewrite?.request(read.whole) ?? read.whole
+          body = rewrite?.request?.(read.whole, reading) ?? read.whole
           // A rewritten body has its own length; a chunked upload read whole now has one.
           headers["content-length"] = String(body.length)
         } else {

@@ -5,8 +5,8 @@
 import { Effect, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
 import { AppConfig, type WorkerIdentity } from "../Config.js"
+import { asksForUsage } from "../exchange/Classify.js"
 import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
-import { asksForUsage } from "../exchange/IncludeUsage.js"
 import type { UsageRecord } from "./Record.js"
 import { UsageWebhook } from "./Webhook.js"
 
