@@ -52,12 +52,12 @@
  */
 import { Context, Effect, Metric, MetricLabel, Runtime } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
-import { ApiKeys, isPreflight } from "../keys/ApiKeys.js"
+import { ApiKeys } from "../keys/ApiKeys.js"
 import { callerOf } from "./Caller.js"
 import { asksForUsage, classify, unknownRoute } from "./Classify.js"
-import { badTarget, type Refusal, unauthorized, writeRefusal } from "./Errors.js"
+import { badTarget, unauthorized } from "./Errors.js"
 import { type ConsumerFailed, endWatches, Exchange, ExchangeAdmission, ExchangeConsumers, openWatches } from "./Exchange.js"
-import { requestIdOf } from "./Headers.js"
+import { isPreflight, requestIdOf } from "./Headers.js"
 import { includeUsageRewrite } from "./IncludeUsage.js"
 import { listsModels, modelListFilter, namesModelInBody, pathModelRefusal, scopeRefusal } from "./Policy.js"
 import { Relay } from "./Relay.js"
@@ -123,13 +123,6 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       endWatches(exchange, consumerFailed)
     }
 
-    /** Answers for Ollama, and ends the exchange: Ollama never sees the request. */
-    const refuse = (exchange: Exchange, refusal: Refusal, outcome: "rejected" | "forbidden" | "rate_limited") => {
-      exchange.refusal = refusal.message
-      writeRefusal(exchange.res, exchange.route.family, refusal, exchange.requestId)
-      exchange.finish(outcome)
-    }
-
     const handle = (req: IncomingMessage, res: ServerResponse, target: Target): void => {
       const startedAt = performance.now()
       const requestId = requestIdOf(req.headers)
@@ -151,16 +144,16 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         finished
       )
       openWatches(exchange, consumers, consumerFailed)
-      if (!auth.ok) return refuse(exchange, unauthorized(auth.reason), "rejected")
-      if (!target.ok) return refuse(exchange, badTarget(target.reason), "rejected")
+      if (!auth.ok) return exchange.refuse(unauthorized(auth.reason), "rejected")
+      if (!target.ok) return exchange.refuse(badTarget(target.reason), "rejected")
       if (key !== null) {
         const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path)
-        if (refusal !== undefined) return refuse(exchange, refusal, "forbidden")
+        if (refusal !== undefined) return exchange.refuse(refusal, "forbidden")
         if (namesModelInBody(route)) exchange.modelRule = key.models
         if (req.method === "GET" && listsModels(route)) exchange.rewrite = modelListFilter(key.models, route)
       }
       if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route)
-      if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, relay.forward, refuse)
+      if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, relay.forward)
       relay.forward(exchange)
     }
 

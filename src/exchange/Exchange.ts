@@ -10,7 +10,7 @@ import type { ModelRule } from "../keys/Models.js"
 import type { KeyLimits, LimitName } from "../Limits.js"
 import type { Caller } from "./Caller.js"
 import { asksForUsage, type Route } from "./Classify.js"
-import type { Refusal } from "./Errors.js"
+import { type Refusal, writeRefusal } from "./Errors.js"
 import { type Outcome, Reading } from "./Reading.js"
 import type { UsageReaderFactory } from "./UsageReader.js"
 
@@ -64,13 +64,11 @@ export interface ExchangeLimits {
   charged: Promise<void> | undefined
 }
 
-export type RefuseExchange = (exchange: Exchange, refusal: Refusal, outcome: "rate_limited") => void
-
 /**
- * Holds a request of a key with limits until they let it in: then `forward`, else `refuse`.
+ * Holds a request of a key with limits until they let it in: then `forward`, else it is refused.
  * Undefined when the proxy has no limits at all (no key has any).
  */
-export type Admit = (exchange: Exchange, limits: KeyLimits, forward: (exchange: Exchange) => void, refuse: RefuseExchange) => void
+export type Admit = (exchange: Exchange, limits: KeyLimits, forward: (exchange: Exchange) => void) => void
 
 /** The admission the boundary calls for keys with limits; none by default (tests without limits). */
 export class ExchangeAdmission extends Context.Reference<ExchangeAdmission>()("app/ExchangeAdmission", {
@@ -170,7 +168,7 @@ export class Exchange {
   limits: ExchangeLimits | undefined = undefined
   /** Headers of the proxy's own for the answer from Ollama (a key's rate limits). */
   responseHeaders: OutgoingHttpHeaders | undefined = undefined
-  private finished = false
+  private over = false
 
   constructor(
     readonly requestId: string,
@@ -198,10 +196,22 @@ export class Exchange {
     for (const { watch } of this.watches) watch.upstream?.(this, headers)
   }
 
+  /** Whether the exchange is over (its outcome is set). */
+  get finished(): boolean {
+    return this.over
+  }
+
+  /** The proxy answers for Ollama, which never sees the request, and the exchange is over. */
+  refuse(refusal: Refusal, outcome: "rejected" | "forbidden" | "rate_limited"): void {
+    this.refusal = refusal.message
+    writeRefusal(this.res, this.route.family, refusal, this.requestId)
+    this.finish(outcome)
+  }
+
   /** The exchange is over; only the first call counts. */
   finish(outcome: Outcome, error?: Error): void {
-    if (this.finished) return
-    this.finished = true
+    if (this.over) return
+    this.over = true
     this.reading.finish(outcome, error)
     this.onFinish(this)
   }

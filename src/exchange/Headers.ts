@@ -31,6 +31,19 @@ const connectionListed = (headers: IncomingHttpHeaders): ReadonlySet<string> | u
   return new Set(value.split(",").map((s) => s.trim().toLowerCase()))
 }
 
+/** Whether a request carries a body (a declared length above 0, or chunks). */
+export const hasBody = (headers: IncomingHttpHeaders) => {
+  const length = headers["content-length"]
+  return headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")
+}
+
+/**
+ * A CORS preflight carries no credentials by design; Ollama's CORS layer answers it. It carries no
+ * body either: one that does needs a key, or a keyless client could trickle a body through it.
+ */
+export const isPreflight = (method: string | undefined, headers: IncomingHttpHeaders) =>
+  method === "OPTIONS" && headers.origin !== undefined && headers["access-control-request-method"] !== undefined && !hasBody(headers)
+
 const SANE_REQUEST_ID = /^[\w.:@/+=-]{1,128}$/
 
 /** The client's `X-Request-Id` when it is a reasonable token, else a new one. */

@@ -11,9 +11,8 @@ import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
 import { badGateway, bodyTimeout as bodyTimedOut, ollamaUnavailable, writeRefusal } from "./Errors.js"
 import type { ChunkFilter, Exchange } from "./Exchange.js"
-import { clientResponseHeaders, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
+import { clientResponseHeaders, hasBody, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
 import { bodyModelRefusal } from "./Policy.js"
-import type { Outcome } from "./Reading.js"
 
 /**
  * What the relay needs of Ollama's health: whether Ollama is known to be down (answer 503 at once
@@ -60,12 +59,6 @@ const errorCode = (error: Error): string | undefined => {
   return cause instanceof Error ? errorCode(cause) : undefined
 }
 
-/** Whether the request carries a body worth streaming upstream. */
-const hasBody = (req: IncomingMessage) => {
-  const length = req.headers["content-length"]
-  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")
-}
-
 type UpstreamBody = Buffer | Readable | null
 
 /**
@@ -74,7 +67,7 @@ type UpstreamBody = Buffer | Readable | null
  * send it: trickled, for ever.
  */
 const closeIfBodyUnread = (req: IncomingMessage, res: ServerResponse) => {
-  if (!req.complete && hasBody(req)) res.setHeader("connection", "close")
+  if (!req.complete && hasBody(req.headers)) res.setHeader("connection", "close")
 }
 
 async function* replay(chunks: ReadonlyArray<Buffer>, rest: IncomingMessage, seen: (chunk: Buffer) => void): AsyncIterable<Buffer> {
@@ -163,13 +156,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       let whole: { status: number; headers: IncomingHttpHeaders; replace: (body: Buffer) => Buffer; chunks: Array<Buffer> } | undefined
       /** The body was read ahead, and the reading saw it then. */
       let fed = false
-      let finished = false
       let waitingForDrain = false
-      const finish = (outcome: Outcome, error?: Error) => {
-        if (finished) return
-        finished = true
-        exchange.finish(outcome, error)
-      }
       const resume = () => {
         waitingForDrain = false
         controller?.resume()
@@ -178,13 +165,13 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       res.once("close", () => {
         if (res.writableFinished) return
         if (controller !== undefined && !controller.aborted) controller.abort(new ClientAborted())
-        finish("client_aborted")
+        exchange.finish("client_aborted")
       })
 
       const remoteAddress = req.socket.remoteAddress
       const headers = upstreamRequestHeaders(req.headers, { ollamaHost, remoteAddress, trustedPeer: trusted(remoteAddress), requestId })
       exchange.upstream(headers)
-      let body: UpstreamBody = hasBody(req) ? req : null
+      let body: UpstreamBody = hasBody(req.headers) ? req : null
 
       // A body that stops arriving would hold the connection and Ollama's request open for ever:
       // after REQUEST_BODY_TIMEOUT of silence it is cut with a 408. The socket's idle timer keeps
@@ -194,13 +181,13 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       // refresh it too, one more piece of work per chunk.
       if (body !== null) {
         const stillIdle = (socket: Socket, read: number) => {
-          if (finished || req.complete) return
+          if (exchange.finished || req.complete) return
           if (socket.bytesRead !== read || socket.isPaused()) return void res.setTimeout(bodyTimeout)
           const error = new BodyTimeout()
           if (res.headersSent) res.destroy()
           else writeRefusal(res, route.family, bodyTimedOut, requestId)
           if (controller !== undefined && !controller.aborted) controller.abort(error)
-          finish("client_aborted", error)
+          exchange.finish("client_aborted", error)
         }
         res.setTimeout(bodyTimeout, () => {
           const socket = res.socket
@@ -237,7 +224,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c
-          if (res.destroyed || finished) {
+          if (res.destroyed || exchange.finished) {
             c.abort(new ClientAborted())
             return
           }
@@ -280,35 +267,35 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
               "content-length": out.length
             })
             res.end(out)
-            return finish("completed")
+            return exchange.finish("completed")
           }
           flush()
           const held = filter?.end()
           if (held !== undefined && held.length > 0) res.write(held)
           res.end()
-          finish("completed")
+          exchange.finish("completed")
         },
         onResponseError(_c, error) {
           // What Ollama sent before failing still reaches the client, as it would unbatched.
           flush()
           if (error instanceof ClientAborted || res.destroyed) {
-            finish("client_aborted", error)
+            exchange.finish("client_aborted", error)
             return
           }
           if (res.headersSent) {
             // Ending normally would pass a truncated body off as complete: cut the connection.
             res.destroy(error)
-            finish("upstream_error", error)
+            exchange.finish("upstream_error", error)
             return
           }
           const code = errorCode(error)
           if (code !== undefined && UNREACHABLE.has(code)) {
             health.reportUnreachable()
             writeRefusal(res, route.family, ollamaUnavailable, requestId)
-            finish("unavailable", error)
+            exchange.finish("unavailable", error)
           } else {
             writeRefusal(res, route.family, badGateway(error.message), requestId)
-            finish("upstream_error", error)
+            exchange.finish("upstream_error", error)
           }
         }
       }
@@ -317,18 +304,14 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       const limit = rewrite?.request !== undefined || modelRule !== undefined ? READ_AHEAD_LIMIT : 0
       if (body === null || limit === 0) return void dispatch()
       readBody(req, limit, (chunk) => reading.requestData(chunk), (read) => {
-        if (finished) return
+        if (exchange.finished) return
         fed = true
         if (modelRule !== undefined) {
           const refusal = "whole" in read
             ? bodyModelRefusal(modelRule, route, reading, read.whole, req.headers)
             : { status: 413, message: "the request body is larger than the proxy checks a model in (32 MB)" }
-          if (refusal !== undefined) {
-            exchange.refusal = refusal.message
-            // The rest of a body too large to check is not read: the refusal closes the connection.
-            writeRefusal(res, route.family, refusal, requestId)
-            return finish(refusal.status === 403 ? "forbidden" : "rejected")
-          }
+          // The rest of a body too large to check is not read: the refusal closes the connection.
+          if (refusal !== undefined) return exchange.refuse(refusal, refusal.status === 403 ? "forbidden" : "rejected")
         }
         if ("whole" in read) {
           body = rewrite?.request?.(read.whole, reading) ?? read.whole

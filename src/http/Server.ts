@@ -10,6 +10,7 @@ import { createServer, type IncomingMessage, type Server as NodeServer, type Ser
 import type { AddressInfo } from "node:net"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import { ExchangeBoundary } from "../exchange/Boundary.js"
+import { hasBody } from "../exchange/Headers.js"
 import { UpstreamHealth } from "../exchange/Relay.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { GpuCheck } from "../ollama/Gpu.js"
@@ -83,8 +84,7 @@ type Handler = (req: IncomingMessage, res: ServerResponse) => void
  * after the answer instead.
  */
 const closingOnBody = (control: Handler): Handler => (req, res) => {
-  const length = req.headers["content-length"]
-  if (req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0")) res.setHeader("connection", "close")
+  if (hasBody(req.headers)) res.setHeader("connection", "close")
   control(req, res)
 }
 

@@ -65,14 +65,6 @@ const presentedKeys = (headers: IncomingHttpHeaders) => {
   }
 }
 
-/**
- * A CORS preflight carries no credentials by design; Ollama's CORS layer answers it. It carries no
- * body either: one that does needs a key, or a keyless client could trickle a body through it.
- */
-export const isPreflight = (method: string | undefined, headers: IncomingHttpHeaders) =>
-  method === "OPTIONS" && headers.origin !== undefined && headers["access-control-request-method"] !== undefined &&
-  (headers["content-length"] ?? "0") === "0" && headers["transfer-encoding"] === undefined
-
 /** The keys in force: every digest with its policy. */
 interface Keyring {
   readonly byDigest: ReadonlyMap<string, KeyPolicy>

@@ -17,7 +17,7 @@ import { Duration, Effect, Metric, Option, Redacted, Runtime, Schedule } from "e
 import { randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import type { Refusal } from "../exchange/Errors.js"
-import type { Admit, Exchange, ExchangeConsumer, ExchangeWatch, PeriodTotals, RefuseExchange } from "../exchange/Exchange.js"
+import type { Admit, Exchange, ExchangeConsumer, ExchangeWatch, PeriodTotals } from "../exchange/Exchange.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import type { KeyLimits } from "../Limits.js"
 import { labelCache } from "../telemetry/Metrics.js"
@@ -165,11 +165,11 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
       owed.set(name, { limits, tokens: (debt?.tokens ?? 0) + tokens })
     }
 
-    const refuse = (exchange: Exchange, limits: KeyLimits, admission: Admission, now: number, refuseWith: RefuseExchange) => {
+    const refuse = (exchange: Exchange, limits: KeyLimits, admission: Admission, now: number) => {
       const limit = admission.refused!
       const retryAfterMs = Math.max(1, admission.retryAfterMs)
       exchange.limits!.refused = limit
-      refuseWith(exchange, {
+      exchange.refuse({
         status: 429,
         message: refusalMessage(limit, limits[limit]!, retryAfterMs),
         headers: {
@@ -197,7 +197,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
       headers: { "retry-after": "1" }
     }
 
-    const admit: Admit = (exchange, limits, forward, refuseWith) => {
+    const admit: Admit = (exchange, limits, forward) => {
       const name = exchange.caller.keyName!
       const now = Date.now()
       // Slots are named only where other workers see them (Redis); here any non-empty name holds one.
@@ -210,7 +210,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         // sets them (measured: five gauge updates per request were ~0.3 us on the tags bench).
         if (admission.refused !== undefined) {
           setGauges(name, limits, admission.usage)
-          return refuse(exchange, limits, admission, now, refuseWith)
+          return refuse(exchange, limits, admission, now)
         }
         admitted(exchange, limits, admission, now)
         return forward(exchange)
@@ -227,7 +227,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         if (admission === undefined) {
           failed("admit", onFailure, error)
           if (gone) return exchange.finish("client_aborted")
-          if (onFailure === "closed") return refuseWith(exchange, storeDown, "rate_limited")
+          if (onFailure === "closed") return exchange.refuse(storeDown, "rate_limited")
           exchange.limits!.admitted = true
           exchange.limits!.slot = ""
           return forward(exchange)
@@ -236,7 +236,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         setGauges(name, limits, admission.usage)
         if (admission.refused !== undefined) {
           if (gone) return exchange.finish("client_aborted")
-          return refuse(exchange, limits, admission, now, refuseWith)
+          return refuse(exchange, limits, admission, now)
         }
         admitted(exchange, limits, admission, now)
         if (gone) return exchange.finish("client_aborted")
