@@ -33,12 +33,14 @@ const answer = (
         GpuCheck.make({
           required: gpu.required,
           snapshot: () => gpu.snapshot,
-          computeDevices: () => [{ id: "cpu", library: "cpu" }],
           failing: () => keepsOut(gpu.required, gpu.snapshot),
           pending: () => holdsBack(gpu.required, gpu.snapshot)
         })
       ),
-      Layer.succeed(OllamaProcess, OllamaProcess.make({ managed: true, current: () => process } as never)),
+      Layer.succeed(
+        OllamaProcess,
+        OllamaProcess.make({ managed: true, current: () => process, computeDevices: () => [{ id: "cpu", library: "cpu" }] } as never)
+      ),
       Layer.succeed(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request("http://worker/ping", { headers }))),
       ApiKeys.Default.pipe(Layer.provide(AppConfig.fromEnv(env)))
     ))

@@ -61,7 +61,7 @@ export const ping = Effect.gen(function*() {
     return HttpServerResponse.unsafeJson(summary, { status })
   }
   const failures = preload.models.filter((m) => m.state === "failed")
-  const compute = gpuCheck.computeDevices()
+  const compute = ollamaProcess.computeDevices()
   const body = {
     ...summary,
     ollama: {

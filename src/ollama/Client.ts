@@ -115,15 +115,18 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
         Effect.mapError((cause) => new OllamaUnavailable({ operation: "GET /", cause }))
       )
 
-    const version = http.get("/api/version").pipe(
-      Effect.flatMap(HttpClientResponse.filterStatusOk),
-      Effect.flatMap(HttpClientResponse.schemaBodyJson(Version)),
-      Effect.map((v) => v.version),
-      Effect.scoped,
-      Effect.timeout("5 seconds"),
-      Effect.mapError((cause) => new OllamaUnavailable({ operation: "GET /api/version", cause })),
-      Effect.withSpan("OllamaClient.version")
-    )
+    /** `GET path`, its JSON body checked by `schema`; within `timeout`, else OllamaUnavailable. */
+    const getJson = <A, I>(path: string, schema: Schema.Schema<A, I>, timeout: Duration.DurationInput, span: string) =>
+      http.get(path).pipe(
+        Effect.flatMap(HttpClientResponse.filterStatusOk),
+        Effect.flatMap(HttpClientResponse.schemaBodyJson(schema)),
+        Effect.scoped,
+        Effect.timeout(timeout),
+        Effect.mapError((cause) => new OllamaUnavailable({ operation: `GET ${path}`, cause })),
+        Effect.withSpan(span)
+      )
+
+    const version = getJson("/api/version", Version, "5 seconds", "OllamaClient.version").pipe(Effect.map((v) => v.version))
 
     /** The `error` of an error answer, or its text when it is not Ollama's JSON shape. */
     const errorText = (res: HttpClientResponse.HttpClientResponse) =>
@@ -216,25 +219,13 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
       )
 
     /** `GET /api/tags`: the models on disk. */
-    const tags = http.get("/api/tags").pipe(
-      Effect.flatMap(HttpClientResponse.filterStatusOk),
-      Effect.flatMap(HttpClientResponse.schemaBodyJson(Tags)),
-      Effect.map((tags): ReadonlyArray<LocalModel> => tags.models ?? []),
-      Effect.scoped,
-      Effect.timeout("10 seconds"),
-      Effect.mapError((cause) => new OllamaUnavailable({ operation: "GET /api/tags", cause })),
-      Effect.withSpan("OllamaClient.tags")
+    const tags = getJson("/api/tags", Tags, "10 seconds", "OllamaClient.tags").pipe(
+      Effect.map((tags): ReadonlyArray<LocalModel> => tags.models ?? [])
     )
 
     /** `GET /api/ps`: the models in memory, and how much of each is in GPU memory. */
-    const ps = http.get("/api/ps").pipe(
-      Effect.flatMap(HttpClientResponse.filterStatusOk),
-      Effect.flatMap(HttpClientResponse.schemaBodyJson(Running)),
-      Effect.map((running): ReadonlyArray<RunningModel> => running.models ?? []),
-      Effect.scoped,
-      Effect.timeout("10 seconds"),
-      Effect.mapError((cause) => new OllamaUnavailable({ operation: "GET /api/ps", cause })),
-      Effect.withSpan("OllamaClient.ps")
+    const ps = getJson("/api/ps", Running, "10 seconds", "OllamaClient.ps").pipe(
+      Effect.map((running): ReadonlyArray<RunningModel> => running.models ?? [])
     )
 
     return { ping, version, pull, warm, tags, ps } as const

@@ -155,8 +155,6 @@ export class GpuCheck extends Effect.Service<GpuCheck>()("app/GpuCheck", {
       required,
       /** The state now; a plain read for /ping. */
       snapshot: (): GpuSnapshot => snapshot,
-      /** What Ollama said of its compute devices at start; undefined when it runs elsewhere. */
-      computeDevices: () => ollamaProcess.computeDevices(),
       /** Whether this check keeps the worker out of routing now (REQUIRE_GPU and a failed check). */
       failing: (): boolean => keepsOut(required, snapshot),
       /** Whether /ping should still say "initializing" for this check. */

@@ -1,6 +1,6 @@
 /**
- * Exporting the metrics: `ollama.up` fed from OllamaHealth, and `GET /metrics`, Prometheus text
- * made by OpenTelemetry's Prometheus exporter from the Effect metrics bridge.
+ * Exporting the metrics: `GET /metrics`, Prometheus text made by OpenTelemetry's Prometheus
+ * exporter from the Effect metrics bridge, and the series shown at 0 from the start.
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer } from "effect"
