@@ -32,6 +32,10 @@ export const Outcome = Schema.Literal(
 )
 export type Outcome = typeof Outcome.Type
 
+/** The proxy answered for Ollama (a key, a scope, a model, a limit, a bad target): Ollama never saw the request. */
+export const refusedByProxy = (outcome: Outcome): outcome is "rejected" | "forbidden" | "rate_limited" =>
+  outcome === "rejected" || outcome === "forbidden" || outcome === "rate_limited"
+
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
 export class Reading {

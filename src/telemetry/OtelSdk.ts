@@ -45,8 +45,10 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type { AppConfigShape, OtlpTarget, SamplerConfig } from "../Config.js"
+import type { Caller } from "../exchange/Caller.js"
+import type { Exchange } from "../exchange/Exchange.js"
 import { makeProducer } from "./MetricsBridge.js"
-import type { ExchangeStart, ExchangeSummary, ExchangeTrace, ExchangeTracer, Tracing, TracingShape } from "./Tracing.js"
+import type { ExchangeSummary, ExchangeTrace, ExchangeTracer, Tracing, TracingShape } from "./Tracing.js"
 
 const samplerOf = (config: SamplerConfig): Sampler => {
   switch (config.kind) {
@@ -127,40 +129,42 @@ export const layer = ({ config, extraProcessors, off, resource, tag }: SdkOption
 
 const PROVIDER = "ollama"
 
-const setUser = (attributes: Attributes, start: ExchangeStart) => {
-  if (start.keyName !== null) attributes["api_key.name"] = start.keyName
-  if (start.userId !== undefined) attributes["user.id"] = start.userId
-  if (start.userName !== undefined) attributes["user.name"] = start.userName
+const setUser = (attributes: Attributes, caller: Caller) => {
+  if (caller.keyName !== null) attributes["api_key.name"] = caller.keyName
+  if (caller.user_id !== null) attributes["user.id"] = caller.user_id
+  if (caller.user_name !== null) attributes["user.name"] = caller.user_name
 }
 
 export const makeExchangeTracer = (tracer: OtelTracer, ollamaHost: string, ollamaPort: number): ExchangeTracer => {
   const propagator = new W3CTraceContextPropagator()
 
-  const start = (start: ExchangeStart): ExchangeTrace => {
-    const { req } = start
+  const start = (exchange: Exchange): ExchangeTrace => {
+    const { caller, req, route } = exchange
+    /** A route the proxy knows: `http.route` is then set. */
+    const knownRoute = route.route !== "other"
     const parent: OtelContext = req.headers.traceparent === undefined
       ? ROOT_CONTEXT
       : propagator.extract(ROOT_CONTEXT, req.headers, defaultTextMapGetter)
     const method = req.method ?? "GET"
     const attributes: Attributes = {
       "http.request.method": method,
-      "url.path": start.path,
+      "url.path": exchange.path,
       "url.scheme": "http",
-      "http.request.header.x-request-id": [start.requestId]
+      "http.request.header.x-request-id": [exchange.requestId]
     }
-    if (start.knownRoute) attributes["http.route"] = start.route
-    attributes["ollama_proxy.scope"] = start.scope
+    if (knownRoute) attributes["http.route"] = route.route
+    attributes["ollama_proxy.scope"] = route.scope
     const host = req.headers.host
     if (host !== undefined) attributes["server.address"] = host.replace(/:\d+$/, "")
     if (req.socket.localPort !== undefined) attributes["server.port"] = req.socket.localPort
     if (req.socket.remoteAddress !== undefined) attributes["client.address"] = req.socket.remoteAddress
     const agent = req.headers["user-agent"]
     if (agent !== undefined) attributes["user_agent.original"] = agent
-    setUser(attributes, start)
+    setUser(attributes, caller)
 
     const server = tracer.startSpan(
-      start.knownRoute ? `${method} ${start.route}` : method,
-      { kind: SpanKind.SERVER, startTime: start.startedAt, attributes },
+      knownRoute ? `${method} ${route.route}` : method,
+      { kind: SpanKind.SERVER, startTime: exchange.startedAt, attributes },
       parent
     )
     const serverContext = trace.setSpan(parent, server)
@@ -181,7 +185,7 @@ export const makeExchangeTracer = (tracer: OtelTracer, ollamaHost: string, ollam
             "server.address": ollamaHost,
             "server.port": ollamaPort
           }
-          setUser(genAiAttributes, start)
+          setUser(genAiAttributes, caller)
           genAi = tracer.startSpan(op, { kind: SpanKind.CLIENT, attributes: genAiAttributes }, serverContext)
         }
         propagator.inject(genAi === undefined ? serverContext : trace.setSpan(parent, genAi), headers, defaultTextMapSetter)

@@ -6,7 +6,7 @@
  */
 import { Effect, LogLevel, Tracer as EffectTracer } from "effect"
 import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
-import type { Outcome } from "../exchange/Reading.js"
+import { type Outcome, refusedByProxy } from "../exchange/Reading.js"
 import { type ResponseUsage, responseUsage } from "./GenAi.js"
 import { makeLineLogger } from "./Logging.js"
 import {
@@ -56,9 +56,8 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     const status = exchange.clientStatus
     // An answer the proxy wrote itself (401, 502, 503) counts its body too.
     const bytesOut = reading.bytesOut + (reading.status === null && res.headersSent ? Number(res.getHeader("content-length") ?? 0) : 0)
-    // Ollama saw the request.
-    const answered = outcome !== "rejected" && outcome !== "forbidden" && outcome !== "unavailable" && outcome !== "rate_limited"
-    const usage = operation !== undefined && answered ? responseUsage(reading, operation) : undefined
+    // None where Ollama gave no answer (refused by the proxy, Ollama unreachable): no status to read.
+    const usage = operation !== undefined ? responseUsage(reading, operation) : undefined
     const errorType = errorTypeOf(outcome, status, usage)
     const statusText = String(status)
     const seconds = (reading.endedAt - startedAt) / 1000
@@ -69,7 +68,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     const requestModel = reading.requestModel
     const sinceUpstream = reading.upstreamAt ?? startedAt
     const ttfc = reading.firstChunkAt === null ? undefined : (reading.firstChunkAt - sinceUpstream) / 1000
-    if (operation !== undefined && outcome !== "rejected" && outcome !== "forbidden" && outcome !== "rate_limited") {
+    if (operation !== undefined && !refusedByProxy(outcome)) {
       const model = modelLabel(requestModel ?? usage?.model)
       operationDuration.unsafeUpdate((reading.endedAt - sinceUpstream) / 1000, operationLabels(operation, PROVIDER, model, errorType ?? ""))
       if (ttfc !== undefined && errorType === undefined) {
@@ -135,19 +134,8 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     open: (exchange) => {
       activeRequests.unsafeModify(1, NO_LABELS)
       if (exchanges === undefined) return untraced
-      const { caller, route } = exchange
-      const trace = exchanges.start({
-        req: exchange.req,
-        path: exchange.path,
-        startedAt: exchange.startedAt,
-        route: route.route,
-        knownRoute: route.route !== "other",
-        scope: route.scope,
-        requestId: exchange.requestId,
-        keyName: caller.keyName,
-        userId: caller.user_id ?? undefined,
-        userName: caller.user_name ?? undefined
-      })
+      const { route } = exchange
+      const trace = exchanges.start(exchange)
       exchange.span = EffectTracer.externalSpan({ traceId: trace.traceId, spanId: trace.spanId, sampled: trace.sampled })
       return {
         upstream: (_exchange, headers) => trace.upstream(headers, route.genAi),

@@ -15,9 +15,9 @@
  */
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Context, Effect, Layer, Option } from "effect"
-import type { IncomingMessage } from "node:http"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import type { GenAiOperation } from "../exchange/Classify.js"
+import type { Exchange } from "../exchange/Exchange.js"
 import type { Outcome } from "../exchange/Reading.js"
 import type { ResponseUsage } from "./GenAi.js"
 
@@ -67,22 +67,6 @@ export interface ExchangeSummary {
   readonly rateLimit: string | undefined
 }
 
-export interface ExchangeStart {
-  readonly req: IncomingMessage
-  /** The path Ollama routes the request by. */
-  readonly path: string
-  readonly startedAt: number
-  readonly route: string
-  /** true when the route is one the proxy knows (`http.route` is then set). */
-  readonly knownRoute: boolean
-  /** What a key must be allowed to do for this request. */
-  readonly scope: string
-  readonly requestId: string
-  readonly keyName: string | null
-  readonly userId: string | undefined
-  readonly userName: string | undefined
-}
-
 /** The spans of one exchange. */
 export interface ExchangeTrace {
   readonly traceId: string
@@ -95,7 +79,7 @@ export interface ExchangeTrace {
 }
 
 export interface ExchangeTracer {
-  readonly start: (start: ExchangeStart) => ExchangeTrace
+  readonly start: (exchange: Exchange) => ExchangeTrace
 }
 
 export interface TracingShape {

@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto"
 import { AppConfig, type WorkerIdentity } from "../Config.js"
 import { asksForUsage } from "../exchange/Classify.js"
 import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
+import { refusedByProxy } from "../exchange/Reading.js"
 import type { UsageRecord } from "./Record.js"
 import { UsageWebhook } from "./Webhook.js"
 
@@ -27,7 +28,7 @@ export const recordOf = (exchange: Exchange, worker: WorkerIdentity = {}): Usage
   const { caller, reading } = exchange
   // Ollama never got the request: nothing was used.
   const outcome = reading.outcome
-  if (outcome === "unavailable" || outcome === "rejected" || outcome === "forbidden" || outcome === "rate_limited" || reading.loadOnly) {
+  if (outcome === "unavailable" || refusedByProxy(outcome) || reading.loadOnly) {
     return undefined
   }
   const answer = reading.answer
