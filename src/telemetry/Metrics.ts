@@ -9,11 +9,12 @@
  * its label array. Names follow OpenTelemetry (dots); Prometheus shows dots as underscores and
  * counters with `_total`.
  *
- * Other parts update their own instruments here: Ollama's health (`ollamaUp`) and
- * process (`ollamaRestarts`), the preloader (`setPreloadState`), the GPU
- * check (`setModelVramRatio`); the usage webhook keeps its own (src/usage/Webhook.ts), so the
- * consumers of exchanges import nothing of each other. From Effect code use the Effect API (`Metric.increment(ollamaRestarts)`),
- * from callbacks the `unsafe*` methods.
+ * Other parts update their own instruments here: Ollama's health (`ollamaUp`) and process
+ * (`ollamaRestarts`), the preloader (`setPreloadState`), the GPU check (`setModelVramRatio`). The
+ * usage webhook and the limits define theirs beside their code, with `labelCache` from here: this
+ * module imports nothing of the project, so no consumer of exchanges imports another through it.
+ * From Effect code use the Effect API (`Metric.increment(ollamaRestarts)`), from callbacks the
+ * `unsafe*` methods.
  */
 import { Effect, Metric, MetricBoundaries, MetricLabel } from "effect"
 

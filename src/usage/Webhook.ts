@@ -11,11 +11,12 @@
  * shutdown deadline) is logged whole, one line per record, at error level, for an operator to
  * replay; a record is logged only if the webhook did not acknowledge it with a 2xx.
  */
-import { Data, Duration, Effect, FiberSet, Metric, MetricLabel, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
+import { Data, Duration, Effect, FiberSet, Metric, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders } from "node:http"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
+import { labelCache, NO_LABELS } from "../telemetry/Metrics.js"
 import { USER_AGENT } from "../Version.js"
 import type { UsageRecord } from "./Record.js"
 
@@ -25,15 +26,10 @@ export const webhookRecords = Metric.counter("usage.webhook.records", {
   description: "Usage records by final outcome",
   incremental: true
 })
-const outcomeLabels = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
-export const webhookRecordLabels = (outcome: "delivered" | "failed" | "dropped") => {
-  let labels = outcomeLabels.get(outcome)
-  if (labels === undefined) outcomeLabels.set(outcome, labels = [MetricLabel.make("outcome", outcome)])
-  return labels
-}
+const outcomeLabels = labelCache(["outcome"])
+export const webhookRecordLabels = (outcome: "delivered" | "failed" | "dropped") => outcomeLabels(outcome)
 const webhookRetries = Metric.counter("usage.webhook.retries", { description: "Webhook delivery attempts retried", incremental: true })
 export const webhookQueueDepth = Metric.gauge("usage.webhook.queue.depth", { description: "Usage records waiting for delivery" })
-const NO_LABELS: ReadonlyArray<MetricLabel.MetricLabel> = []
 
 const MAX_RETRY_DELAY = Duration.minutes(1)
 /** The webhook answered, but not with a 2xx. */
