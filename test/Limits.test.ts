@@ -11,12 +11,11 @@ import { join } from "node:path"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { type FakeOllama, startFakeOllama } from "./fake-ollama/server.mjs"
 import { ndjson, open, raw } from "./support/http.js"
 import { scrape } from "./support/metrics.js"
-import { type RunningProxy, startProxy, untilReady } from "./support/proxy.js"
+import { startProxy, untilReady } from "./support/proxy.js"
 import { spanRecorder } from "./support/spans.js"
-import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
+import { type Stack, startStack } from "./support/stack.js"
 
 const KEYS = {
   rpm: "sk-rpm-3f0a9c",
@@ -41,30 +40,23 @@ keys:
   - { name: admin, key: ${KEYS.admin}, scopes: [all], limits: {} }
 `
 
-let fake: FakeOllama
-let webhook: WebhookReceiver
-let proxy: RunningProxy
+let stack: Stack
+let fake: Stack["fake"]
+let webhook: Stack["webhook"]
+let proxy: Stack["proxy"]
 
 beforeAll(async () => {
-  fake = await startFakeOllama()
-  webhook = await startWebhook()
   const dir = mkdtempSync(join(tmpdir(), "limits-"))
   writeFileSync(join(dir, "keys.yaml"), KEY_FILE)
-  proxy = await startProxy({
-    OLLAMA_HOST: fake.url,
+  stack = await startStack({
     AUTHORIZATION_KEYS_FILE: join(dir, "keys.yaml"),
     // File entries name their limits; this would apply to those that do not.
-    AUTHORIZATION_DEFAULT_LIMITS: "requests_per_minute=1",
-    USER_MODEL_METRICS_WEBHOOK_URL: webhook.url
+    AUTHORIZATION_DEFAULT_LIMITS: "requests_per_minute=1"
   })
-  await untilReady(proxy.url)
+  ;({ fake, proxy, webhook } = stack)
 })
 
-afterAll(async () => {
-  await proxy?.close()
-  await webhook?.close()
-  await fake?.close()
-})
+afterAll(() => stack?.close())
 
 beforeEach(() => {
   fake.set({ tokens: 5, tokenDelayMs: 0 })

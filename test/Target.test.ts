@@ -8,9 +8,7 @@ import { connect } from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { classify } from "../src/exchange/Classify.js"
 import { targetOf } from "../src/exchange/Target.js"
-import { startFakeOllama } from "./fake-ollama/server.mjs"
-import { type RunningProxy, startProxy, untilReady } from "./support/proxy.js"
-import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
+import { type Stack, startStack } from "./support/stack.js"
 
 describe("targetOf", () => {
   it.each([
@@ -64,28 +62,21 @@ describe("targetOf", () => {
 
 describe("every spelling, against the real proxy and a fake Ollama that routes as gin does", () => {
   const KEY = "target-test-key-31c9"
-  let fake: Awaited<ReturnType<typeof startFakeOllama>>
-  let webhook: WebhookReceiver
-  let proxy: RunningProxy
+  let stack: Stack
+  let fake: Stack["fake"]
+  let webhook: Stack["webhook"]
+  let proxy: Stack["proxy"]
 
   beforeAll(async () => {
-    fake = await startFakeOllama()
-    webhook = await startWebhook()
-    proxy = await startProxy({
-      OLLAMA_HOST: fake.url,
+    stack = await startStack({
       AUTHORIZATION_APIKEY: KEY,
       // Paths Ollama routes nowhere are `manage` by default: this key may send them, to see Ollama's answer.
-      AUTHORIZATION_DEFAULT_SCOPES: "all",
-      USER_MODEL_METRICS_WEBHOOK_URL: webhook.url
+      AUTHORIZATION_DEFAULT_SCOPES: "all"
     })
-    await untilReady(proxy.url)
+    ;({ fake, proxy, webhook } = stack)
   })
 
-  afterAll(async () => {
-    await proxy?.close()
-    await webhook?.close()
-    await fake?.close()
-  })
+  afterAll(() => stack?.close())
 
   /** One request with the target written as given, on its own connection; the status line's code. */
   const send = (target: string, body: string, requestId: string) =>

@@ -8,36 +8,24 @@ import { randomUUID } from "node:crypto"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { type FakeOllama, startFakeOllama } from "./fake-ollama/server.mjs"
 import { raw } from "./support/http.js"
-import { type RunningProxy, startProxy, untilReady } from "./support/proxy.js"
-import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
+import { type Stack, startStack } from "./support/stack.js"
 
 const PROXY_KEY = "proxy-key-7c1d9e0b"
 const OTHER_PROXY_KEY = "proxy-key-of-bob-44aa"
 const RUNPOD_KEY = "rpa_RUNPODKEY0123456789ABCDEF"
 
-let fake: FakeOllama
-let webhook: WebhookReceiver
-let proxy: RunningProxy
+let stack: Stack
+let fake: Stack["fake"]
+let webhook: Stack["webhook"]
+let proxy: Stack["proxy"]
 
 beforeAll(async () => {
-  fake = await startFakeOllama()
-  webhook = await startWebhook()
-  proxy = await startProxy({
-    OLLAMA_HOST: fake.url,
-    AUTHORIZATION_APIKEY_ALICE: PROXY_KEY,
-    AUTHORIZATION_APIKEY_BOB: OTHER_PROXY_KEY,
-    USER_MODEL_METRICS_WEBHOOK_URL: webhook.url
-  })
-  await untilReady(proxy.url)
+  stack = await startStack({ AUTHORIZATION_APIKEY_ALICE: PROXY_KEY, AUTHORIZATION_APIKEY_BOB: OTHER_PROXY_KEY })
+  ;({ fake, proxy, webhook } = stack)
 })
 
-afterAll(async () => {
-  await proxy?.close()
-  await webhook?.close()
-  await fake?.close()
-})
+afterAll(() => stack?.close())
 
 beforeEach(() => {
   fake.requests.length = 0
