@@ -8,9 +8,9 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
 import { placementsOf, psName } from "../src/ollama/Gpu.js"
-import { freePort, raw } from "./support/http.js"
+import { raw } from "./support/http.js"
 import { scrape } from "./support/metrics.js"
-import { FAKE_OLLAMA_BIN, type SpawnedProxy, spawnProxy } from "./support/proxy.js"
+import { type SpawnedProxy, spawnManaged } from "./support/proxy.js"
 
 const KEY = "gpu-check-key-51c0"
 const LLAMA_SIZE = 2019393189
@@ -24,9 +24,7 @@ afterEach(async () => {
 })
 
 const start = async (env: Record<string, string>) => {
-  const proxy = await spawnProxy({
-    OLLAMA_BIN: FAKE_OLLAMA_BIN,
-    OLLAMA_HOST: `127.0.0.1:${await freePort()}`,
+  const proxy = await spawnManaged({
     AUTHORIZATION_APIKEY: KEY,
     // The test reads the gauge from /metrics.
     AUTHORIZATION_DEFAULT_SCOPES: "inference,read,metrics",

@@ -13,7 +13,7 @@ import { afterAll, afterEach, describe, expect, it } from "vitest"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { freePort } from "./support/http.js"
 import { isAlive, waitGone } from "./support/processes.js"
-import { FAKE_OLLAMA_BIN, ROOT, type SpawnedProxy, spawnProxy, startProxy } from "./support/proxy.js"
+import { FAKE_OLLAMA_BIN, ROOT, type SpawnedProxy, spawnManaged, startProxy } from "./support/proxy.js"
 
 const dir = mkdtempSync(join(tmpdir(), "lifecycle-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
@@ -57,11 +57,7 @@ afterEach(async () => {
 
 /** The bundle managing the fake Ollama on a free port. */
 const start = async (env: Record<string, string> = {}, options: { waitForListening?: boolean } = {}) => {
-  const proxy = await spawnProxy({
-    OLLAMA_BIN: FAKE_OLLAMA_BIN,
-    OLLAMA_HOST: `127.0.0.1:${await freePort()}`,
-    ...env
-  }, options)
+  const proxy = await spawnManaged(env, options)
   running.push(proxy)
   return proxy
 }

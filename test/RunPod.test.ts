@@ -6,7 +6,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { freePort, raw } from "./support/http.js"
-import { FAKE_OLLAMA_BIN, type SpawnedProxy, spawnProxy } from "./support/proxy.js"
+import { type SpawnedProxy, spawnManaged } from "./support/proxy.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
 const PROXY_KEY = "proxy-key-for-runpod-3f9a"
@@ -25,9 +25,7 @@ afterEach(async () => {
 })
 
 const start = async (env: Record<string, string>) => {
-  const proxy = await spawnProxy({
-    OLLAMA_BIN: FAKE_OLLAMA_BIN,
-    OLLAMA_HOST: `127.0.0.1:${await freePort()}`,
+  const proxy = await spawnManaged({
     AUTHORIZATION_APIKEY: PROXY_KEY,
     ...env
   })

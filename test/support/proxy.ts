@@ -11,6 +11,7 @@ import { AppLive, appWith } from "../../src/App.js"
 import { Environment } from "../../src/Config.js"
 import type { ExchangeConsumers } from "../../src/exchange/Exchange.js"
 import { Server } from "../../src/http/Server.js"
+import { freePort } from "./http.js"
 import { makeSignal } from "./signal.js"
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url))
@@ -134,6 +135,10 @@ export const spawnProxy = async (
     }
   }
 }
+
+/** The bundle managing the fake `ollama` executable (FAKE_OLLAMA_BIN) on a free port, as RunPod runs the image. */
+export const spawnManaged = async (env: Record<string, string> = {}, options: Parameters<typeof spawnProxy>[1] = {}) =>
+  spawnProxy({ OLLAMA_BIN: FAKE_OLLAMA_BIN, OLLAMA_HOST: `127.0.0.1:${await freePort()}`, ...env }, options)
 
 /**
  * Resolves once /ping says 200: the proxy has seen Ollama answer (its health is a state a
