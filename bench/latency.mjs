@@ -44,7 +44,7 @@ import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { ensureNode } from "../scripts/node-runtime.mjs"
-import { freePort, httpGet, LIMITS_NEVER_REACHED, listening, median, nginxConf, startChild, waitFor } from "./lib.mjs"
+import { freePort, httpGet, LIMITS_NEVER_REACHED, listening, median, nginxConf, proxyEnv, startChild, waitFor } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -102,12 +102,9 @@ const webhookPort = await listening(webhook)
 const sink = startChild(process.execPath, [path.join(BENCH, "otlp-sink.mjs"), "0"])
 const sinkPort = await listening(sink)
 
-const proxyEnv = () => {
+/** PROXY_ENV with its placeholders filled in. */
+const productionEnv = () => {
   const env = {}
-  // Nothing from the caller's shell that would change what is measured.
-  for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|WEBHOOK_|OTEL_|OLLAMA_)|^(PORT|PORT_HEALTH|HOST)$/.test(k)) env[k] = v
-  }
   for (const [k, v] of Object.entries(PROXY_ENV)) {
     env[k] = v.replaceAll("{WEBHOOK_URL}", `http://127.0.0.1:${webhookPort}/usage`)
       .replaceAll("{OTLP_SINK}", `http://127.0.0.1:${sinkPort}`)
@@ -117,15 +114,12 @@ const proxyEnv = () => {
 }
 const startProxy = async (ollamaPort = upstreamPort) => {
   const port = await freePort()
-  const child = startChild(proxyNode, [...NODE_FLAGS, path.join(ROOT, "dist", "main.js")], {
-    ...proxyEnv(),
-    PORT: String(port),
-    HOST: "127.0.0.1",
-    OLLAMA_MANAGED: "false",
-    OLLAMA_HOST: `127.0.0.1:${ollamaPort}`,
-    AUTHORIZATION_APIKEY: KEY,
-    AUTHORIZATION_LOG_LEVEL: "warn"
-  }, { whole: true })
+  const child = startChild(
+    proxyNode,
+    [...NODE_FLAGS, path.join(ROOT, "dist", "main.js")],
+    proxyEnv({ port, upstreamPort: ollamaPort, key: KEY }, productionEnv()),
+    { whole: true }
+  )
   await waitFor("the proxy", async () => (await httpGet(port, "/ping")).status === 200)
   return { name: "proxy", port, key: KEY, child }
 }

@@ -72,6 +72,31 @@ export const httpGet = (port, urlPath, headers = {}) =>
     }).on("error", () => resolve({ status: 0, body: "" }))
   })
 
+/**
+ * The whole environment of a proxy under test: this process's, minus anything from the caller's
+ * shell that would change what is measured (keys, preloads, webhook, OpenTelemetry, limits), plus
+ * the bench's base (Ollama elsewhere at `upstreamPort`, one key, warnings only) and `extra`.
+ */
+export const proxyEnv = ({ port, upstreamPort, key }, extra = {}) => {
+  const env = {}
+  for (const [k, v] of Object.entries(process.env)) {
+    if (/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|WEBHOOK_|OTEL_|OLLAMA_|LIMITS_)|^(PORT|PORT_HEALTH|HOST|REDIS_URL)$/.test(k)) {
+      continue
+    }
+    env[k] = v
+  }
+  return {
+    ...env,
+    PORT: String(port),
+    HOST: "127.0.0.1",
+    OLLAMA_MANAGED: "false",
+    OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
+    AUTHORIZATION_APIKEY: key,
+    AUTHORIZATION_LOG_LEVEL: "warn",
+    ...extra
+  }
+}
+
 /** A loopback port that was free a moment ago. */
 export const freePort = () =>
   new Promise((resolve, reject) => {

@@ -48,7 +48,7 @@ import os from "node:os"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
-import { allowedCpus, CLK_TCK, freePort, LIMITS_NEVER_REACHED, median, nginxConf, statTicks } from "./lib.mjs"
+import { allowedCpus, CLK_TCK, freePort, LIMITS_NEVER_REACHED, median, nginxConf, proxyEnv, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.dirname(BENCH)
@@ -405,26 +405,6 @@ const childPids = (pid) => {
   }
 }
 
-// The environment of a proxy under test: the caller's env minus anything that would change what is
-// measured (keys, preloads, webhook, OpenTelemetry), plus the bench's settings and the variant's.
-const proxyEnv = (port, upstreamPort, extra) => {
-  const env = {}
-  for (const [k, v] of Object.entries(process.env)) {
-    if (/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|OTEL_|OLLAMA_|LIMITS_)|^(PORT|PORT_HEALTH|HOST|REDIS_URL)$/.test(k)) continue
-    env[k] = v
-  }
-  return {
-    ...env,
-    PORT: String(port),
-    HOST: "127.0.0.1",
-    OLLAMA_MANAGED: "false",
-    OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
-    AUTHORIZATION_APIKEY: KEY,
-    AUTHORIZATION_LOG_LEVEL: "warn",
-    ...extra
-  }
-}
-
 const proxyCommand = (port, upstreamPort) => {
   const custom = process.env.BENCH_PROXY_CMD
   if (custom) {
@@ -483,7 +463,7 @@ const startVariant = async (variant, upstreamPort, sink) => {
     if (v.includes("{REDIS_URL}")) env[k] = v.replaceAll("{REDIS_URL}", (await startRedis()).url)
     env[k] = env[k].replaceAll("{LIMITS}", LIMITS_NEVER_REACHED)
   }
-  const child = startChild(variant.name, cmd, args, { env: proxyEnv(port, upstreamPort, env) })
+  const child = startChild(variant.name, cmd, args, { env: proxyEnv({ port, upstreamPort, key: KEY }, env) })
   await waitForHttp(child, port, { path: "/ping", status: 200, timeoutMs: 15000 })
   const extra = Object.entries(variant.env).map(([k, v]) => `${k}=${v}`).join(" ")
   return {

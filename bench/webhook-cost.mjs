@@ -25,7 +25,7 @@ import http from "node:http"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
-import { allowedCpus, CLK_TCK, freePort, median, statTicks } from "./lib.mjs"
+import { allowedCpus, CLK_TCK, freePort, median, proxyEnv, statTicks } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const MAIN = path.join(BENCH, "..", "dist", "main.js")
@@ -99,15 +99,7 @@ const records = async () => JSON.parse((await get(receiverPort, "/stats")).body)
 
 const startProxy = async (name, env) => {
   const port = await freePort()
-  const child = start([...NODE_FLAGS, MAIN], {
-    PORT: String(port),
-    HOST: "127.0.0.1",
-    OLLAMA_MANAGED: "false",
-    OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
-    AUTHORIZATION_APIKEY: KEY,
-    AUTHORIZATION_LOG_LEVEL: "warn",
-    ...env
-  })
+  const child = start([...NODE_FLAGS, MAIN], proxyEnv({ port, upstreamPort, key: KEY }, env))
   for (let tries = 0;; tries++) {
     const answer = await get(port, "/ping").catch(() => undefined)
     if (answer?.status === 200) break

@@ -21,7 +21,7 @@ import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../scripts/node-flags.mjs"
 import { ensureNode } from "../scripts/node-runtime.mjs"
-import { freePort, httpGet, listening, startChild, waitFor } from "./lib.mjs"
+import { freePort, httpGet, listening, proxyEnv, startChild, waitFor } from "./lib.mjs"
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url))
 const MAIN = path.join(BENCH, "..", "dist", "main.js")
@@ -61,19 +61,18 @@ const run = async (batchSize) => {
   const stats = async () => JSON.parse((await httpGet(receiverPort, "/stats")).body)
   const port = await freePort()
   // All of its output: every "not delivered" line is counted.
-  const proxy = startChild(node, [...NODE_FLAGS, MAIN], {
-    PORT: String(port),
-    HOST: "127.0.0.1",
-    OLLAMA_MANAGED: "false",
-    OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
-    AUTHORIZATION_APIKEY: KEY,
-    AUTHORIZATION_LOG_LEVEL: "warn",
-    AUTHORIZATION_LOG_JSON: "true",
-    USER_MODEL_METRICS_WEBHOOK_URL: `http://127.0.0.1:${receiverPort}/usage`,
-    USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: String(batchSize),
-    // The defaults for the rest: WEBHOOK_CONCURRENCY 4, WEBHOOK_QUEUE_SIZE 10000, a 1 s batch wait.
-    SHUTDOWN_TIMEOUT: "10s"
-  }, { keep: Infinity })
+  const proxy = startChild(
+    node,
+    [...NODE_FLAGS, MAIN],
+    proxyEnv({ port, upstreamPort, key: KEY }, {
+      AUTHORIZATION_LOG_JSON: "true",
+      USER_MODEL_METRICS_WEBHOOK_URL: `http://127.0.0.1:${receiverPort}/usage`,
+      USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: String(batchSize),
+      // The defaults for the rest: WEBHOOK_CONCURRENCY 4, WEBHOOK_QUEUE_SIZE 10000, a 1 s batch wait.
+      SHUTDOWN_TIMEOUT: "10s"
+    }),
+    { keep: Infinity, whole: true }
+  )
   await waitFor(() => `the proxy (${proxy.errors()})`, async () => (await httpGet(port, "/ping")).status === 200)
   const before = await stats()
   const wrk = await new Promise((resolve) => {
