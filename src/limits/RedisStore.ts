@@ -161,8 +161,10 @@ export const redisStore = (options: RedisStoreOptions): RedisLimitStore => {
   redis.defineCommand("limitsAdmit", { numberOfKeys: 5, lua: ADMIT })
   redis.defineCommand("limitsCharge", { numberOfKeys: 5, lua: CHARGE })
 
+  /** The start of every key of a name's counters; the braces keep them in one Redis Cluster slot. */
+  const baseOf = (name: string) => `${prefix}{${encodeURIComponent(name)}}:`
   const keysOf = (name: string, now: number) => {
-    const base = `${prefix}{${encodeURIComponent(name)}}:`
+    const base = baseOf(name)
     const periods = periodsAt(now)
     return [`${base}r`, `${base}t`, `${base}c`, `${base}d:${periods.day}`, `${base}m:${periods.month}`]
   }
@@ -207,11 +209,7 @@ export const redisStore = (options: RedisStoreOptions): RedisLimitStore => {
         leaseMs,
         periods.dayEnd,
         periods.monthEnd
-      ).then(([refused, wait, requests, tokensNow, concurrent, tokensDay, tokensMonth]) => ({
-        refused: REFUSED[refused],
-        retryAfterMs: Number(wait),
-        usage: { requests: Number(requests), tokens: Number(tokensNow), concurrent, tokensDay, tokensMonth }
-      }))
+      ).then(([refused, wait, ...usage]) => ({ refused: REFUSED[refused], retryAfterMs: Number(wait), usage: usageOf(usage) }))
     },
     charge: ({ limits, name, now, slot, tokens }) => redis.limitsCharge(...chargeArgs(name, limits, tokens, slot, now)).then(usageOf),
     read: (name, limits, now) => redis.limitsCharge(...chargeArgs(name, limits, 0, "", now)).then(usageOf),
@@ -219,7 +217,7 @@ export const redisStore = (options: RedisStoreOptions): RedisLimitStore => {
       if (slots.length === 0) return
       const pipeline = redis.pipeline()
       for (const { name, slot } of slots) {
-        const key = `${prefix}{${encodeURIComponent(name)}}:c`
+        const key = `${baseOf(name)}c`
         pipeline.zadd(key, "XX", now + leaseMs, slot)
         pipeline.pexpire(key, leaseMs + 1000)
       }
