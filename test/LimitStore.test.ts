@@ -62,8 +62,16 @@ const STORES: Record<string, () => Store> = {
   }
 }
 
-/** 2026-11-30 23:59:00 UTC: a minute before a day (not a month) ends. */
-const T0 = Date.UTC(2026, 10, 30, 23, 59, 0)
+/**
+ * 23:59:00 UTC on the last day of next month: a minute before a day and a month end. Redis
+ * compares the store's PEXPIREAT (a period's end plus a minute) with the real clock, so the test's
+ * clock must run ahead of the real one, on any date the suite runs: a fixed date in the past made
+ * Redis delete the day's and month's counters as soon as they were written.
+ */
+const today = new Date()
+const T0 = Date.UTC(today.getUTCFullYear(), today.getUTCMonth() + 2, 0, 23, 59, 0)
+/** 00:00 UTC on the first day of the month after T0's next: when the month after T0's ends. */
+const MONTH_AFTER_T0_ENDS = Date.UTC(today.getUTCFullYear(), today.getUTCMonth() + 3, 1)
 
 describe.each(Object.keys(STORES))("the %s store", (kind) => {
   const make = STORES[kind]!
@@ -129,13 +137,13 @@ describe.each(Object.keys(STORES))("the %s store", (kind) => {
     const refused = await store.admit(limits, T0 + 1000)
     expect(refused).toMatchObject({ refused: "tokens_per_day", retryAfterMs: MINUTE - 1000 })
     expect(refused.usage).toMatchObject({ tokensDay: 1009, tokensMonth: 1009 })
-    // Past midnight it is a new day and a new month (December).
+    // Past midnight it is a new day and a new month.
     expect((await store.admit(limits, T0 + MINUTE)).refused).toBeUndefined()
     expect(await store.read(limits, T0 + MINUTE)).toMatchObject({ tokensDay: 0, tokensMonth: 0 })
     expect(await store.charge(limits, T0 + MINUTE + 1, 5000)).toMatchObject({ tokensDay: 5000, tokensMonth: 5000 })
     const month = await store.admit(limits, T0 + MINUTE + 2)
     expect(month.refused).toBe("tokens_per_month")
-    expect(month.retryAfterMs).toBe(Date.UTC(2027, 0, 1) - (T0 + MINUTE + 2))
+    expect(month.retryAfterMs).toBe(MONTH_AFTER_T0_ENDS - (T0 + MINUTE + 2))
   })
 
   it("holds concurrent_requests with slots given back at the end", async () => {
