@@ -154,9 +154,9 @@ export class Environment extends Context.Tag("app/Environment")<
 // ---------------------------------------------------------------------------------------------
 // Value parsers: each returns the value or the reason it is wrong.
 
-type Parse<A> = (raw: string) => Either.Either<A, string>
+export type Parse<A> = (raw: string) => Either.Either<A, string>
 
-const quoted = (raw: string) => JSON.stringify(raw.length > 60 ? `${raw.slice(0, 60)}...` : raw)
+export const quoted = (raw: string) => JSON.stringify(raw.length > 60 ? `${raw.slice(0, 60)}...` : raw)
 
 export const parsePort: Parse<number> = (raw) => {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
@@ -188,7 +188,7 @@ const parsePositiveDuration: Parse<Duration.Duration> = (raw) =>
     (d) => Duration.toMillis(d) > 0 ? Either.right(d) : Either.left(`${quoted(raw)} must be longer than 0`)
   )
 
-const parsePositiveInt: Parse<number> = (raw) => {
+export const parsePositiveInt: Parse<number> = (raw) => {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
   return Number.isSafeInteger(n) && n > 0 ? Either.right(n) : Either.left(`${quoted(raw)} is not a positive integer`)
 }
@@ -365,7 +365,7 @@ const signalUrl = (base: URL, path: string) => new URL(`${base.href.replace(/\/+
 const invalid = (variable: string, reason: string) => ConfigError.InvalidData([variable], reason)
 
 /** An optional variable; empty counts as unset (templates often set empty values). */
-const optional = <A>(name: string, parse: Parse<A>): Config.Config<Option.Option<A>> =>
+export const optional = <A>(name: string, parse: Parse<A>): Config.Config<Option.Option<A>> =>
   Config.option(Config.string(name)).pipe(
     Config.mapOrFail((raw) => {
       if (Option.isNone(raw) || raw.value.trim() === "") return Either.right(Option.none())
@@ -376,7 +376,7 @@ const optional = <A>(name: string, parse: Parse<A>): Config.Config<Option.Option
     })
   )
 
-const withDefault = <A>(name: string, parse: Parse<A>, fallback: A) =>
+export const withDefault = <A>(name: string, parse: Parse<A>, fallback: A) =>
   optional(name, parse).pipe(Config.map(Option.getOrElse(() => fallback)))
 
 /** The first of several names that is set (`PORT`, then the older `AUTHORIZATION_PORT`). */
@@ -390,7 +390,7 @@ const parseScopes: Parse<ReadonlySet<Scope>> = (raw) => {
   const names = raw.split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "")
   const wrong = names.filter((n) => n !== "all" && !SCOPES.includes(n as Scope))
   if (wrong.length > 0) return Either.left(`${quoted(wrong[0]!)} is not a scope (${SCOPES.join(", ")}, or all)`)
-  if (names.length === 0) return Either.left("no scope given (inference, read, manage, metrics, or all)")
+  if (names.length === 0) return Either.left(`no scope given (${SCOPES.join(", ")}, or all)`)
   return Either.right(scopesOf(names as ReadonlyArray<ScopeName>))
 }
 
@@ -541,12 +541,17 @@ const toAppConfigError = (error: ConfigError.ConfigError): AppConfigError => {
   return find(error) ?? new AppConfigError({ variable: "environment", reason: String(error) })
 }
 
+/** A part's own slice of the environment, read as AppConfig reads its own: a bad value fails with the variable's name. */
+export const readConfigSlice = <A>(config: Config.Config<A>) =>
+  Effect.gen(function*() {
+    const env = yield* Environment
+    const provider = ConfigProvider.fromMap(new Map(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)))
+    return yield* Effect.withConfigProvider(config, provider).pipe(Effect.mapError(toAppConfigError))
+  })
+
 export const loadAppConfig = Effect.gen(function*() {
   const env = yield* Environment
-  const provider = ConfigProvider.fromMap(
-    new Map(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined))
-  )
-  const raw = yield* Effect.withConfigProvider(fromConfig, provider).pipe(Effect.mapError(toAppConfigError))
+  const raw = yield* readConfigSlice(fromConfig)
   const apiKeys = yield* readApiKeys(env)
   if (raw.webhookBatchSize > raw.webhookQueueSize) {
     return yield* new AppConfigError({

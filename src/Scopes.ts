@@ -1,12 +1,17 @@
 /**
  * What a key may be allowed to do, one scope per request: generate or embed (`inference`), read
- * the server's state (`read`), change it (`manage`), or scrape the proxy's own `metrics`. The
+ * the server's state (`read`), change it (`manage`), scrape the proxy's own `metrics`, or search the
+ * web on the operator's account (`web`). The
  * classification of a request (src/exchange/Classify.ts) gives its scope; a key (src/keys/) holds
  * a set of them. A leaf both import, and AppConfig too, for AUTHORIZATION_DEFAULT_SCOPES.
  */
-export type Scope = "inference" | "read" | "manage" | "metrics"
+export type Scope = "inference" | "read" | "manage" | "metrics" | "web"
 
-export const SCOPES: ReadonlyArray<Scope> = ["inference", "read", "manage", "metrics"]
+/**
+ * `web` is not a kind of request but a right inside one: an inference request that declares a web
+ * search tool makes Ollama search on the operator's ollama.com account (src/policy/RequestPolicy.ts).
+ */
+export const SCOPES: ReadonlyArray<Scope> = ["inference", "read", "manage", "metrics", "web"]
 
 /** A scope as a key names it: one of them, or `all` for every one. */
 export type ScopeName = Scope | "all"

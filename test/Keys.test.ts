@@ -14,7 +14,7 @@ import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
 import { classify } from "../src/exchange/Classify.js"
 import { refusalBody } from "../src/exchange/Errors.js"
-import { multipartField } from "../src/exchange/Multipart.js"
+import { formModel } from "../src/exchange/Multipart.js"
 import { parseKeyFile } from "../src/keys/KeyFile.js"
 import { isCloudModel, ModelRule, normalizeModel } from "../src/keys/Models.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
@@ -146,11 +146,31 @@ describe("the model of a transcription: a multipart form field", () => {
   const type = "multipart/form-data; boundary=----b0undary"
 
   it("reads the field, and says when the form repeats it", () => {
-    expect(multipartField(form([["file", "RIFF...."], ["model", "whisper"]]), type, "model")).toBe("whisper")
-    expect(multipartField(form([["model", "a"], ["model", "b"]]), type, "model")).toBe("many")
-    expect(multipartField(form([["file", "x"]]), type, "model")).toBeUndefined()
-    expect(multipartField(form([["model", "a"]]), "application/json", "model")).toBeUndefined()
-    expect(multipartField(form([["model", "a"]], "q"), `multipart/form-data; boundary="q"`, "model")).toBe("a")
+    expect(formModel("", form([["file", "RIFF...."], ["model", "whisper"]]), type)).toBe("whisper")
+    expect(formModel("", form([["model", "a"], ["model", "b"]]), type)).toBe("many")
+    expect(formModel("", form([["file", "x"]]), type)).toBeUndefined()
+    expect(formModel("", form([["model", "a"]]), "application/json")).toBeUndefined()
+    expect(formModel("", form([["model", "a"]], "q"), `multipart/form-data; boundary="q"`)).toBe("a")
+  })
+
+  it("takes the query's model first, as Go's Request.FormValue does", () => {
+    const body = form([["model", "whisper"]])
+    expect(formModel("model=llama3.2", body, type)).toBe("llama3.2")
+    expect(formModel("x=1&model=qwen3%3A0.6b&model=b", body, type)).toBe("qwen3:0.6b")
+    expect(formModel("mode=x", body, type)).toBe("whisper")
+    expect(() => formModel("model=a;b", body, type)).toThrow(/semicolon/)
+    expect(() => formModel("model=%zz", body, type)).toThrow(/escape/)
+  })
+
+  it("decodes a quoted-printable part, and leaves file parts out, as Go's multipart reader does", () => {
+    const qp = Buffer.from(
+      `--b\r\nContent-Disposition: form-data; name="model"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nqwen3=3A0.=\r\n6b\r\n--b--\r\n`
+    )
+    expect(formModel("", qp, "multipart/form-data; boundary=b")).toBe("qwen3:0.6b")
+    const file = Buffer.from(
+      `--b\r\nContent-Disposition: form-data; name="model"; filename="m.txt"\r\n\r\nllama3.2\r\n--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n--b--\r\n`
+    )
+    expect(formModel("", file, "multipart/form-data; boundary=b")).toBe("whisper")
   })
 })
 
@@ -337,7 +357,7 @@ describe("keys from the file, with the real clients", () => {
       type: "error",
       error: { type: "permission_error", message: `forbidden: this API key may not use the model "qwen3:0.6b"` }
     })
-    expect(fake.requests).toEqual([])
+    expect(fake.requests.map((r) => `${r.method} ${r.path}`)).toEqual([])
     // Its own models work, named any way Ollama names them.
     expect((await native.chat({ model: "library/llama3.2:latest", messages })).done).toBe(true)
     expect((await client.embeddings.create({ model: "nomic-embed-text", input: "Hi" })).data).toHaveLength(1)

@@ -160,7 +160,10 @@ describe("records for the native API, with the ollama client", () => {
       endpoint: "/api/embeddings",
       model: "nomic-embed-text",
       status: 200,
-      prompt_eval_count: null
+      // Ollama answers {"embedding":[...]} without counts: the proxy estimates the prompt's ("one": 3 bytes, 1 token).
+      prompt_eval_count: 1,
+      usage_estimated: true,
+      usage_counted_by: "request_estimate"
     })
   })
 
@@ -182,16 +185,11 @@ describe("records for the native API, with the ollama client", () => {
     })
   })
 
-  it("no record for loading or unloading a model", async () => {
+  it("a load or an unload is recorded, with no tokens: it changes what every tenant gets", async () => {
     const loadId = randomUUID()
     const load = await post(`${proxy.url}/api/generate`, { model: "llama3.2", keep_alive: -1 }, { ...auth, "x-request-id": loadId })
     expect(JSON.parse(load.body.toString()).done_reason).toBe("load")
-    const unloadId = randomUUID()
-    await post(`${proxy.url}/api/chat`, { model: "llama3.2", messages: [], keep_alive: 0 }, { ...auth, "x-request-id": unloadId })
-    const nextId = randomUUID()
-    await ollama(nextId).chat({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }], stream: false })
-    await recordOf(nextId)
-    expect(webhook.received.filter((g) => g.record.request_id === loadId || g.record.request_id === unloadId)).toEqual([])
+    expect(await recordOf(loadId)).toMatchObject({ endpoint: "/api/generate", done_reason: "load", prompt_eval_count: 0, eval_count: 0 })
   })
 })
 
@@ -479,27 +477,28 @@ describe("request bodies the proxy reads", () => {
     expect(await recordOf(id)).toMatchObject({ eval_count: 5 })
   })
 
-  it("a body over the limit streams through unchanged on an open proxy", async () => {
+  it("a body over MAX_REQUEST_BODY is refused on an open proxy too: its usage could not be asked for", async () => {
     const { AUTHORIZATION_APIKEY_ALICE: _, ...withoutKeys } = proxyEnv(webhook.url)
-    const open = await startProxy(withoutKeys)
+    const open = await startProxy({ ...withoutKeys, MAX_REQUEST_BODY: "1MB" })
     try {
       await untilReady(open.url)
       const id = randomUUID()
-      const body = Buffer.from(
-        JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "x".repeat(33 * 1024 * 1024) }] })
+      const body = JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "x".repeat(1024 * 1024) }] })
+      const res = await post(`${open.url}/v1/chat/completions`, body, { "x-request-id": id })
+      expect(res.status).toBe(413)
+      expect(JSON.parse(res.text).error.message).toBe(
+        `the request body is larger than the proxy checks (MAX_REQUEST_BODY, ${1024 * 1024} bytes)`
       )
-      const res = await post(`${open.url}/v1/chat/completions`, body.toString(), { "x-request-id": id })
-      expect(res.status).toBe(200)
-      const forwarded = fake.requests.find((r) => r.headers["x-request-id"] === id)!
-      expect(forwarded.body.equals(body)).toBe(true)
-      // Not rewritten, so Ollama sent no usage: the record counts the token chunks, as an estimate.
-      expect(await recordOf(id)).toMatchObject({
-        model: "llama3.2",
-        outcome: "completed",
-        eval_count: fake.expected("/v1/chat/completions", { model: "llama3.2" }).evalCount,
-        prompt_eval_count: null,
-        usage_estimated: true,
-        usage_counted_by: "received_chunks"
+      expect(fake.requests.some((r) => r.headers["x-request-id"] === id)).toBe(false)
+      // Under the limit it goes on, with usage asked for.
+      const small = await post(
+        `${open.url}/v1/chat/completions`,
+        JSON.stringify({ model: "llama3.2", stream: true, messages: [{ role: "user", content: "Hi" }] }),
+        { "x-request-id": id }
+      )
+      expect(small.status).toBe(200)
+      expect(JSON.parse(fake.requests.find((r) => r.headers["x-request-id"] === id)!.body.toString()).stream_options).toEqual({
+        include_usage: true
       })
     } finally {
       await open.close()
@@ -512,7 +511,9 @@ describe("request bodies the proxy reads", () => {
     const res = await post(`${proxy.url}/v1/chat/completions`, body, { ...auth, "x-request-id": id })
     expect(res.status).toBe(413)
     expect(res.headers.connection).toBe("close")
-    expect(JSON.parse(res.text).error.message).toBe("the request body is larger than the proxy checks a model in (32 MB)")
+    expect(JSON.parse(res.text).error.message).toBe(
+      `the request body is larger than the proxy checks (MAX_REQUEST_BODY, ${32 * 1024 * 1024} bytes)`
+    )
     expect(fake.requests.some((r) => r.headers["x-request-id"] === id)).toBe(false)
   })
 })

@@ -1,8 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { classify, type UsageFormat } from "../src/exchange/Classify.js"
-import { includeUsage, UsageEventFilter } from "../src/exchange/IncludeUsage.js"
+import { UsageEventFilter } from "../src/exchange/IncludeUsage.js"
 import { type Line, LINE_LIMIT, LineReader, TailLines } from "../src/exchange/Lines.js"
-import { RequestScanner } from "../src/exchange/RequestScan.js"
 import { readAnswer } from "./support/exchange.js"
 
 const NDJSON = { "content-type": "application/x-ndjson" }
@@ -508,48 +507,6 @@ describe("a stream cut short is billed for the chunks the client received, as an
       usage: { evalCount: null }
     })
     expect(meter("native", JSON_TYPE, [Buffer.from(`{"model":"m","response":"par`)])).toMatchObject({ estimated: false })
-  })
-})
-
-describe("includeUsage", () => {
-  // The stream flag as the exchange's reading finds it.
-  const rewrite = (body: string) => {
-    const scanner = new RequestScanner(true)
-    scanner.write(Buffer.from(body))
-    return { body: includeUsage(Buffer.from(body), scanner.stream)?.toString() }
-  }
-
-  it("splices stream_options into a streamed request, keeping every other byte", () => {
-    const body = `{"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`
-    const r = rewrite(body)
-    expect(r.body).toBe(
-      `{"stream_options":{"include_usage":true},"model":"llama3.2","stream":true,"seed":12345678901234567890,"messages":[]}`
-    )
-    expect(rewrite(` \n{ "stream": true }`).body).toBe(` \n{"stream_options":{"include_usage":true}, "stream": true }`)
-  })
-
-  it("adds include_usage to stream_options that lack it", () => {
-    const r = rewrite(`{"model":"m","stream":true,"stream_options":{"other":1}}`)
-    expect(JSON.parse(r.body!)).toEqual({ model: "m", stream: true, stream_options: { other: 1, include_usage: true } })
-    expect(JSON.parse(rewrite(`{"stream":true,"stream_options":{"include_usage":false}}`).body!).stream_options).toEqual({
-      include_usage: true
-    })
-    expect(JSON.parse(rewrite(`{"stream":true,"stream_options":null}`).body!).stream_options).toEqual({ include_usage: true })
-  })
-
-  it("reads the stream flag as Ollama does: in any letter case, the last of two", () => {
-    expect(rewrite(`{"Stream":true}`).body).toBe(`{"stream_options":{"include_usage":true},"Stream":true}`)
-    expect(rewrite(`{"stream":true,"stream":false}`).body).toBeUndefined()
-    expect(rewrite(`{"stream":false,"STREAM":true}`).body).toBe(`{"stream_options":{"include_usage":true},"stream":false,"STREAM":true}`)
-  })
-
-  it("leaves alone what does not stream, what asks already, and what is not valid", () => {
-    expect(rewrite(`{"model":"m","stream":false}`).body).toBeUndefined()
-    expect(rewrite(`{"model":"m"}`).body).toBeUndefined()
-    expect(rewrite(`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`).body).toBeUndefined()
-    expect(rewrite(`{"stream":true,"stream_options":"yes"}`).body).toBeUndefined()
-    expect(rewrite(`{"stream":tru`).body).toBeUndefined()
-    expect(rewrite(`[1]`).body).toBeUndefined()
   })
 })
 

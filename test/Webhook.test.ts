@@ -36,6 +36,7 @@ const record = (n = 0): UsageRecord => ({
   eval_duration: 4232710000,
   usage_estimated: false,
   usage_counted_by: "ollama",
+  web_searches: null,
   metering_error: null,
   time_to_first_chunk_ms: 12.5,
   duration_ms: 4300.25

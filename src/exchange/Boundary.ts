@@ -56,10 +56,18 @@ import { ApiKeys } from "../keys/ApiKeys.js"
 import { callerOf } from "./Caller.js"
 import { asksForUsage, classify, unknownRoute } from "./Classify.js"
 import { badTarget, unauthorized } from "./Errors.js"
-import { type ConsumerFailed, endWatches, Exchange, ExchangeAdmission, ExchangeConsumers, openWatches } from "./Exchange.js"
+import {
+  type ConsumerFailed,
+  endWatches,
+  Exchange,
+  ExchangeAdmission,
+  ExchangeConsumers,
+  openWatches,
+  RemoteModelList
+} from "./Exchange.js"
 import { isPreflight, requestIdOf } from "./Headers.js"
 import { includeUsageRewrite } from "./IncludeUsage.js"
-import { listsModels, modelListFilter, namesModelInBody, pathModelRefusal, scopeRefusal } from "./Policy.js"
+import { listsModels, modelListFilter, pathModelRefusal, readsModelInBody, scopeRefusal } from "./Policy.js"
 import { Relay } from "./Relay.js"
 import { pathOf, type Target, targetOf } from "./Target.js"
 import { makeUsageReader, type UsageReaderFactory } from "./UsageReader.js"
@@ -87,6 +95,7 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
     const consumers = yield* ExchangeConsumers
     const readers = yield* UsageReaders
     const admission = yield* ExchangeAdmission
+    const remote = yield* RemoteModelList
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const partLabels = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
@@ -121,6 +130,8 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         failed(exchange, "reading", "exchange reading failed: its figures are incomplete", meteringError)
       }
       endWatches(exchange, consumerFailed)
+      // A model made, copied, pulled or deleted may have changed which names run on ollama.com.
+      if (exchange.route.scope === "manage" && exchange.reading.upstreamAt !== null) remote.changed()
     }
 
     const handle = (req: IncomingMessage, res: ServerResponse, target: Target): void => {
@@ -147,12 +158,13 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       if (!auth.ok) return exchange.refuse(unauthorized(auth.reason), "rejected")
       if (!target.ok) return exchange.refuse(badTarget(target.reason), "rejected")
       if (key !== null) {
-        const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path)
+        const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path, remote.isRemote)
         if (refusal !== undefined) return exchange.refuse(refusal, "forbidden")
-        if (namesModelInBody(route)) exchange.modelRule = key.models
-        if (req.method === "GET" && listsModels(route)) exchange.rewrite = modelListFilter(key.models, route)
+        if (req.method === "GET" && listsModels(route)) exchange.rewrite = modelListFilter(key.models, route, remote.isRemote)
       }
-      if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route)
+      // A key's rules and the request policy read the body whole; so does metering that must ask for usage.
+      exchange.checked = readsModelInBody(route) && (key !== null || asksForUsage(route))
+      if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route, exchange.reading)
       if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, relay.forward)
       relay.forward(exchange)
     }

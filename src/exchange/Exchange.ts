@@ -6,7 +6,6 @@
  */
 import { Context, Tracer } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
-import type { ModelRule } from "../keys/Models.js"
 import type { KeyLimits, LimitName } from "../Limits.js"
 import type { Caller } from "./Caller.js"
 import { asksForUsage, type Route } from "./Classify.js"
@@ -75,6 +74,18 @@ export class ExchangeAdmission extends Context.Reference<ExchangeAdmission>()("a
   defaultValue: (): Admit | undefined => undefined
 }) {}
 
+/**
+ * Which local model names Ollama runs on ollama.com (listed with a `remote_host`): cloud models to
+ * the key rules whatever they are called. Provided from src/ollama/RemoteModels.ts by the Server.
+ */
+export class RemoteModelList extends Context.Tag("app/RemoteModelList")<RemoteModelList, {
+  readonly isRemote: (normalizedName: string) => boolean
+  /** A read of the list under way after a change (a create, a copy): checks wait for it. */
+  readonly pending: () => Promise<void> | undefined
+  /** A request that may have changed the list has finished. */
+  readonly changed: () => void
+}>() {}
+
 /** A consumer's watch of one exchange, and whose it is. */
 export interface OpenWatch {
   readonly consumer: ExchangeConsumer
@@ -114,12 +125,6 @@ export const endWatches = (exchange: Exchange, failed: ConsumerFailed): void => 
  * hiding it again). Exchanges without one take the plain pass-through path.
  */
 export interface ExchangeRewrite {
-  /**
-   * The whole request body (read ahead up to the relay's limit; a larger one streams through
-   * unchanged), with the reading that saw it; returns the body to send instead, or undefined to
-   * send it unchanged.
-   */
-  readonly request?: (body: Buffer, reading: Reading) => Buffer | undefined
   /** Called at the response head; a filter for the body, or undefined to relay it unchanged. */
   readonly response?: (status: number, headers: IncomingHttpHeaders) => ChunkFilter | undefined
   /**
@@ -160,8 +165,11 @@ export class Exchange {
   span: Tracer.ExternalSpan | undefined = undefined
   /** Set for the exchanges whose bytes the proxy changes. */
   rewrite: ExchangeRewrite | undefined = undefined
-  /** The models the key may use, where the request names one in its body (checked before it goes on). */
-  modelRule: ModelRule | undefined = undefined
+  /**
+   * The body is read whole and checked before it goes on (src/policy/BodyCheck.ts): decoded and
+   * read as Ollama reads it, the key's model and the request policy applied, usage asked for.
+   */
+  checked = false
   /** Why the proxy refused the request, when it did (for the access line and the span). */
   refusal: string | undefined = undefined
   /** What the key's limits did with this exchange (src/limits/); undefined for a key without limits. */

@@ -1,43 +1,14 @@
 /**
  * OpenAI streams report usage only when the request asks for it
  * (`stream_options.include_usage`). For a streamed /v1/chat/completions or /v1/completions request
- * that does not ask, the proxy asks on the client's behalf, meters the usage event, and removes
- * it again, so the client receives exactly the bytes Ollama would have sent it.
+ * that does not ask, the proxy asks on the client's behalf (src/policy/RequestPolicy.ts writes the
+ * field where Go's decoder reads it last), meters the usage event, and removes it again here, so
+ * the client receives exactly the bytes Ollama would have sent it.
  */
 import type { IncomingHttpHeaders } from "node:http"
 import type { Route } from "./Classify.js"
 import type { ChunkFilter, ExchangeRewrite } from "./Exchange.js"
-import { isObject } from "./Json.js"
-
-const INSERTED = Buffer.from(`"stream_options":{"include_usage":true},`)
-
-/**
- * The request body to send instead, when the request streams without asking for usage; undefined
- * to send it as it came. `streams` is the body's `stream` flag as the exchange's reading found it,
- * the way Ollama's decoder reads it (any letter case, the last of two): a body that does not
- * stream (a large one of images, say) is never parsed here. Without `stream_options` the member
- * is spliced in after the opening brace, so every other byte (and every number, whatever its
- * size) reaches Ollama as the client wrote it.
- */
-export const includeUsage = (body: Buffer, streams: boolean | undefined): Buffer | undefined => {
-  if (streams !== true) return undefined
-  let request: unknown
-  try {
-    request = JSON.parse(body.toString("utf8"))
-  } catch {
-    return undefined
-  }
-  if (!isObject(request)) return undefined
-  const options = request.stream_options
-  if (isObject(options) && options.include_usage === true) return undefined
-  if (options === undefined) {
-    const brace = body.indexOf("{")
-    return Buffer.concat([body.subarray(0, brace + 1), INSERTED, body.subarray(brace + 1)])
-  }
-  // Anything but an object (or null) is the client's error to receive from Ollama as it is.
-  if (options !== null && !isObject(options)) return undefined
-  return Buffer.from(JSON.stringify({ ...request, stream_options: { ...options, include_usage: true } }))
-}
+import type { Reading } from "./Reading.js"
 
 const EVENT_END = Buffer.from("\n\n")
 const EMPTY_CHOICES = Buffer.from(`"choices":[]`)
@@ -161,18 +132,7 @@ const usageEventFilter = (route: Route, status: number, headers: IncomingHttpHea
     ? new UsageEventFilter(route.operation === "completions")
     : undefined
 
-/**
- * The rewrite for those endpoints: add include_usage to a streamed request, then hide the usage
- * event again when the proxy was the one asking.
- */
-export const includeUsageRewrite = (route: Route): ExchangeRewrite => {
-  let injected = false
-  return {
-    request: (body, reading) => {
-      const rewritten = includeUsage(body, reading.requestStream)
-      injected = rewritten !== undefined
-      return rewritten
-    },
-    response: (status, headers) => (injected ? usageEventFilter(route, status, headers) : undefined)
-  }
-}
+/** The rewrite for those endpoints: hide the usage event again when the proxy was the one asking. */
+export const includeUsageRewrite = (route: Route, reading: Reading): ExchangeRewrite => ({
+  response: (status, headers) => (reading.requestFields?.usageInjected === true ? usageEventFilter(route, status, headers) : undefined)
+})

@@ -3,15 +3,12 @@
  * its scope (before a byte is read), the model it names (once the body has been read, before a
  * byte reaches Ollama), and which models the lists it reads may show.
  */
-import type { IncomingHttpHeaders } from "node:http"
 import type { KeyPolicy } from "../keys/ApiKeys.js"
 import { isCloudModel, type ModelRule } from "../keys/Models.js"
 import type { Route } from "./Classify.js"
 import { forbidden, type Refusal } from "./Errors.js"
 import type { ExchangeRewrite } from "./Exchange.js"
 import { isObject } from "./Json.js"
-import { multipartField } from "./Multipart.js"
-import type { Reading } from "./Reading.js"
 
 /** The refusal of a key that lacks the request's scope, or undefined. */
 export const scopeRefusal = (key: KeyPolicy, route: Route): Refusal | undefined =>
@@ -27,40 +24,14 @@ const modelRefused = (model: string): Refusal =>
 const V1_MODEL = "/v1/models/"
 
 /** For a model named in the path (`GET /v1/models/{model}`): the refusal, or undefined. */
-export const pathModelRefusal = (rule: ModelRule, route: Route, path: string): Refusal | undefined => {
+export const pathModelRefusal = (rule: ModelRule, route: Route, path: string, isRemote: (name: string) => boolean): Refusal | undefined => {
   if (route.route !== "/v1/models/:model") return undefined
   const model = path.slice(V1_MODEL.length)
-  return rule.allows(model) ? undefined : modelRefused(model)
+  return rule.allows(model, isRemote) ? undefined : modelRefused(model)
 }
 
-/** Whether the request names its model in its body, where the key's models are checked. */
-export const namesModelInBody = (route: Route) => route.inference || route.operation === "show"
-
-/**
- * For a model named in the body, read whole: the refusal, or undefined. A body that names no
- * model is Ollama's to refuse; one that names it twice, or too long to check, is refused here.
- */
-export const bodyModelRefusal = (
-  rule: ModelRule,
-  route: Route,
-  reading: Reading,
-  body: Buffer,
-  headers: IncomingHttpHeaders
-): Refusal | undefined => {
-  let model: string | undefined
-  if (route.jsonBody) {
-    const scan = reading.request
-    if (scan === undefined) return undefined
-    if (scan.modelKeys > 1) return { status: 400, message: "the request names its model more than once" }
-    if (scan.overlong) return { status: 400, message: "the request's model name is too long" }
-    model = scan.model ?? (route.operation === "show" ? scan.name : undefined)
-  } else {
-    const field = multipartField(body, headers["content-type"], "model")
-    if (field === "many") return { status: 400, message: "the request names its model more than once" }
-    model = field
-  }
-  return model === undefined || rule.allows(model) ? undefined : modelRefused(model)
-}
+/** Whether the request names its model in its body (JSON, or a transcription's form): read whole before it goes on. */
+export const readsModelInBody = (route: Route) => route.inference || route.operation === "show"
 
 /** The lists of models a key reads, and where each entry's name is. */
 const LISTS: Record<string, { readonly array: string; readonly names: ReadonlyArray<string> }> = {
@@ -73,12 +44,14 @@ const LISTS: Record<string, { readonly array: string; readonly names: ReadonlyAr
 export const listsModels = (route: Route) => route.scope === "read" && LISTS[route.route] !== undefined
 
 /** Keeps only the entries of a model list the key may use. */
-export const modelListFilter = (rule: ModelRule, route: Route): ExchangeRewrite => {
+export const modelListFilter = (rule: ModelRule, route: Route, isRemote: (name: string) => boolean): ExchangeRewrite => {
   const list = LISTS[route.route]!
   const allowed = (entry: unknown) => {
     if (!isObject(entry)) return false
     const name = list.names.map((n) => entry[n]).find((v): v is string => typeof v === "string")
-    return name !== undefined && rule.allows(name)
+    // An entry with a remote_host runs on ollama.com: the list says so itself.
+    const remote = typeof entry.remote_host === "string" && entry.remote_host !== ""
+    return name !== undefined && rule.allows(name, remote ? () => true : isRemote)
   }
   return {
     replaceBody: (status) =>

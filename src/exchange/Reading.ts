@@ -36,13 +36,53 @@ export type Outcome = typeof Outcome.Type
 export const refusedByProxy = (outcome: Outcome): outcome is "rejected" | "forbidden" | "rate_limited" =>
   outcome === "rejected" || outcome === "forbidden" || outcome === "rate_limited"
 
+/** The request as the proxy's policy read it whole (src/policy/BodyCheck.ts), as Ollama reads it. */
+export interface RequestFields {
+  readonly model: string | undefined
+  readonly stream: boolean | undefined
+  /** The proxy asked a stream for its usage event, which the client did not ask for. */
+  readonly usageInjected?: boolean
+  /** The request declares a web search tool (permitted: the key has the web scope). */
+  readonly webSearch?: boolean
+  /** The fields the policy rewrote or dropped. */
+  readonly rewritten?: ReadonlyArray<string>
+  /** /api/embeddings: the prompt's tokens as the proxy estimates them (Ollama reports none). */
+  readonly promptTokensEstimate?: number | undefined
+}
+
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+/**
+ * The web searches Ollama ran for one answer, counted from the blocks that report them: Anthropic's
+ * `server_tool_use` (middleware/anthropic.go writes one per search), the Responses API's
+ * `web_search_call` items (middleware/openai.go), or in its streams their `.completed` events.
+ * A model's text cannot fake one: a quote inside a JSON string is escaped.
+ */
+class SearchCounter {
+  count = 0
+  private carry: Buffer = Buffer.alloc(0)
+  constructor(private readonly pattern: Buffer) {}
+
+  push(chunk: Buffer): void {
+    const bytes = this.carry.length === 0 ? chunk : Buffer.concat([this.carry, chunk])
+    for (let at = bytes.indexOf(this.pattern); at >= 0; at = bytes.indexOf(this.pattern, at + this.pattern.length)) this.count++
+    this.carry = Buffer.from(bytes.subarray(Math.max(0, bytes.length - this.pattern.length + 1)))
+  }
+}
+
+const SEARCH_PATTERNS = {
+  anthropic: Buffer.from(`"type":"server_tool_use"`),
+  responses: Buffer.from(`"type":"web_search_call"`),
+  responsesStream: Buffer.from(`"type":"response.web_search_call.completed"`)
+}
 
 export class Reading {
   /** The request body's top-level `model` and `stream`; undefined where the body is not JSON. */
   readonly request: RequestScanner | undefined
   /** The usage figures of an inference answer; undefined for other requests. */
   readonly answer: UsageReader | undefined
+  /** Set when the body was read whole and checked; then it, not the scanner, says what the request asks. */
+  requestFields: RequestFields | undefined = undefined
   bytesIn = 0
   /** performance.now() when the request went to Ollama; null when it never did. */
   upstreamAt: number | null = null
@@ -59,6 +99,8 @@ export class Reading {
   error: Error | undefined = undefined
   /** What broke the reading, when something did; the figures are then incomplete. */
   meteringError: string | null = null
+  /** Counts the web searches of an answer to a request that declared a web search tool. */
+  private searches: SearchCounter | undefined
   private feeding = true
 
   /** `checked`: a rule will check the model, so the whole body is scanned (see RequestScan.ts). */
@@ -77,10 +119,21 @@ export class Reading {
     }
   }
 
+  /** A body read whole, counted; what it asks is read once, by the policy (requestFields). */
+  requestBytes(length: number): void {
+    this.bytesIn += length
+  }
+
   responseStart(status: number, headers: IncomingHttpHeaders): void {
     this.status = status
     const type = headers["content-type"] ?? ""
     this.stream = type.startsWith("text/event-stream") || type.startsWith("application/x-ndjson")
+    if (this.requestFields?.webSearch === true && status < 300) {
+      const format = this.answer?.format
+      this.searches = new SearchCounter(
+        format === "anthropic" ? SEARCH_PATTERNS.anthropic : this.stream ? SEARCH_PATTERNS.responsesStream : SEARCH_PATTERNS.responses
+      )
+    }
     if (this.answer === undefined || !this.feeding) return
     try {
       this.answer.start(status, type)
@@ -92,6 +145,7 @@ export class Reading {
   responseData(chunk: Buffer): void {
     if (this.firstChunkAt === null) this.firstChunkAt = performance.now()
     this.bytesOut += chunk.length
+    this.searches?.push(chunk)
     if (this.answer === undefined || !this.feeding) return
     try {
       this.answer.push(chunk)
@@ -108,6 +162,8 @@ export class Reading {
     if (this.answer === undefined || !this.feeding || this.status === null) return
     try {
       this.answer.end()
+      const estimate = this.requestFields?.promptTokensEstimate
+      if (estimate !== undefined && this.status < 300) this.answer.estimatePrompt(estimate)
     } catch (cause) {
       this.broke("response end", cause)
     }
@@ -115,12 +171,17 @@ export class Reading {
 
   /** The request's model, as the client named it. */
   get requestModel(): string | undefined {
-    return this.request?.model
+    return this.requestFields !== undefined ? this.requestFields.model : this.request?.model
   }
 
   /** The request's `stream` flag, as the client set it. */
   get requestStream(): boolean | undefined {
-    return this.request?.stream
+    return this.requestFields !== undefined ? this.requestFields.stream : this.request?.stream
+  }
+
+  /** The web searches Ollama ran on the operator's account; null when the request declared none. */
+  get webSearches(): number | null {
+    return this.requestFields?.webSearch === true ? this.searches?.count ?? 0 : null
   }
 
   /** A load or unload request (`done_reason` load/unload): not an inference, nothing to bill. */

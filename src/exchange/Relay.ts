@@ -6,13 +6,14 @@
 import { Context, Duration, Effect } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:http"
 import type { Socket } from "node:net"
-import { Readable } from "node:stream"
+import { type Readable } from "node:stream"
 import { type Dispatcher, Pool } from "undici"
 import { AppConfig } from "../Config.js"
+import { type BodyChecks, checkBody } from "../policy/BodyCheck.js"
+import { RequestPolicyConfig } from "../policy/PolicyConfig.js"
 import { badGateway, bodyTimeout as bodyTimedOut, ollamaUnavailable, writeRefusal } from "./Errors.js"
-import type { ChunkFilter, Exchange } from "./Exchange.js"
+import { type ChunkFilter, type Exchange, RemoteModelList } from "./Exchange.js"
 import { clientResponseHeaders, hasBody, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
-import { bodyModelRefusal } from "./Policy.js"
 
 /**
  * What the relay needs of Ollama's health: whether Ollama is known to be down (answer 503 at once
@@ -70,32 +71,12 @@ const closeIfBodyUnread = (req: IncomingMessage, res: ServerResponse) => {
   if (!req.complete && hasBody(req.headers)) res.setHeader("connection", "close")
 }
 
-async function* replay(chunks: ReadonlyArray<Buffer>, rest: IncomingMessage, seen: (chunk: Buffer) => void): AsyncIterable<Buffer> {
-  yield* chunks
-  for await (const chunk of rest) {
-    seen(chunk)
-    yield chunk
-  }
-}
-
-/**
- * Request bodies read whole before they go on: to add include_usage, and to check the model a key
- * may use. Above RunPod's 30 MB payload limit, so on RunPod every body fits. The whole body,
- * because Ollama's JSON decoder takes the last of two `model` keys: a body can only be checked
- * once it has all been seen.
- */
-const READ_AHEAD_LIMIT = 32 * 1024 * 1024
-
-/**
- * Reads a request body of at most `limit` bytes whole, showing each chunk to `seen`. A larger one
- * is handed on unread: the bytes read so far, then the rest of the stream (an upload must not be
- * held in memory), whose chunks are shown to `seen` as they pass.
- */
+/** Reads a request body of at most `limit` bytes whole; a larger one is refused, unread. */
 const readBody = (
   req: IncomingMessage,
   limit: number,
   seen: (chunk: Buffer) => void,
-  done: (body: { readonly whole: Buffer } | { readonly stream: Readable }) => void
+  done: (body: { readonly whole: Buffer } | { readonly tooLarge: true }) => void
 ) => {
   const chunks: Array<Buffer> = []
   let size = 0
@@ -106,7 +87,7 @@ const readBody = (
     if (size > limit) {
       stop()
       req.pause()
-      done({ stream: Readable.from(replay(chunks, req, seen), { objectMode: false }) })
+      done({ tooLarge: true })
     }
   }
   const onEnd = () => {
@@ -126,6 +107,8 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
   scoped: Effect.gen(function*() {
     const config = yield* AppConfig
     const health = yield* UpstreamHealth
+    const remote = yield* RemoteModelList
+    const checks: BodyChecks = { operator: yield* RequestPolicyConfig, isRemote: remote.isRemote }
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() =>
         new Pool(config.ollama.origin, {
@@ -143,7 +126,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
     const bodyTimeout = Duration.toMillis(config.requestBodyTimeout)
 
     const forward = (exchange: Exchange): void => {
-      const { modelRule, reading, req, requestId, res, rewrite, route } = exchange
+      const { checked, reading, req, requestId, res, rewrite, route } = exchange
       if (health.isDown()) {
         writeRefusal(res, route.family, ollamaUnavailable, requestId)
         exchange.finish("unavailable")
@@ -301,26 +284,36 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       }
 
       const dispatch = () => pool.dispatch({ method: req.method ?? "GET", path: exchange.target, headers, body }, handler)
-      const limit = rewrite?.request !== undefined || modelRule !== undefined ? READ_AHEAD_LIMIT : 0
-      if (body === null || limit === 0) return void dispatch()
-      readBody(req, limit, (chunk) => reading.requestData(chunk), (read) => {
+      if (body === null || !checked) return void dispatch()
+      const check = (whole: Buffer) => {
+        if (exchange.finished) return
+        const result = checkBody(exchange, whole, req.headers, checks)
+        if ("refusal" in result) {
+          const { refusal } = result
+          return exchange.refuse(refusal, refusal.status === 403 ? "forbidden" : "rejected")
+        }
+        body = result.body
+        // What Ollama gets is what was checked: decoded (no Content-Encoding), maybe rewritten, with its own length.
+        delete headers["content-encoding"]
+        headers["content-length"] = String(result.body.length)
+        dispatch()
+      }
+      // Checked bodies are read whole, up to MAX_REQUEST_BODY (32 MB, above RunPod's 30 MB payload
+      // limit): the decision rests on the last of two keys, so a body can only be checked once it
+      // has all been seen.
+      readBody(req, checks.operator.maxRequestBody, (chunk) => reading.requestBytes(chunk.length), (read) => {
         if (exchange.finished) return
         fed = true
-        if (modelRule !== undefined) {
-          const refusal = "whole" in read
-            ? bodyModelRefusal(modelRule, route, reading, read.whole, req.headers)
-            : { status: 413, message: "the request body is larger than the proxy checks a model in (32 MB)" }
-          // The rest of a body too large to check is not read: the refusal closes the connection.
-          if (refusal !== undefined) return exchange.refuse(refusal, refusal.status === 403 ? "forbidden" : "rejected")
+        // The rest of a body too large to check is not read: the refusal closes the connection.
+        if ("tooLarge" in read) {
+          const limit = checks.operator.maxRequestBody
+          const message = `the request body is larger than the proxy checks (MAX_REQUEST_BODY, ${limit} bytes)`
+          return exchange.refuse({ status: 413, message }, "rejected")
         }
-        if ("whole" in read) {
-          body = rewrite?.request?.(read.whole, reading) ?? read.whole
-          // A rewritten body has its own length; a chunked upload read whole now has one.
-          headers["content-length"] = String(body.length)
-        } else {
-          body = read.stream
-        }
-        dispatch()
+        // A read of the remote models under way (after a create or a copy) decides first.
+        const pending = remote.pending()
+        if (pending === undefined) check(read.whole)
+        else void pending.then(() => check(read.whole))
       })
     }
 

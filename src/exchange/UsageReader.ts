@@ -64,6 +64,8 @@ export type CountedBy =
   | "ollama"
   /** The output is the chunks the client received, each one token; the input is Ollama's if it gave it early. */
   | "received_chunks"
+  /** Ollama reports no count for this endpoint (/api/embeddings): the input is the proxy's estimate from the request. */
+  | "request_estimate"
 
 /** Makes the reader of one answer in a given format; tests replace it to break a reading on purpose. */
 export type UsageReaderFactory = (format: Exclude<UsageFormat, "none">) => UsageReader
@@ -167,6 +169,17 @@ export class UsageReader implements Figures {
     this.estimated = true
     this.countedBy = "received_chunks"
     this.usage.evalCount = chunks
+  }
+
+  /**
+   * An answer that carries no input count of its own (/api/embeddings answers `{"embedding":[...]}`
+   * only: server/routes.go `EmbeddingsHandler`): the request's tokens, as the proxy estimated them.
+   */
+  estimatePrompt(tokens: number): void {
+    if (this.usage.promptEvalCount !== null) return
+    this.usage.promptEvalCount = tokens
+    this.estimated = true
+    this.countedBy = "request_estimate"
   }
 
   /** A load or unload request (`done_reason` load/unload): not an inference. */

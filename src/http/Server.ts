@@ -17,6 +17,8 @@ import { GpuCheck } from "../ollama/Gpu.js"
 import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
+import { RemoteModelsLive } from "../ollama/RemoteModels.js"
+import { RequestPolicyConfig } from "../policy/PolicyConfig.js"
 import { metricsRoute, PrometheusMetrics } from "../telemetry/MetricsExport.js"
 import { capConnections } from "./Connections.js"
 import { ping } from "./Ping.js"
@@ -145,7 +147,13 @@ export class Server extends Effect.Service<Server>()("app/Server", {
   }),
   dependencies: [
     // The relay reads Ollama's health from the one OllamaHealth of the service.
-    ExchangeBoundary.Default.pipe(Layer.provide(Layer.effect(UpstreamHealth, OllamaHealth).pipe(Layer.provide(OllamaHealth.Default)))),
+    // The relay reads Ollama's health from the one OllamaHealth of the service, and the models that
+    // run on ollama.com from Ollama's list.
+    ExchangeBoundary.Default.pipe(
+      Layer.provide(Layer.effect(UpstreamHealth, OllamaHealth).pipe(Layer.provide(OllamaHealth.Default))),
+      Layer.provide(RemoteModelsLive),
+      Layer.provide(RequestPolicyConfig.layer)
+    ),
     ApiKeys.Default,
     OllamaHealth.Default,
     Preloader.Default,

@@ -17,8 +17,9 @@ import type { IncomingHttpHeaders } from "node:http"
 import { dirname } from "node:path"
 import { type ApiKeyConfig, AppConfig } from "../Config.js"
 import { type KeyLimits, sameLimits, someLimits } from "../Limits.js"
+import type { KeyRequestPolicy } from "../policy/RequestPolicy.js"
 import { type Scope, scopesOf } from "../Scopes.js"
-import { type KeyEntry, KeyFileError, parseKeyFile } from "./KeyFile.js"
+import { type KeyEntry, KeyFileError, parseKeyFile, requestPolicyOf } from "./KeyFile.js"
 import { ModelRule } from "./Models.js"
 
 export type KeyMetadata = Readonly<Record<string, string | number | boolean | null>>
@@ -36,6 +37,8 @@ export interface KeyPolicy {
   readonly source: "environment" | "file"
   /** What the key may use (src/limits/); undefined = no limits. Counted per name. */
   readonly limits: KeyLimits | undefined
+  /** The key's own rules for what its requests may ask of Ollama, over the operator's (src/policy/). */
+  readonly requestPolicy?: KeyRequestPolicy | undefined
 }
 
 export type AuthResult =
@@ -97,7 +100,8 @@ const fromFile = (entries: ReadonlyArray<KeyEntry>, defaultScopes: ReadonlySet<S
       disabled: e.disabled === true,
       metadata: e.metadata,
       source: "file",
-      limits: e.limits === undefined ? defaultLimits : someLimits(e.limits)
+      limits: e.limits === undefined ? defaultLimits : someLimits(e.limits),
+      requestPolicy: e.request_policy === undefined ? undefined : requestPolicyOf(e.request_policy)
     } satisfies KeyPolicy
   }))
 

@@ -14,10 +14,18 @@
  *       limits:                            # default AUTHORIZATION_DEFAULT_LIMITS; {} = none
  *         requests_per_minute: 60          # every field optional (src/limits/Limits.ts)
  *         tokens_per_day: 200000
+ *       request_policy:                    # over REQUEST_POLICY_* (src/policy/), for keys without manage
+ *         keep_alive_min: 1s               # a Go duration or seconds
+ *         keep_alive_max: 30m
+ *         keep_alive_unbounded: refuse     # keep_alive 0 or negative: rewrite (to min, max) or refuse
+ *         num_ctx_max: 8192                # num_ctx up to this; without it num_ctx is dropped
+ *         num_predict_max: 2048            # tokens a request may generate
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { parse as parseYaml } from "yaml"
 import { KeyLimitsSchema } from "../Limits.js"
+import { parseKeepAliveBound } from "../policy/GoDuration.js"
+import type { KeyRequestPolicy } from "../policy/RequestPolicy.js"
 import { type ScopeName, SCOPES } from "../Scopes.js"
 
 export class KeyFileError extends Data.TaggedError("KeyFileError")<{
@@ -54,6 +62,33 @@ const KeyText = Schema.String.pipe(
 
 const MetadataValue = Schema.Union(Schema.String, Schema.Number, Schema.Boolean, Schema.Null)
 
+const KeepAliveBound = Schema.Union(Schema.String, Schema.Number).pipe(
+  Schema.filter((v) => Either.isRight(parseKeepAliveBound(String(v))), {
+    message: () => "a duration like 1s or 30m, or seconds (negative: for ever)"
+  })
+)
+const PositiveInt = Schema.Int.pipe(Schema.positive({ message: () => "a positive integer" }))
+
+const RequestPolicySchema = Schema.Struct({
+  keep_alive_min: Schema.optional(KeepAliveBound),
+  keep_alive_max: Schema.optional(KeepAliveBound),
+  keep_alive_unbounded: Schema.optional(Schema.Literal("rewrite", "refuse")),
+  num_ctx_max: Schema.optional(PositiveInt),
+  num_predict_max: Schema.optional(PositiveInt)
+})
+
+/** A key's `request_policy` as the policy reads it; what it leaves out, the operator's settings decide. */
+export const requestPolicyOf = (p: typeof RequestPolicySchema.Type): KeyRequestPolicy => {
+  const bound = (v: string | number | undefined) => (v === undefined ? undefined : Either.getOrThrow(parseKeepAliveBound(String(v))))
+  const out: { -readonly [K in keyof KeyRequestPolicy]: KeyRequestPolicy[K] } = {}
+  if (p.keep_alive_min !== undefined) out.keepAliveMin = bound(p.keep_alive_min)!
+  if (p.keep_alive_max !== undefined) out.keepAliveMax = bound(p.keep_alive_max)!
+  if (p.keep_alive_unbounded !== undefined) out.keepAliveUnbounded = p.keep_alive_unbounded
+  if (p.num_ctx_max !== undefined) out.numCtxMax = p.num_ctx_max
+  if (p.num_predict_max !== undefined) out.numPredictMax = p.num_predict_max
+  return out
+}
+
 export const KeyEntry = Schema.Struct({
   name: Schema.Trim.pipe(Schema.nonEmptyString({ message: () => "a non-empty name" })),
   key: KeyText,
@@ -62,7 +97,8 @@ export const KeyEntry = Schema.Struct({
   expires_at: Schema.optional(Rfc3339),
   disabled: Schema.optional(Schema.Boolean),
   metadata: Schema.optional(Schema.Record({ key: Schema.String, value: MetadataValue })),
-  limits: Schema.optional(KeyLimitsSchema)
+  limits: Schema.optional(KeyLimitsSchema),
+  request_policy: Schema.optional(RequestPolicySchema)
 })
 export type KeyEntry = typeof KeyEntry.Type
 

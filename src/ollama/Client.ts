@@ -55,6 +55,8 @@ export type PullProgress = typeof PullProgress.Type
 
 export const LocalModel = Schema.Struct({
   name: Schema.String,
+  /** Set for a model that runs on ollama.com (a cloud model, or one created or copied from one). */
+  remote_host: Schema.optional(Schema.String),
   size: Schema.Number,
   digest: Schema.optional(Schema.String),
   modified_at: Schema.optional(Schema.String)

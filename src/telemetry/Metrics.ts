@@ -104,6 +104,13 @@ export const tokenUsageLabels = labelCache([
   "api_key.name"
 ])
 
+/** Labels: api_key_name. Web searches Ollama ran on the operator's ollama.com account. */
+export const webSearches = Metric.counter("ollama_proxy.web_searches", {
+  description: "Web searches Ollama ran on the operator's ollama.com account for permitted requests",
+  incremental: true
+})
+export const webSearchLabels = labelCache(["api_key_name"])
+
 /** Labels: gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model, error.type. */
 export const operationDuration = Metric.histogram(
   "gen_ai.client.operation.duration",

@@ -21,7 +21,9 @@ import {
   requests,
   timeToFirstChunk,
   tokenUsage,
-  tokenUsageLabels
+  tokenUsageLabels,
+  webSearches,
+  webSearchLabels
 } from "./Metrics.js"
 import { type ExchangeTrace, Tracing } from "./Tracing.js"
 
@@ -64,6 +66,9 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
     const keyName = caller.keyName ?? ""
     requests.unsafeUpdate(1, requestLabels(route.route, method, statusText, outcome, keyName))
     requestDuration.unsafeUpdate(seconds, requestDurationLabels(method, route.route, statusText))
+
+    const searches = reading.webSearches
+    if (searches !== null && searches > 0) webSearches.unsafeUpdate(searches, webSearchLabels(keyName))
 
     const requestModel = reading.requestModel
     const sinceUpstream = reading.upstreamAt ?? startedAt
@@ -121,6 +126,8 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
         input_tokens: usage?.inputTokens,
         output_tokens: operation === "embeddings" ? undefined : usage?.outputTokens,
         usage_estimated: usage?.estimated,
+        web_searches: searches ?? undefined,
+        policy_rewrote: reading.requestFields?.rewritten?.length ? reading.requestFields.rewritten.join(",") : undefined,
         error: outcome === "upstream_error" || outcome === "unavailable" ? reading.error?.message : undefined
       })
     }

@@ -64,8 +64,13 @@ export const UsageRecord = Schema.Struct({
    * `message_start` estimate), else null. Durations are then null.
    */
   usage_estimated: Schema.Boolean,
+  /**
+   * Web searches Ollama ran on the operator's ollama.com account for this request (a permitted web
+   * search tool on /v1/messages or /v1/responses); null when the request declared none.
+   */
+  web_searches: Schema.NullOr(Schema.Number),
   /** How the counts were had: `ollama` (its final figures), `received_chunks` (counted), null (no counts). */
-  usage_counted_by: Schema.NullOr(Schema.Literal("ollama", "received_chunks")),
+  usage_counted_by: Schema.NullOr(Schema.Literal("ollama", "received_chunks", "request_estimate")),
   /**
    * null when the figures were read as they should be; otherwise what broke the reading of this
    * exchange: the figures above are then incomplete (also logged, with the request id).

@@ -21,14 +21,16 @@ const millis = (ms: number) => Math.round(ms * 1000) / 1000
 const requestModelCounts = (exchange: Exchange) => asksForUsage(exchange.route) || exchange.path === "/api/embeddings"
 
 /**
- * The record of a finished exchange; undefined when Ollama never got it or it only loaded a model.
+ * The record of a finished exchange; undefined when Ollama never got it.
  * `worker` names the RunPod worker that served it, where there is one.
  */
 export const recordOf = (exchange: Exchange, worker: WorkerIdentity = {}): UsageRecord | undefined => {
   const { caller, reading } = exchange
   // Ollama never got the request: nothing was used.
   const outcome = reading.outcome
-  if (outcome === "unavailable" || refusedByProxy(outcome) || reading.loadOnly) {
+  // A load or unload (`done_reason` load, unload) is recorded too, with no tokens: it changed what
+  // every tenant of the worker gets, and it counted against requests_per_minute.
+  if (outcome === "unavailable" || refusedByProxy(outcome)) {
     return undefined
   }
   const answer = reading.answer
@@ -60,6 +62,7 @@ export const recordOf = (exchange: Exchange, worker: WorkerIdentity = {}): Usage
     eval_duration: u?.evalDuration ?? null,
     usage_estimated: answer?.estimated === true,
     usage_counted_by: answer?.countedBy ?? null,
+    web_searches: reading.webSearches,
     metering_error: reading.meteringError,
     time_to_first_chunk_ms: reading.firstChunkAt === null ? null : millis(reading.firstChunkAt - exchange.startedAt),
     duration_ms: millis(reading.endedAt - exchange.startedAt),
