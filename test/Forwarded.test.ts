@@ -39,7 +39,8 @@ const seenByOllama = async (target: { host: string; port: number }, localAddress
   const res = await new Promise<IncomingMessage>((resolve, reject) => req.on("response", resolve).on("error", reject))
   await readToEnd(res)
   expect(res.statusCode).toBe(200)
-  const seen = await fake.waitFor((r) => r.path === "/api/tags")
+  // A request the proxy relayed (it always sets X-Forwarded-For), not the proxy's own read of the model list.
+  const seen = await fake.waitFor((r) => r.path === "/api/tags" && r.headers["x-forwarded-for"] !== undefined)
   fake.requests.length = 0
   const pick = (name: string) => seen.headers[name]
   return {
@@ -113,5 +114,50 @@ describe("forwarding headers", () => {
     ])
     expect(["11.0.0.1", "127.0.0.1", "::1", "fe80::1", undefined].map(trusted)).toEqual([false, false, false, false, false])
     expect(trustedPeers([])("127.0.0.1")).toBe(false)
+  })
+})
+
+describe("MAX_CONNECTIONS_PER_ADDRESS behind a trusted proxy", () => {
+  it("counts each client by its X-Forwarded-For address, not the balancer's connections", async () => {
+    const slow = await startFakeOllama({ tokens: 50, tokenDelayMs: 20 })
+    const behind = await startProxy({
+      OLLAMA_HOST: slow.url,
+      AUTHORIZATION_APIKEY: KEY,
+      TRUSTED_PROXIES: "127.0.0.1",
+      MAX_CONNECTIONS_PER_ADDRESS: "2"
+    })
+    const port = Number(new URL(behind.url).port)
+    const chat = (client: string) => {
+      const req = request({
+        host: "127.0.0.1",
+        port,
+        method: "POST",
+        path: "/api/chat",
+        agent: false,
+        headers: { authorization: `Bearer ${KEY}`, "x-forwarded-for": `${client}, 127.0.0.1` }
+      })
+      req.end(JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }] }))
+      return new Promise<IncomingMessage>((resolve, reject) => req.on("response", resolve).on("error", reject))
+    }
+    try {
+      // Five connections from the balancer's one address, for five clients: all in.
+      const clients = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.5"]
+      const streams = await Promise.all(clients.map(chat))
+      expect(streams.map((r) => r.statusCode)).toEqual([200, 200, 200, 200, 200])
+      // One client with two streams in flight already: its third request is refused, with Retry-After.
+      const second = await chat("198.51.100.1")
+      const third = await chat("198.51.100.1")
+      expect([second.statusCode, third.statusCode]).toEqual([200, 429])
+      expect(third.headers["retry-after"]).toBe("1")
+      expect(JSON.parse((await readToEnd(third)).body)).toEqual({ error: "too many requests from this address, please try again" })
+      await Promise.all([...streams, second].map(readToEnd))
+      // Once its streams ended, the client is let in again.
+      const again = await chat("198.51.100.1")
+      expect(again.statusCode).toBe(200)
+      await readToEnd(again)
+    } finally {
+      await behind.close()
+      await slow.close()
+    }
   })
 })

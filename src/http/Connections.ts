@@ -10,8 +10,8 @@
  * `Retry-After`, a person sees why. A bare reset tells none of them anything but "connection reset".
  */
 import { Metric, MetricLabel } from "effect"
-import type { Server } from "node:http"
-import type { Socket } from "node:net"
+import type { IncomingMessage, Server, ServerResponse } from "node:http"
+import { isIP, type Socket } from "node:net"
 
 export interface ConnectionCaps {
   readonly total: number
@@ -74,7 +74,7 @@ const refuse = (socket: Socket, limit: Limit) => {
  * parsing a connection in its own 'connection' listener: this one takes its place and hands it
  * only the connections within the caps.
  */
-export const capConnections = (server: Server, caps: ConnectionCaps): void => {
+export const capConnections = (server: Server, caps: ConnectionCaps, trusted: (address: string | undefined) => boolean): void => {
   const listeners = server.listeners("connection")
   if (listeners.length !== 1) throw new Error(`the HTTP server has ${listeners.length} connection listeners, expected its own alone`)
   const parse = listeners[0] as (this: Server, socket: Socket) => void
@@ -84,9 +84,10 @@ export const capConnections = (server: Server, caps: ConnectionCaps): void => {
   let open = 0
   const perAddress = new Map<string, number>()
   server.on("connection", (socket: Socket) => {
-    const key = addressKey(socket.remoteAddress ?? "")
+    // A trusted proxy's clients are counted by request, in forwardedClientCap.
+    const key = trusted(socket.remoteAddress) ? "" : addressKey(socket.remoteAddress ?? "")
     const held = perAddress.get(key) ?? 0
-    if (held >= caps.perAddress) return refuse(socket, PER_ADDRESS)
+    if (key !== "" && held >= caps.perAddress) return refuse(socket, PER_ADDRESS)
     if (open >= caps.total) return refuse(socket, TOTAL)
     open++
     perAddress.set(key, held + 1)
@@ -98,4 +99,49 @@ export const capConnections = (server: Server, caps: ConnectionCaps): void => {
     })
     parse.call(server, socket)
   })
+}
+
+/** The client a trusted proxy speaks for: the last X-Forwarded-For address that is not a trusted proxy. */
+export const forwardedClient = (header: string | Array<string> | undefined, trusted: (address: string) => boolean): string | undefined => {
+  const hops = (Array.isArray(header) ? header.join(",") : header ?? "").split(",").map((h) => h.trim()).filter((h) => isIP(h) !== 0)
+  for (let i = hops.length - 1; i >= 0; i--) if (!trusted(hops[i]!)) return hops[i]
+  return hops[0]
+}
+
+/**
+ * The per-address cap for the requests of a trusted proxy's clients: wraps the listener's request
+ * callback. Requests from other peers pass as they are (their connections were capped).
+ */
+export const forwardedClientCap = (
+  perAddress: number,
+  trusted: (address: string | undefined) => boolean,
+  next: (req: IncomingMessage, res: ServerResponse) => void
+) => {
+  const inFlight = new Map<string, number>()
+  return (req: IncomingMessage, res: ServerResponse): void => {
+    if (!trusted(req.socket.remoteAddress)) return next(req, res)
+    const client = forwardedClient(req.headers["x-forwarded-for"], trusted)
+    if (client === undefined) return next(req, res)
+    const key = addressKey(client)
+    const held = inFlight.get(key) ?? 0
+    if (held >= perAddress) {
+      refusals.unsafeUpdate(1, PER_ADDRESS.labels)
+      // The balancer's connection carries other clients' requests: it stays open.
+      const body = JSON.stringify({ error: "too many requests from this address, please try again" })
+      res.writeHead(429, {
+        "content-type": "application/json; charset=utf-8",
+        "content-length": Buffer.byteLength(body),
+        "retry-after": "1"
+      })
+      res.end(body)
+      return
+    }
+    inFlight.set(key, held + 1)
+    res.once("close", () => {
+      const left = inFlight.get(key)! - 1
+      if (left === 0) inFlight.delete(key)
+      else inFlight.set(key, left)
+    })
+    next(req, res)
+  }
 }

@@ -11,6 +11,7 @@ import type { AddressInfo } from "node:net"
 import { AppConfig, type AppConfigShape } from "../Config.js"
 import { ExchangeBoundary } from "../exchange/Boundary.js"
 import { hasBody } from "../exchange/Headers.js"
+import { trustedPeers } from "../exchange/Headers.js"
 import { UpstreamHealth } from "../exchange/Relay.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { GpuCheck } from "../ollama/Gpu.js"
@@ -20,7 +21,7 @@ import { OllamaProcess } from "../ollama/Process.js"
 import { RemoteModelsLive } from "../ollama/RemoteModels.js"
 import { RequestPolicyConfig } from "../policy/PolicyConfig.js"
 import { metricsRoute, PrometheusMetrics } from "../telemetry/MetricsExport.js"
-import { capConnections } from "./Connections.js"
+import { capConnections, forwardedClientCap } from "./Connections.js"
 import { ping } from "./Ping.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{
@@ -92,6 +93,8 @@ const closingOnBody = (control: Handler): Handler => (req, res) => {
 
 const makeServer = (handler: Handler, config: AppConfigShape) => {
   const headersTimeout = Duration.toMillis(config.requestHeadersTimeout)
+  const trusted = trustedPeers(config.trustedProxies)
+  const capped = forwardedClientCap(config.maxConnectionsPerAddress, trusted, handler)
   const server = createServer({
     keepAliveTimeout: 65_000,
     // Uploads of hundreds of MB may take longer than Node's default 5-minute request timeout; a
@@ -107,9 +110,9 @@ const makeServer = (handler: Handler, config: AppConfigShape) => {
     // A request on a kept-alive connection still arrives after server.close(): serve it, and
     // have the client close that connection after it.
     if (!server.listening) res.setHeader("connection", "close")
-    handler(req, res)
+    capped(req, res)
   })
-  capConnections(server, { total: config.maxConnections, perAddress: config.maxConnectionsPerAddress })
+  capConnections(server, { total: config.maxConnections, perAddress: config.maxConnectionsPerAddress }, trusted)
   return server
 }
 
