@@ -13,7 +13,7 @@ import { gzipSync } from "node:zlib"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
-import { raw } from "./support/http.js"
+import { raw, relayed } from "./support/http.js"
 import { type Stack, startStack } from "./support/stack.js"
 
 const ALICE = "sk-alice-policy-1"
@@ -48,7 +48,7 @@ beforeEach(() => {
 })
 
 /** What Ollama received for this request id, if anything. */
-const seen = (id: string) => stack.fake.requests.find((r) => r.headers["x-request-id"] === id && r.path !== "/api/tags")
+const seen = (id: string) => relayed(stack.fake.requests).find((r) => r.headers["x-request-id"] === id)
 const post = (path: string, key: string, body: string | Buffer, headers: Record<string, string> = {}) => {
   const id = randomUUID()
   return raw(`${stack.proxy.url}${path}`, {
@@ -118,7 +118,7 @@ describe("cloud models under another spelling (internal/modelref/modelref.go par
       const error = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }] }).catch((e: unknown) => e)
       expect(error).toBeInstanceOf(OpenAI.PermissionDeniedError)
       expect((error as Error).message).toContain("may not use the cloud model")
-      expect(stack.fake.requests.filter((r) => r.path !== "/api/tags" && r.path !== "/" && r.path !== "/api/version")).toEqual([])
+      expect(relayed(stack.fake.requests)).toEqual([])
     }
   )
 })

@@ -8,6 +8,7 @@ import { connect } from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { classify } from "../src/exchange/Classify.js"
 import { targetOf } from "../src/exchange/Target.js"
+import { relayed } from "./support/http.js"
 import { type Stack, startStack } from "./support/stack.js"
 
 describe("targetOf", () => {
@@ -122,8 +123,7 @@ describe("every spelling, against the real proxy and a fake Ollama that routes a
   ]
 
   /** What Ollama got from clients since `from`: not the proxy's own health probes and model list reads. */
-  const byClients = (from: number) =>
-    fake.requests.slice(from).filter((r) => !(r.method === "GET" && ["/", "/api/version", "/api/tags"].includes(r.path)))
+  const byClients = (from: number) => relayed(fake.requests.slice(from))
 
   it.each(cases)("POST %s: as %s, %s", async (target, endpoint, verdict) => {
     const id = randomUUID()

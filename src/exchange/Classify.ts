@@ -62,6 +62,12 @@ export interface Route {
   readonly jsonBody: boolean
   /** Whether the endpoint streams when the request does not say (`"stream"` absent). */
   readonly streamsByDefault: boolean
+  /** The request carries `keep_alive` and runner `options` (Ollama's native inference requests). */
+  readonly runnerFields: boolean
+  /** The field that caps the tokens generated, where Ollama turns one into `num_predict` (/v1). */
+  readonly maxTokensField: string | undefined
+  /** Ollama answers without any count (/api/embeddings): the proxy estimates the prompt's tokens. */
+  readonly uncounted: boolean
 }
 
 const familyOf = (path: string): Family =>
@@ -76,7 +82,10 @@ const route = (path: string, operation: Operation, scope: Scope = "manage"): Rou
   genAi: undefined,
   usage: "none",
   jsonBody: false,
-  streamsByDefault: false
+  streamsByDefault: false,
+  runnerFields: false,
+  maxTokensField: undefined,
+  uncounted: false
 })
 
 const inference = (
@@ -91,7 +100,15 @@ const inference = (
   genAi,
   usage,
   jsonBody: operation !== "transcription",
-  streamsByDefault
+  streamsByDefault,
+  runnerFields: path.startsWith("/api/"),
+  // openai.go and anthropic.go turn max_tokens into num_predict; responses.go max_output_tokens.
+  maxTokensField: path === "/v1/responses"
+    ? "max_output_tokens"
+    : usage === "openai" && genAi !== "embeddings" || usage === "anthropic"
+    ? "max_tokens"
+    : undefined,
+  uncounted: path === "/api/embeddings"
 })
 
 /** Ollama's routes by `METHOD path`. */

@@ -1,6 +1,6 @@
 /**
  * OllamaClient: the typed calls the proxy itself makes to Ollama (health, version, models, pull,
- * warm, what is in memory). Client traffic does not go through here; it takes the Proxy's byte path.
+ * warm, what is in memory). Client traffic does not go through here; it takes the exchange's relay (src/exchange/Relay.ts).
  */
 import { HttpClient, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"

@@ -108,14 +108,6 @@ const GOVERNED = [
   "prompt"
 ]
 
-const NATIVE_RUNNER = new Set(["/api/chat", "/api/generate", "/api/embed", "/api/embeddings"])
-const MAX_TOKENS_FIELD: Record<string, string> = {
-  "/v1/chat/completions": "max_tokens",
-  "/v1/completions": "max_tokens",
-  "/v1/messages": "max_tokens",
-  "/v1/responses": "max_output_tokens"
-}
-
 const bad = (message: string): Refusal => ({ status: 400, message })
 
 class Refused extends Error {
@@ -207,7 +199,7 @@ const evaluate = ({ body, isRemote, key, operator, route }: PolicyInput): Policy
 
   if (tenant && route.inference) {
     const settings = settingsOf(operator, key)
-    if (NATIVE_RUNNER.has(route.route)) {
+    if (route.runnerFields) {
       keepAlive(value("keep_alive"), canonical, settings, operator, replace)
       runnerOptions(value("options"), settings, replace)
       if (one("shift") !== undefined) {
@@ -215,7 +207,7 @@ const evaluate = ({ body, isRemote, key, operator, route }: PolicyInput): Policy
         rewritten.push("shift")
       }
     }
-    const maxField = MAX_TOKENS_FIELD[route.route]
+    const maxField = route.maxTokensField
     if (maxField !== undefined && settings.numPredictMax !== undefined) {
       const asked = value(maxField)
       if (typeof asked !== "number" || asked > settings.numPredictMax || asked < 0) replace(maxField, String(settings.numPredictMax))
@@ -235,7 +227,7 @@ const evaluate = ({ body, isRemote, key, operator, route }: PolicyInput): Policy
     usageInjected = true
   }
 
-  const prompt = route.route === "/api/embeddings" ? stringField("prompt") : undefined
+  const prompt = route.uncounted ? stringField("prompt") : undefined
   if (remove.length === 0 && append.length === 0) {
     return { body, model, stream, usageInjected, webSearch, rewritten, prompt }
   }

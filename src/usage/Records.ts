@@ -18,7 +18,7 @@ const millis = (ms: number) => Math.round(ms * 1000) / 1000
  * answers that never said), and legacy /api/embeddings, which answers `{"embedding":[...]}` only.
  * Native answers otherwise name the model that answered, or none (a 404 for an unknown model).
  */
-const requestModelCounts = (exchange: Exchange) => asksForUsage(exchange.route) || exchange.path === "/api/embeddings"
+const requestModelCounts = (exchange: Exchange) => asksForUsage(exchange.route) || exchange.route.uncounted
 
 /**
  * The record of a finished exchange; undefined when Ollama never got it.

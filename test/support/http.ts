@@ -65,3 +65,10 @@ export const freePort = () =>
       server.close(() => resolve(port))
     })
   })
+
+/**
+ * What clients made Ollama see: the requests the proxy relayed (it sets X-Forwarded-For on every
+ * one), not its own calls (health probes, the model list it reads for the key rules).
+ */
+export const relayed = <R extends { readonly headers: Record<string, string> }>(requests: ReadonlyArray<R>): Array<R> =>
+  requests.filter((r) => r.headers["x-forwarded-for"] !== undefined)
