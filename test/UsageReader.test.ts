@@ -67,7 +67,8 @@ const PATHS: Record<Exclude<UsageFormat, "none">, string> = {
   native: "/api/chat",
   openai: "/v1/chat/completions",
   anthropic: "/v1/messages",
-  responses: "/v1/responses"
+  responses: "/v1/responses",
+  transcription: "/v1/audio/transcriptions"
 }
 
 /** What the exchange's reading made of an answer in `format`. */
@@ -507,6 +508,14 @@ describe("a stream cut short is billed for the chunks the client received, as an
       usage: { evalCount: null }
     })
     expect(meter("native", JSON_TYPE, [Buffer.from(`{"model":"m","response":"par`)])).toMatchObject({ estimated: false })
+  })
+})
+
+describe("transcriptions", () => {
+  it("carry no counts: the text's tokens are estimated, and said to be", () => {
+    const answer = meter("transcription", JSON_TYPE, [Buffer.from(`{"text":"Hello from the fake Ollama"}\n`)])
+    expect(answer).toMatchObject({ estimated: true, countedBy: "response_estimate", usage: { evalCount: 7, promptEvalCount: null } })
+    expect(meter("transcription", JSON_TYPE, [Buffer.from(`{"error":{"message":"no"}}`)], 400)).toMatchObject({ estimated: false })
   })
 })
 

@@ -135,3 +135,13 @@ export const readResponses = (figures: Figures, value: Json): void => {
     u.evalCount = count(response.usage.output_tokens) ?? 0
   }
 }
+
+/**
+ * `/v1/audio/transcriptions`: `{"text":"..."}` and nothing else (middleware/openai.go). Ollama's
+ * count is not sent: the text is kept, for the reader to estimate its tokens.
+ */
+export const readTranscription = (figures: Figures, value: Json): void => {
+  if (value.error !== undefined && value.error !== null) return fail(figures, value)
+  const said = text(value.text)
+  if (said !== null) figures.usage.evalCount = Math.max(1, Math.ceil(Buffer.byteLength(said, "utf8") / 4))
+}

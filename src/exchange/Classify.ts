@@ -45,7 +45,7 @@ import type { Scope } from "../Scopes.js"
 export type GenAiOperation = "chat" | "text_completion" | "embeddings"
 
 /** Where an answer carries its usage (see ApiUsage.ts); `none` when it carries none. */
-export type UsageFormat = "native" | "openai" | "anthropic" | "responses" | "none"
+export type UsageFormat = "native" | "openai" | "anthropic" | "responses" | "transcription" | "none"
 
 export interface Route {
   /** Low-cardinality route: `http.route`, the `endpoint` metric label; `other` for unknown paths. */
@@ -122,8 +122,9 @@ const ROUTES = new Map<string, Route>([
   ["POST /v1/embeddings", inference("/v1/embeddings", "embed", "embeddings", "openai")],
   ["POST /v1/responses", inference("/v1/responses", "responses", "chat", "responses")],
   ["POST /v1/messages", inference("/v1/messages", "messages", "chat", "anthropic")],
-  // Answered through the chat handler, with only the text: no usage to read.
-  ["POST /v1/audio/transcriptions", inference("/v1/audio/transcriptions", "transcription", undefined, "none")],
+  // Answered through the chat handler with only the text (middleware/openai.go TranscriptionWriter):
+  // no counts, the text's tokens are estimated.
+  ["POST /v1/audio/transcriptions", inference("/v1/audio/transcriptions", "transcription", undefined, "transcription")],
   ["GET /", route("/", "root", "read")],
   ["HEAD /", route("/", "root", "read")],
   ["GET /api/version", route("/api/version", "version", "read")],

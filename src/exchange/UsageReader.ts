@@ -13,7 +13,16 @@
  * they pass, and such an answer is billed for the chunks the client received: as an estimate
  * (`estimated`), never as Ollama's count, with input tokens only where Ollama gave them early.
  */
-import { emptyUsage, type Figures, readAnthropic, readNative, readOpenAi, readResponses, type Usage } from "./ApiUsage.js"
+import {
+  emptyUsage,
+  type Figures,
+  readAnthropic,
+  readNative,
+  readOpenAi,
+  readResponses,
+  readTranscription,
+  type Usage
+} from "./ApiUsage.js"
 import type { UsageFormat } from "./Classify.js"
 import { type Json, jsonString, parseLine } from "./Json.js"
 import { isLong, type Line, LineCounter, LineReader, TailLines } from "./Lines.js"
@@ -55,7 +64,8 @@ const READERS: Record<Exclude<UsageFormat, "none">, Reader> = {
   native: readNative,
   openai: readOpenAi,
   anthropic: readAnthropic,
-  responses: readResponses
+  responses: readResponses,
+  transcription: readTranscription
 }
 
 /** How the figures of an answer were had. */
@@ -66,6 +76,8 @@ export type CountedBy =
   | "received_chunks"
   /** Ollama reports no count for this endpoint (/api/embeddings): the input is the proxy's estimate from the request. */
   | "request_estimate"
+  /** Ollama reports no count for this endpoint (/v1/audio/transcriptions): the output is the proxy's estimate from the text. */
+  | "response_estimate"
 
 /** Makes the reader of one answer in a given format; tests replace it to break a reading on purpose. */
 export type UsageReaderFactory = (format: Exclude<UsageFormat, "none">) => UsageReader
@@ -156,7 +168,12 @@ export class UsageReader implements Figures {
     const ended = this.format === "responses" ? this.measured : this.sawLastEvent
     if (this.sse && !ended && this.status >= 200 && this.status < 300) this.failed = true
     if (this.measured) this.countedBy = "ollama"
-    else this.estimate()
+    else if (this.format === "transcription") {
+      if (this.usage.evalCount !== null) {
+        this.estimated = true
+        this.countedBy = "response_estimate"
+      }
+    } else this.estimate()
   }
 
   /** The figures of a stream that ended without Ollama's: the token chunks it delivered. */

@@ -70,7 +70,7 @@ export const UsageRecord = Schema.Struct({
    */
   web_searches: Schema.NullOr(Schema.Number),
   /** How the counts were had: `ollama` (its final figures), `received_chunks` (counted), null (no counts). */
-  usage_counted_by: Schema.NullOr(Schema.Literal("ollama", "received_chunks", "request_estimate")),
+  usage_counted_by: Schema.NullOr(Schema.Literal("ollama", "received_chunks", "request_estimate", "response_estimate")),
   /**
    * null when the figures were read as they should be; otherwise what broke the reading of this
    * exchange: the figures above are then incomplete (also logged, with the request id).
