@@ -1,20 +1,28 @@
 /**
  * Start-up as an operator meets it: the built bundle, real environment variables.
  */
+import { createHash } from "node:crypto"
 import { once } from "node:events"
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { connect, createServer } from "node:net"
 import type { AddressInfo } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { freePort, raw } from "./support/http.js"
-import { spawnProxy } from "./support/proxy.js"
+import { spawnManaged, spawnProxy } from "./support/proxy.js"
+
+const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
 
 describe("bad configuration", () => {
   it.each([
     [{ PORT: "abc" }, "PORT"],
     [{ AUTHORIZATION_APIKEY_TEAM: "  " }, "AUTHORIZATION_APIKEY_TEAM"],
     [{ USER_MODEL_METRICS_WEBHOOK_URL: "not a url" }, "USER_MODEL_METRICS_WEBHOOK_URL"],
-    [{ OLLAMA_MANAGED: "perhaps" }, "OLLAMA_MANAGED"]
+    [{ OLLAMA_MANAGED: "perhaps" }, "OLLAMA_MANAGED"],
+    [{ AUTHORIZATION_DEFAULT_SCOPES: "inference,reed" }, "AUTHORIZATION_DEFAULT_SCOPES"],
+    [{ AUTHORIZATION_APIKEY_A: "same-key-0123", AUTHORIZATION_APIKEY_B: "same-key-0123" }, "AUTHORIZATION_APIKEY_B"]
   ])("%o stops start-up with one line naming %s", async (env, variable) => {
     const proxy = await spawnProxy({ OLLAMA_MANAGED: "false", ...env }, { waitForListening: false })
     const { code } = await proxy.exited
@@ -22,6 +30,78 @@ describe("bad configuration", () => {
     const lines = proxy.stderr().trim().split("\n")
     expect(lines).toHaveLength(1)
     expect(lines[0]).toMatch(new RegExp(`^ollama-authentication-proxy: invalid configuration: ${variable}: `))
+  })
+
+  it.each([
+    [
+      "a duplicate key in the environment, as given or as its sha256",
+      { AUTHORIZATION_APIKEY_ALICE: "shared-key-0123", AUTHORIZATION_APIKEY_BOB: `sha256:${sha256("shared-key-0123")}` },
+      "invalid configuration: AUTHORIZATION_APIKEY_BOB: the same key as AUTHORIZATION_APIKEY_ALICE: give each key once"
+    ],
+    [
+      "a near miss in AUTHORIZATION_DEFAULT_SCOPES",
+      { AUTHORIZATION_DEFAULT_SCOPES: "inference,reed" },
+      `invalid configuration: AUTHORIZATION_DEFAULT_SCOPES: "reed" is not a scope (inference, read, manage, metrics, or all); did you mean "read"?`
+    ]
+  ])("%s is one line in the user's words", async (_, env, line) => {
+    const proxy = await spawnProxy({ OLLAMA_MANAGED: "false", ...env }, { waitForListening: false })
+    expect((await proxy.exited).code).toBe(1)
+    expect(proxy.stderr()).toBe(`ollama-authentication-proxy: ${line}\n`)
+  })
+
+  describe("is read and checked before Ollama is started", () => {
+    const keyFile = (text: string) => {
+      const file = join(mkdtempSync(join(tmpdir(), "keys-")), "keys.yaml")
+      writeFileSync(file, text)
+      return file
+    }
+    const starts = () => join(mkdtempSync(join(tmpdir(), "starts-")), "starts")
+
+    it.each([
+      [
+        "a near miss in the key file",
+        (file: string) => `key file ${file}: keys[0].scope: unknown field; did you mean "scopes"?`,
+        "keys:\n  - name: alice\n    key: sk-alice-0123\n    scope: [inference]\n",
+        {}
+      ],
+      [
+        "a value of the wrong type in the key file",
+        (file: string) => `key file ${file}: keys[0].scopes: a list like [inference, read], not a string`,
+        "keys:\n  - name: alice\n    key: sk-alice-0123\n    scopes: inference\n",
+        {}
+      ],
+      [
+        "a key given twice in the environment",
+        () => "invalid configuration: AUTHORIZATION_APIKEY_B: the same key as AUTHORIZATION_APIKEY_A: give each key once",
+        "keys: []\n",
+        { AUTHORIZATION_APIKEY_A: "same-key-0123", AUTHORIZATION_APIKEY_B: "same-key-0123" }
+      ]
+    ])("%s: one line on stderr, and `ollama serve` never ran", async (_, line, text, env) => {
+      const file = keyFile(text)
+      const trace = starts()
+      const proxy = await spawnManaged({ AUTHORIZATION_KEYS_FILE: file, FAKE_OLLAMA_STARTS_FILE: trace, ...env }, {
+        waitForListening: false
+      })
+      expect((await proxy.exited).code).toBe(1)
+      expect(proxy.stderr()).toBe(`ollama-authentication-proxy: ${line(file)}\n`)
+      expect(existsSync(trace)).toBe(false)
+      expect(proxy.lines.filter((l) => l.source === "ollama" || /ollama/.test(String(l.msg)))).toEqual([])
+    })
+
+    it("while a good key file lets the same command start Ollama (the trace the other runs lack)", async () => {
+      const trace = starts()
+      const proxy = await spawnManaged({
+        AUTHORIZATION_KEYS_FILE: keyFile("keys:\n  - name: alice\n    key: sk-alice-0123\n    scopes: [inference]\n"),
+        FAKE_OLLAMA_STARTS_FILE: trace
+      })
+      try {
+        // Up: it answered, so it had started (and written its trace) before.
+        await proxy.waitForLine((l) => l.msg === "ollama is up")
+        expect(readFileSync(trace, "utf8")).toMatch(/^\d+\n$/)
+      } finally {
+        await proxy.kill()
+      }
+    })
   })
 
   it("names the address when the port is taken", async () => {
