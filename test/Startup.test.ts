@@ -4,6 +4,7 @@
 import { createHash } from "node:crypto"
 import { once } from "node:events"
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { createServer as createHttpServer } from "node:http"
 import { connect, createServer } from "node:net"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
@@ -12,6 +13,15 @@ import { describe, expect, it } from "vitest"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { freePort, raw } from "./support/http.js"
 import { spawnManaged, spawnProxy } from "./support/proxy.js"
+
+/** Resolves once `condition` holds, checking every 20 ms (for counts kept by servers in this process). */
+const until = async (condition: () => boolean, timeoutMs = 10_000) => {
+  const deadline = Date.now() + timeoutMs
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("timed out")
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
 
@@ -121,17 +131,97 @@ describe("bad configuration", () => {
 })
 
 describe("an open proxy", () => {
-  it("warns at start that every caller gets in, and /ping says 204 until Ollama first answers", async () => {
+  it("warns at start that every caller gets in, and /ping says 503 while an Ollama not its own does not answer", async () => {
     const proxy = await spawnProxy({ OLLAMA_MANAGED: "false", OLLAMA_HOST: "127.0.0.1:9" })
     try {
       const warning = await proxy.waitForLine((l) => l.level === "warn")
       expect(warning.msg).toContain("lets every caller in")
-      expect((await raw(`${proxy.url}/ping`)).status).toBe(204)
+      await proxy.waitForLine((l) => l.msg === "ollama is not answering")
+      const ping = await raw(`${proxy.url}/ping`)
+      expect(ping.status).toBe(503)
+      // The details are for a key; on an open proxy everyone has them.
+      expect(JSON.parse(ping.text)).toMatchObject({
+        status: "unhealthy",
+        state: "down",
+        reason: "ollama is not answering",
+        ollama: { state: "down", url: "http://127.0.0.1:9", reason: "connect ECONNREFUSED 127.0.0.1:9", managed: false }
+      })
       const res = await raw(`${proxy.url}/api/tags`)
       expect(res.status).toBe(503)
       expect(res.headers["retry-after"]).toBe("5")
       expect(JSON.parse(res.text)).toEqual({ error: "ollama is not available" })
     } finally {
+      await proxy.kill()
+    }
+  })
+})
+
+describe("an Ollama that does not answer (OLLAMA_MANAGED=false)", () => {
+  it("one log line per change saying where it was looked for and what failed, the same reason in /ping's keyed details, and a line when it answers", async () => {
+    const port = await freePort()
+    const origin = `http://127.0.0.1:${port}`
+    const key = "health-key-0123"
+    const proxy = await spawnProxy({ OLLAMA_MANAGED: "false", OLLAMA_HOST: origin, AUTHORIZATION_APIKEY: key })
+    const changes = () => proxy.lines.filter((l) => l.service === "OllamaHealth")
+    const details = async () => {
+      const res = await raw(`${proxy.url}/ping`, { headers: { authorization: `Bearer ${key}` } })
+      return { status: res.status, ollama: JSON.parse(res.text).ollama }
+    }
+    let squatter: { close: () => void; probes: number } | undefined
+    /** Something else on Ollama's port: answers every request with `status`, or never (undefined). */
+    const squat = async (status: number | undefined) => {
+      squatter?.close()
+      const server = createHttpServer((_, res) => {
+        state.probes++
+        if (status !== undefined) res.writeHead(status).end()
+      })
+      const state = {
+        probes: 0,
+        close: () => {
+          server.closeAllConnections()
+          server.close()
+        }
+      }
+      server.listen(port, "127.0.0.1")
+      await once(server, "listening")
+      squatter = state
+      return state
+    }
+    try {
+      const refused = await proxy.waitForLine((l) => l.msg === "ollama is not answering")
+      expect(refused).toMatchObject({ level: "warn", ollama: origin, reason: `connect ECONNREFUSED 127.0.0.1:${port}` })
+      expect(await details()).toMatchObject({ status: 503, ollama: { state: "down", url: origin, reason: refused.reason } })
+
+      // Ten probes answered 404: one more line.
+      const notFound = await squat(404)
+      await until(() => notFound.probes >= 10)
+      expect(changes().map((l) => l.reason)).toEqual([refused.reason, "GET / answered 404"])
+      expect((await details()).ollama.reason).toBe("GET / answered 404")
+
+      // A server that never answers: a timeout, said once.
+      const silent = await squat(undefined)
+      await proxy.waitForLine((l) => l.reason === "no answer to GET / within 2s (timeout)")
+      await until(() => silent.probes >= 2)
+      expect(changes().map((l) => l.reason)).toEqual([refused.reason, "GET / answered 404", "no answer to GET / within 2s (timeout)"])
+
+      squatter?.close()
+      squatter = undefined
+      const ollama = await startFakeOllama({ port })
+      try {
+        const up = await proxy.waitForLine((l) => l.msg === "ollama is up")
+        expect(up).toMatchObject({ level: "info", ollama: origin, version: "0.32.15" })
+        // Between the silent server's end and Ollama, refusals (or a cut probe) again: each said once.
+        const said = changes().map((l) => `${l.msg}: ${l.reason}`)
+        expect(said.filter((line, i) => line === said[i - 1])).toEqual([])
+        expect(said.at(-1)).toBe("ollama is up: undefined")
+        const ready = await details()
+        expect(ready.status).toBe(200)
+        expect(ready.ollama.reason).toBeUndefined()
+      } finally {
+        await ollama.close()
+      }
+    } finally {
+      squatter?.close()
       await proxy.kill()
     }
   })
