@@ -1,11 +1,16 @@
 /**
  * The README is the operator's guide: every variable the code reads is documented there, every
- * documented variable is read, and the files it tells people to copy exist.
+ * documented variable is read, the files it tells people to copy exist, and its commands run.
  */
+import { spawn } from "node:child_process"
+import { once } from "node:events"
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
-import { ROOT } from "./support/proxy.js"
+import { freePort, ndjson } from "./support/http.js"
+import { isAlive, waitGone } from "./support/processes.js"
+import { ROOT, untilReady } from "./support/proxy.js"
+import { makeSignal } from "./support/signal.js"
 
 const readme = readFileSync(join(ROOT, "README.md"), "utf8")
 
@@ -52,5 +57,64 @@ describe("README configuration", () => {
   it("gives the two commands that work on a fresh machine", () => {
     expect(readme).toContain("npm ci && npm run demo")
     expect(readme).toContain("npm ci && npm test")
+  })
+
+  it("names only npm scripts that exist and files that exist", () => {
+    const scripts = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).scripts as Record<string, string>
+    const named = [...readme.matchAll(/npm run ([\w:-]+)/g)].map((m) => m[1]!)
+    expect(named).toContain("start:fake")
+    expect(named.filter((name) => scripts[name] === undefined)).toEqual([])
+    const files = [...readme.matchAll(/`node ((?:bench|scripts)\/[\w.-]+\.mjs)/g)].map((m) => m[1]!)
+    expect(files.filter((file) => !existsSync(join(ROOT, file)))).toEqual([])
+  })
+})
+
+describe("the README's run on the fake Ollama", () => {
+  /** The shell block that runs `npm run start:fake`, as a reader copies it. */
+  const block = readme.split("```sh\n").map((b) => b.slice(0, b.indexOf("```"))).find((b) => b.includes("npm run start:fake"))!
+
+  it("is the built service on the bundled fake: its chat answers with the key the README sets", async () => {
+    expect(block).toContain("npm run build")
+    const command = block.split("\n").find((line) => line.endsWith("npm run start:fake"))!
+    const env = Object.fromEntries([...command.matchAll(/(\w+)=(\S+)/g)].map((m) => [m[1]!, m[2]!]))
+    const curl = /curl -N http:\/\/localhost:(\d+)(\S+) -H '([^:]+): ([^']+)' \\\n\s*-d '([^']+)'/.exec(block)!
+    const [, port, path, header, value, body] = curl
+    expect(env.PORT).toBe(port)
+    // The README's port and Ollama's may be taken on this machine: free ones, everything else as written.
+    const free = String(await freePort())
+    const npm = spawn("npm", ["run", "start:fake"], {
+      cwd: ROOT,
+      env: { ...process.env, ...env, PORT: free, HOST: "127.0.0.1", OLLAMA_HOST: `127.0.0.1:${await freePort()}` },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true
+    })
+    let output = ""
+    const changed = makeSignal()
+    for (const stream of [npm.stdout!, npm.stderr!]) {
+      stream.setEncoding("utf8").on("data", (chunk: string) => {
+        output += chunk
+        changed.notify()
+      })
+    }
+    try {
+      const url = `http://127.0.0.1:${free}`
+      await changed.until(() => /msg=listening/.test(output) || undefined, 30_000, () => `it never listened:\n${output}`)
+      await untilReady(url)
+      const res = await fetch(`${url}${path}`, { method: "POST", headers: { [header!]: value! }, body: body! })
+      expect(res.status).toBe(200)
+      const lines = ndjson(await res.text())
+      expect(lines.at(-1)).toMatchObject({ model: "llama3.2", done: true })
+      expect(lines.map((l) => (l.message as { content: string }).content).join("")).toContain("fake Ollama")
+      // The fake, started by the proxy as its Ollama, logged through it.
+      expect(output).toMatch(/msg="Listening on 127\.0\.0\.1:\d+ \(version [\d.]+\)" source=ollama/)
+      expect((await fetch(`${url}${path}`, { method: "POST", body: body! })).status).toBe(401)
+    } finally {
+      process.kill(-npm.pid!, "SIGTERM")
+      await once(npm, "exit")
+    }
+    // Stopping it stops the fake too (in a process group of its own, as the proxy starts Ollama).
+    const fake = Number(/msg="ollama started" .*\bpid=(\d+)/.exec(output)![1])
+    expect(await waitGone(fake)).toBe(true)
+    expect(isAlive(npm.pid!)).toBe(false)
   })
 })
