@@ -59,6 +59,52 @@ describe("README configuration", () => {
     expect(readme).toContain("npm ci && npm test")
   })
 
+  it("keeps the configuration table's cells to one line; what does not fit is in paragraphs below it", () => {
+    const configTable = readme.slice(readme.indexOf("## Configuration"), readme.indexOf("## Endpoints"))
+    const rows = configTable.split("\n").filter((line) => line.startsWith("| `"))
+    expect(rows.length).toBeGreaterThan(30)
+    expect(rows.filter((row) => row.split("|")[3]!.trim().length > 100)).toEqual([])
+  })
+
+  it("reads as a manual: what it is, run it, test it, deploy (RunPod first), then the reference", () => {
+    const headings = [...readme.matchAll(/^#{2,3} (.+)$/gm)].map((m) => m[1]!)
+    const order = [
+      "Run it",
+      "Test it",
+      "Deploy",
+      "RunPod (load-balanced serverless endpoint)",
+      "Docker (the image)",
+      "Kubernetes",
+      "Configuration",
+      "Keys",
+      "Limits",
+      "Usage records and the webhook",
+      "Observability",
+      "Layout"
+    ]
+    const at = order.map((heading) => headings.indexOf(heading))
+    expect(at.filter((i) => i < 0)).toEqual([])
+    expect(at).toEqual([...at].sort((a, b) => a - b))
+    // Its commands come before the reference: the demo, the fake, npm start, in that order.
+    const run = readme.slice(readme.indexOf("## Run it"), readme.indexOf("## Test it"))
+    const commands = ["npm run demo", "npm run start:fake", "npm start"].map((command) => run.indexOf(command))
+    expect(commands.every((i, n) => i >= 0 && (n === 0 || i > commands[n - 1]!))).toBe(true)
+  })
+
+  it("leaves the figures to bench/README.md, and no internal issue numbers in either", () => {
+    expect(readme).toContain("](bench/README.md)")
+    expect(readme).not.toMatch(/^## Performance/m)
+    const bench = readdirSync(join(ROOT, "bench")).filter((name) => /\.(mjs|md|lua)$/.test(name))
+    for (
+      const [name, text] of [
+        ["README.md", readme],
+        ...bench.map((name) => [`bench/${name}`, readFileSync(join(ROOT, "bench", name), "utf8")])
+      ]
+    ) {
+      expect(text!.match(/\bissues? \d+/gi), name).toBeNull()
+    }
+  })
+
   it("names only npm scripts that exist and files that exist", () => {
     const scripts = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).scripts as Record<string, string>
     const named = [...readme.matchAll(/npm run ([\w:-]+)/g)].map((m) => m[1]!)
