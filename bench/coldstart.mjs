@@ -22,7 +22,7 @@ const nodeAt = args.indexOf("--node")
 const nodeChoice = nodeAt >= 0 ? args.splice(nodeAt, 2)[1] : "image"
 const runs = Number(args[0] ?? 10)
 const node = nodeChoice === "current" ? process.execPath : nodeChoice === "image" ? await ensureNode() : nodeChoice
-// Issue 16: the bundle's first answer within 2.5x of the bare server's.
+// The goal: the bundle's first answer within 2.5x of the bare server's.
 const GOAL_RATIO = 2.5
 
 // What any service would take to start: node, node:http, a listener answering /ping.

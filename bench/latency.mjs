@@ -32,7 +32,7 @@ const TOKENS = 100
 // client saturate the 2 cores (measured: p50 time to first token 230 ms), and the backlog that
 // builds up, not the streams, then sets the proxy's RSS.
 const RSS_TOKEN_INTERVAL_MS = 100
-// Issue 16: at 64 streams the proxy adds at most 2 ms to the p99 time to first token and 1 ms to
+// The goals: at 64 streams the proxy adds at most 2 ms to the p99 time to first token and 1 ms to
 // the p99 gap between tokens; at 256 it adds no more than nginx does; 1,000 streams fit in 150 MB.
 const GOALS = { at: 64, ttftP99AddedMs: 2, gapP99AddedMs: 1, nginxAt: 256, rssStreams: 1000, rssMB: 150 }
 

@@ -21,15 +21,15 @@
 const VARIANTS = [
   // No webhook URL: no usage tap at all (metering off).
   { name: "proxy", env: {} },
-  // Issue 5: exporting every span (a server span per request, a GenAI span per generation) costs at
+  // Exporting every span (a server span per request, a GenAI span per generation) costs at
   // most 10% of the stream relay.
   { name: "proxy + tracing", env: { OTEL_EXPORTER_OTLP_ENDPOINT: "{OTLP_SINK}" }, vs: "proxy", goals: { stream: 0.9 } },
-  // Metering every inference response and posting its record, for information only: issue 4's goal
-  // (>= 0.95 of the stream relay) is retired. Its stream is 1000 lines in ~6 ms, a record per
-  // response; at any real token rate one POST per response is lost in the noise (issue 16). What
+  // Metering every inference response and posting its record, for information only: its former goal
+  // (>= 0.95 of the stream relay) is dropped. Its stream is 1000 lines in ~6 ms, a record per
+  // response; at any real token rate one POST per response is lost in the noise. What
   // matters for the webhook is throughput to a distant one: npm run bench:webhook-throughput.
   { name: "proxy + usage webhook", env: { USER_MODEL_METRICS_WEBHOOK_URL: "{WEBHOOK_URL}" }, vs: "proxy" },
-  // Issue 14: every limit on the key (never reached), counters in the process: at most 5% on both.
+  // Every limit on the key (never reached), counters in the process: at most 5% on both.
   { name: "proxy + limits", env: { AUTHORIZATION_DEFAULT_LIMITS: "{LIMITS}" }, vs: "proxy", goals: { tags: 0.95, stream: 0.95 } },
   // The same with the counters in Redis (`{REDIS_URL}`: a redis-server the bench starts): two round
   // trips per request, for information (`info`: no verdict against the baseline either;
@@ -37,7 +37,7 @@ const VARIANTS = [
   { name: "proxy + limits in Redis", env: { AUTHORIZATION_DEFAULT_LIMITS: "{LIMITS}", REDIS_URL: "{REDIS_URL}" }, vs: "proxy", info: true }
 ]
 
-// Targets from the issue, as a fraction of the baseline's throughput.
+// The goals, as a fraction of the baseline's throughput.
 const GOALS = { tags: 0.8, stream: 0.9 }
 
 import { spawn, spawnSync } from "node:child_process"

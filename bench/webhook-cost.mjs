@@ -16,7 +16,7 @@
 // proxy's own cost) and (off + load)/off (the receiver's share), each for throughput and for the
 // proxy's CPU time per response; read the CPU time of on/(off + load): since the relay writes a batch
 // per read, the proxy is no longer what limits the stream scenario's throughput on 2 cores (wrk and
-// the upstream are), so throughput hides its cost. No verdict: issue 4's goal (>= 0.95) is retired
+// the upstream are), so throughput hides its cost. No verdict: the former goal (>= 0.95) is dropped
 // (a record per 6 ms response is no real workload, see bench/README.md); this splits a cost, for
 // information.
 import { spawn, spawnSync } from "node:child_process"

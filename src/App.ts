@@ -5,6 +5,7 @@ import { Context, Effect, Layer } from "effect"
 import { AppConfig, Environment } from "./Config.js"
 import { ExchangeAdmission, ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
+import { ApiKeys } from "./keys/ApiKeys.js"
 import { Limits } from "./limits/Limiter.js"
 import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"
@@ -20,12 +21,15 @@ import { UsageRecords } from "./usage/Records.js"
  * sequence: the Server drains first, then the consumers flush (the usage webhook delivers the
  * records of the exchanges just drained), and Ollama, built before them all (the Server's own
  * dependency on it reuses this instance), is stopped last. Tracing is built before Ollama, so the
- * process's spans are exported, and flushed after it stopped.
+ * process's spans are exported, and flushed after it stopped. The keys (environment and key file)
+ * are read and checked before Ollama is started: a key file error is then the one line start-up
+ * ends with, not a line after Ollama's start and stop.
  */
 export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers, E, R>) =>
   Layer.merge(Server.Default, MetricsLive).pipe(
     Layer.provide(consumers),
     Layer.provide(OllamaProcess.Default),
+    Layer.provide(ApiKeys.Default),
     Layer.provide(Tracing.layer),
     Layer.provide(LoggingLive),
     Layer.provide(AppConfig.layer)

@@ -5,6 +5,7 @@
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
 import { type KeyLimits, parseLimits } from "./Limits.js"
+import { didYouMean } from "./NearMiss.js"
 import { type OllamaHost, parseOllamaHost } from "./OllamaHost.js"
 import { type Scope, type ScopeName, SCOPES, scopesOf } from "./Scopes.js"
 
@@ -22,6 +23,8 @@ export type LogLevelName = "error" | "warn" | "info" | "debug"
 export interface ApiKeyConfig {
   /** `default` for AUTHORIZATION_APIKEY, else the lower-cased suffix (`_BOB` -> `bob`). */
   readonly name: string
+  /** The variable it came from, for errors. */
+  readonly variable: string
   /** The key, or its SHA-256 when given as `sha256:<hex>`. */
   readonly secret: Redacted.Redacted<string>
   readonly hashed: boolean
@@ -389,7 +392,9 @@ const text: Parse<string> = (raw) => Either.right(raw.trim())
 const parseScopes: Parse<ReadonlySet<Scope>> = (raw) => {
   const names = raw.split(",").map((s) => s.trim().toLowerCase()).filter((s) => s !== "")
   const wrong = names.filter((n) => n !== "all" && !SCOPES.includes(n as Scope))
-  if (wrong.length > 0) return Either.left(`${quoted(wrong[0]!)} is not a scope (${SCOPES.join(", ")}, or all)`)
+  if (wrong.length > 0) {
+    return Either.left(`${quoted(wrong[0]!)} is not a scope (${SCOPES.join(", ")}, or all)${didYouMean(wrong[0]!, [...SCOPES, "all"])}`)
+  }
   if (names.length === 0) return Either.left(`no scope given (${SCOPES.join(", ")}, or all)`)
   return Either.right(scopesOf(names as ReadonlyArray<ScopeName>))
 }
@@ -415,7 +420,7 @@ const readApiKeys = (env: Readonly<Record<string, string | undefined>>) => {
     if (hashed && !/^[0-9a-f]{64}$/i.test(value.slice(7))) {
       return Either.left(new AppConfigError({ variable, reason: "sha256: must be followed by 64 hex digits" }))
     }
-    keys.push({ name, hashed, secret: Redacted.make(hashed ? value.slice(7).toLowerCase() : value) })
+    keys.push({ name, variable, hashed, secret: Redacted.make(hashed ? value.slice(7).toLowerCase() : value) })
   }
   return Either.right(keys)
 }

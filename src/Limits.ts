@@ -5,6 +5,7 @@
  * optional, and a key without any has no limits.
  */
 import { Either, Schema } from "effect"
+import { didYouMean } from "./NearMiss.js"
 
 export const LIMIT_NAMES = [
   "requests_per_minute",
@@ -47,7 +48,7 @@ export const parseLimits = (raw: string): Either.Either<KeyLimits | undefined, s
     const eq = item.indexOf("=")
     const name = (eq < 0 ? item : item.slice(0, eq)).trim().toLowerCase()
     if (!(LIMIT_NAMES as ReadonlyArray<string>).includes(name)) {
-      return Either.left(`${JSON.stringify(name)} is not a limit (${LIMIT_NAMES.join(", ")})`)
+      return Either.left(`${JSON.stringify(name)} is not a limit (${LIMIT_NAMES.join(", ")})${didYouMean(name, LIMIT_NAMES)}`)
     }
     const value = eq < 0 ? "" : item.slice(eq + 1).trim()
     const n = /^\d+$/.test(value) ? Number(value) : NaN

@@ -4,7 +4,10 @@
  * process group, must end npm, the demo script, the proxy and the (fake) Ollama, and free the port.
  */
 import { type ChildProcess, spawn } from "node:child_process"
+import { once } from "node:events"
 import { readdirSync, readFileSync } from "node:fs"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { connect } from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { freePort } from "./support/http.js"
@@ -105,6 +108,38 @@ const portAnswers = (port: number) =>
   })
 
 describe("npm run demo", () => {
+  it("with its port taken by a server that answers /ping, says so in one line naming DEMO_PORT, prints no banner, and exits 1", async () => {
+    const seen: Array<string> = []
+    const squatter = createServer((req, res) => {
+      seen.push(`${req.method} ${req.url}`)
+      res.writeHead(200).end()
+    }).listen(0, "127.0.0.1")
+    await once(squatter, "listening")
+    const port = (squatter.address() as AddressInfo).port
+    try {
+      const npm = spawn("npm", ["run", "demo"], {
+        cwd: ROOT,
+        env: { ...process.env, DEMO_PORT: String(port) },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      let stdout = ""
+      let stderr = ""
+      npm.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk))
+      npm.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk))
+      const [code] = await once(npm, "exit")
+      expect(code).toBe(1)
+      // npm adds its own lines about the failed script; the demo's is one.
+      const ours = stderr.split("\n").filter((line) => line !== "" && !line.startsWith("npm "))
+      expect(ours).toEqual([
+        `demo: port ${port} on 127.0.0.1 is taken by another process: set DEMO_PORT to a free port, e.g. DEMO_PORT=${port + 1} npm run demo`
+      ])
+      expect(stdout).not.toContain("API key")
+      expect(seen).toEqual([])
+    } finally {
+      squatter.close()
+    }
+  })
+
   it("prints the usage record of each request", async () => {
     const demo = await startDemo()
     const key = (await demo.until(/API key: (\S+)/))[1]!

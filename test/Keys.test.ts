@@ -135,6 +135,47 @@ describe("the key file", () => {
     const parsed = parseKeyFile(text)
     expect(Either.isLeft(parsed) && parsed.left).toContain(reason)
   })
+
+  const entry = (field: string) => `keys:\n  - name: a\n    key: k\n    ${field}\n`
+  it.each([
+    // A near miss of every known field: case, plural, separators, a typo.
+    [entry("scope: [inference]"), `keys[0].scope: unknown field; did you mean "scopes"?`],
+    [entry("model: [llama3.2]"), `keys[0].model: unknown field; did you mean "models"?`],
+    [entry("Disabled: true"), `keys[0].Disabled: unknown field; did you mean "disabled"?`],
+    [entry("expiresAt: 2027-01-01T00:00:00Z"), `keys[0].expiresAt: unknown field; did you mean "expires_at"?`],
+    [entry("metdata: {}"), `keys[0].metdata: unknown field; did you mean "metadata"?`],
+    [entry("limit: {}"), `keys[0].limit: unknown field; did you mean "limits"?`],
+    ["keys:\n  - Name: a\n    key: k\n", `keys[0].Name: unknown field; did you mean "name"?`],
+    ["keys:\n  - name: a\n    kye: k\n", `keys[0].kye: unknown field; did you mean "key"?`],
+    ["key:\n  - name: a\n    key: k\n", `key: unknown field; did you mean "keys"?`],
+    [entry("limits: { request_per_minute: 1 }"), `keys[0].limits.request_per_minute: unknown field; did you mean "requests_per_minute"?`],
+    [entry("limits: { tokens_per_days: 1 }"), `keys[0].limits.tokens_per_days: unknown field; did you mean "tokens_per_day"?`],
+    [entry("colour: blue"), "keys[0].colour: unknown field"],
+    [
+      entry("scopes: [inferense]"),
+      `keys[0].scopes[0]: "inferense" is not a scope (inference, read, manage, metrics, web, all); did you mean "inference"?`
+    ],
+    // Every field given a value of the wrong type: what belongs there, and what YAML read.
+    [entry("scopes: inference"), "keys[0].scopes: a list like [inference, read], not a string"],
+    [entry("scopes:"), "keys[0].scopes: a list like [inference, read], not empty"],
+    [entry("scopes: [1]"), "keys[0].scopes[0]: a scope (inference, read, manage, metrics, web, all), not a number"],
+    [entry("models: llama3.2"), `keys[0].models: a list like ["llama3.2", "qwen3:*"], not a string`],
+    [entry("models: [1]"), `keys[0].models[0]: a model name like "llama3.2", not a number`],
+    [entry(`models: [""]`), "keys[0].models[0]: a model name, not empty"],
+    ["keys:\n  - name: [a]\n    key: k\n", "keys[0].name: a name like alice, not a list"],
+    ["keys:\n  - name: a\n    key: 12345\n", `keys[0].key: the key as text (quote one that YAML reads otherwise: "12345"), not a number`],
+    [entry("expires_at: 5"), "keys[0].expires_at: an RFC 3339 date and time with a zone, like 2027-01-01T00:00:00Z, not a number"],
+    [entry("disabled: nope"), "keys[0].disabled: true or false, not a string"],
+    [entry("metadata: blue"), "keys[0].metadata: a map like { team: blue }, not a string"],
+    [entry("metadata: { team: [a] }"), "keys[0].metadata.team: text, a number, true, false or null, not a list"],
+    [entry("limits: 60"), "keys[0].limits: a map like { requests_per_minute: 60 }, not a number"],
+    [entry(`limits: { requests_per_minute: "60" }`), "keys[0].limits.requests_per_minute: a positive integer, not a string"],
+    ["keys: alice\n", "keys: a list of keys, each `- name: ...` with its `key: ...`, not a string"],
+    ["keys:\n  - alice\n", `keys[0]: a key like { name: alice, key: "sk-..." }, not a string`],
+    ["- name: a\n", "a map with `keys:` and a list of keys, not a list"]
+  ])("says %j in the file's own words: %s", (text, reason) => {
+    expect(parseKeyFile(text)).toEqual(Either.left(reason))
+  })
 })
 
 describe("the model of a transcription: a multipart form field", () => {
@@ -517,7 +558,9 @@ describe("the built service", () => {
     const proxy = await spawnProxy({ OLLAMA_MANAGED: "false", AUTHORIZATION_KEYS_FILE: file }, { waitForListening: false })
     const { code } = await proxy.exited
     expect(code).toBe(1)
-    expect(proxy.stderr().trim()).toBe(`ollama-authentication-proxy: key file ${file}: keys[0].modles: unknown field`)
+    expect(proxy.stderr().trim()).toBe(
+      `ollama-authentication-proxy: key file ${file}: keys[0].modles: unknown field; did you mean "models"?`
+    )
   })
 
   it("a name in both the environment and the file stops start-up", async () => {

@@ -18,6 +18,8 @@ const failure = (env: Record<string, string>) => {
   return result.left.message
 }
 
+const LIMIT_LIST = "requests_per_minute, tokens_per_minute, concurrent_requests, tokens_per_day, tokens_per_month"
+
 describe("AUTHORIZATION_DEFAULT_LIMITS and the Redis variables", () => {
   it("no limits and the counters in memory by default", () => {
     const config = Either.getOrThrow(load({}))
@@ -42,6 +44,7 @@ describe("AUTHORIZATION_DEFAULT_LIMITS and the Redis variables", () => {
 
   it.each([
     ["requests_per_hour=5", `"requests_per_hour" is not a limit`],
+    ["request_per_minute=5", `"request_per_minute" is not a limit (${LIMIT_LIST}); did you mean "requests_per_minute"?`],
     ["requests_per_minute=0", "requests_per_minute=\"0\": not a positive integer"],
     ["tokens_per_day=1.5", "not a positive integer"],
     ["tokens_per_day", "not a positive integer"],

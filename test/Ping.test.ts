@@ -26,7 +26,7 @@ const answer = (
     return { status: response.status, body }
   }).pipe(
     Effect.provide(Layer.mergeAll(
-      Layer.succeed(OllamaHealth, OllamaHealth.make({ snapshot: () => health } as never)),
+      Layer.succeed(OllamaHealth, OllamaHealth.make({ snapshot: () => health, origin: "http://127.0.0.1:11434" } as never)),
       Layer.succeed(Preloader, Preloader.make({ snapshot: () => preload } as never)),
       Layer.succeed(
         GpuCheck,
@@ -39,7 +39,9 @@ const answer = (
       ),
       Layer.succeed(
         OllamaProcess,
-        OllamaProcess.make({ managed: true, current: () => process, computeDevices: () => [{ id: "cpu", library: "cpu" }] } as never)
+        OllamaProcess.make(
+          { managed: process._tag !== "Unmanaged", current: () => process, computeDevices: () => [{ id: "cpu", library: "cpu" }] } as never
+        )
       ),
       Layer.succeed(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request("http://worker/ping", { headers }))),
       ApiKeys.Default.pipe(Layer.provide(AppConfig.fromEnv(env)))
@@ -54,6 +56,32 @@ describe("/ping", () => {
       const { body, status } = yield* answer({ state: "starting", since: 0 }, { state: "waiting", models: [] })
       expect(status).toBe(204)
       expect(body).toBeUndefined()
+    }))
+
+  it.effect("is 503 saying why while an Ollama that is not ours fails to answer; 204 while ours starts", () =>
+    Effect.gen(function*() {
+      const refused = { state: "starting", since: 0, reason: "connect ECONNREFUSED 127.0.0.1:11434" } as const
+      const keyless = yield* answer(refused, { state: "waiting", models: [] }, ProcessState.Unmanaged(), {})
+      expect(keyless).toEqual({ status: 503, body: { status: "unhealthy", state: "down", reason: "ollama is not answering" } })
+      const keyed = yield* answer(refused, { state: "waiting", models: [] })
+      expect(keyed.status).toBe(503)
+      expect(keyed.body.ollama).toEqual({
+        state: "down",
+        since: "1970-01-01T00:00:00.000Z",
+        url: "http://127.0.0.1:11434",
+        reason: "connect ECONNREFUSED 127.0.0.1:11434",
+        managed: false
+      })
+      // Our own child refuses connections until it listens: that is its start.
+      const starting = yield* answer(refused, { state: "waiting", models: [] }, ProcessState.Running({ pid: 42, since: 0, restarts: 0 }))
+      expect(starting.status).toBe(204)
+      // Down after having been up, managed: the reason in the details too.
+      const down = yield* answer(
+        { state: "down", since: 0, reason: "GET / answered 500" },
+        done,
+        ProcessState.Running({ pid: 42, since: 0, restarts: 0 })
+      )
+      expect([down.status, down.body.ollama.reason, down.body.ollama.url]).toEqual([503, "GET / answered 500", "http://127.0.0.1:11434"])
     }))
 
   it.effect("is 204 while the preload runs", () =>

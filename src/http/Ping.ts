@@ -4,6 +4,11 @@
  * preload is over, 503 when Ollama is down after having been up, or with REQUIRE_GPU when a
  * preloaded model is not entirely in GPU memory. Answered from state only; never waits on Ollama.
  *
+ * With OLLAMA_MANAGED=false nothing of ours is starting Ollama: one that has not answered and
+ * failed a probe is not initializing but absent (a wrong OLLAMA_HOST, a stopped server), so it is
+ * a 503 saying so, not a 204 for ever. The relay still tries it (OllamaHealth stays "starting"):
+ * it may come up any moment.
+ *
  * The health checker sends no key, so the status code never depends on one. Without a valid key
  * the body says only whether the worker is ready and why not; the details (Ollama's version, its
  * pid, the model names) are for callers with a key.
@@ -45,7 +50,10 @@ export const ping = Effect.gen(function*() {
   const preloader = yield* Preloader
   const ollamaProcess = yield* OllamaProcess
   const gpuCheck = yield* GpuCheck
-  const { since, state, version } = health.snapshot()
+  const snapshot = health.snapshot()
+  const { since, version } = snapshot
+  const absent = snapshot.state === "starting" && snapshot.reason !== undefined && !ollamaProcess.managed
+  const state = absent ? "down" : snapshot.state
   const preload = preloader.snapshot()
   if (state === "starting" || (state === "up" && (preload.state !== "done" || gpuCheck.pending()))) {
     return HttpServerResponse.empty({ status: 204 })
@@ -68,6 +76,8 @@ export const ping = Effect.gen(function*() {
       state,
       since: new Date(since).toISOString(),
       ...(version === undefined ? {} : { version }),
+      // Where it was looked for and why it did not answer, as the log line says.
+      ...(state === "up" ? {} : { url: health.origin, ...(snapshot.reason === undefined ? {} : { reason: snapshot.reason }) }),
       ...processBody(ollamaProcess.current())
     },
     preload: {

@@ -15,7 +15,7 @@ import { watch } from "node:fs"
 import { readFile } from "node:fs/promises"
 import type { IncomingHttpHeaders } from "node:http"
 import { dirname } from "node:path"
-import { type ApiKeyConfig, AppConfig } from "../Config.js"
+import { type ApiKeyConfig, AppConfig, AppConfigError } from "../Config.js"
 import { type KeyLimits, sameLimits, someLimits } from "../Limits.js"
 import type { KeyRequestPolicy } from "../policy/RequestPolicy.js"
 import { type Scope, scopesOf } from "../Scopes.js"
@@ -76,6 +76,7 @@ interface Keyring {
 
 const fromEnvironment = (keys: ReadonlyArray<ApiKeyConfig>, scopes: ReadonlySet<Scope>, limits: KeyLimits | undefined) =>
   keys.map((k) => ({
+    variable: k.variable,
     digest: k.hashed ? digestOfHex(Redacted.value(k.secret)) : digestOf(Redacted.value(k.secret)),
     policy: {
       name: k.name,
@@ -104,6 +105,20 @@ const fromFile = (entries: ReadonlyArray<KeyEntry>, defaultScopes: ReadonlySet<S
       requestPolicy: e.request_policy === undefined ? undefined : requestPolicyOf(e.request_policy)
     } satisfies KeyPolicy
   }))
+
+/**
+ * Two AUTHORIZATION_APIKEY* variables holding one key (as it is, or one as the other's sha256:):
+ * a configuration error naming both, since the key could only ever name one of them.
+ */
+const sameKeyTwice = (env: ReadonlyArray<{ variable: string; digest: string }>) => {
+  const seen = new Map<string, string>()
+  for (const { digest, variable } of env) {
+    const first = seen.get(digest)
+    if (first !== undefined) return Option.some(new AppConfigError({ variable, reason: `the same key as ${first}: give each key once` }))
+    seen.set(digest, variable)
+  }
+  return Option.none()
+}
 
 /** The keyring, or why these keys cannot stand together. */
 const keyringOf = (
@@ -167,11 +182,10 @@ export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
      * no change, good or bad: a broken file is reported once, not at every poll, until it changes.
      */
     let lastRead: Either.Either<string, string> | undefined
+    const twice = sameKeyTwice(env)
+    if (Option.isSome(twice)) return yield* twice.value
     if (file === undefined) {
-      current = yield* Either.match(keyringOf(env, []), {
-        onLeft: (reason) => Effect.die(reason),
-        onRight: Effect.succeed
-      })
+      current = { byDigest: new Map(env.map((k) => [k.digest, k.policy])), size: env.length }
     } else {
       const text = yield* readText(file).pipe(Effect.mapError((reason) => new KeyFileError({ file, reason })))
       current = yield* Either.match(load(text), {

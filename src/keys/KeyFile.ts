@@ -23,7 +23,8 @@
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { parse as parseYaml } from "yaml"
-import { KeyLimitsSchema } from "../Limits.js"
+import { KeyLimitsSchema, LIMIT_NAMES } from "../Limits.js"
+import { didYouMean, nearMiss } from "../NearMiss.js"
 import { parseKeepAliveBound } from "../policy/GoDuration.js"
 import type { KeyRequestPolicy } from "../policy/RequestPolicy.js"
 import { type ScopeName, SCOPES } from "../Scopes.js"
@@ -42,7 +43,8 @@ const SCOPE_NAMES: ReadonlyArray<ScopeName> = [...SCOPES, "all"]
 
 const ScopeNameSchema = Schema.String.pipe(
   Schema.filter((s): s is ScopeName => SCOPE_NAMES.includes(s as ScopeName), {
-    message: (issue) => `${JSON.stringify(issue.actual)} is not a scope (${SCOPE_NAMES.join(", ")})`
+    message: (issue) =>
+      `${JSON.stringify(issue.actual)} is not a scope (${SCOPE_NAMES.join(", ")})${didYouMean(String(issue.actual), SCOPE_NAMES)}`
   })
 )
 
@@ -93,7 +95,7 @@ export const KeyEntry = Schema.Struct({
   name: Schema.Trim.pipe(Schema.nonEmptyString({ message: () => "a non-empty name" })),
   key: KeyText,
   scopes: Schema.optional(Schema.Array(ScopeNameSchema)),
-  models: Schema.optional(Schema.Array(Schema.String.pipe(Schema.nonEmptyString()))),
+  models: Schema.optional(Schema.Array(Schema.String.pipe(Schema.nonEmptyString({ message: () => "a model name, not empty" })))),
   expires_at: Schema.optional(Rfc3339),
   disabled: Schema.optional(Schema.Boolean),
   metadata: Schema.optional(Schema.Record({ key: Schema.String, value: MetadataValue })),
@@ -109,8 +111,71 @@ const decode = Schema.decodeUnknownEither(KeyFileSchema, { onExcessProperty: "er
 const pathText = (path: ReadonlyArray<PropertyKey>) =>
   path.map((p, i) => (typeof p === "number" ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`)).join("")
 
-/** The first things wrong with a decoded file, as one line: `keys[2].scopes[0]: ...`. */
-const describe = (error: ParseResult.ParseError) => {
+/** A path as the shape it points into: `keys[].limits.*` for keys[2].limits.tokens_per_day. */
+const shapeOf = (path: ReadonlyArray<PropertyKey>) =>
+  path.reduce<string>((shape, p) =>
+    typeof p === "number"
+      ? `${shape}[]`
+      : shape === "keys[].metadata" || shape === "keys[].limits"
+      ? `${shape}.*`
+      : shape === ""
+      ? String(p)
+      : `${shape}.${String(p)}`, "")
+
+/** The fields a map of each shape may have, for "did you mean". */
+const FIELDS: Readonly<Record<string, ReadonlyArray<string>>> = {
+  "": Object.keys(KeyFileSchema.fields),
+  "keys[]": Object.keys(KeyEntry.fields),
+  "keys[].limits": LIMIT_NAMES,
+  "keys[].request_policy": Object.keys(RequestPolicySchema.fields)
+}
+
+/** What belongs at each place, in the words of the documented example, for a value of the wrong type. */
+const EXPECTED: Readonly<Record<string, string>> = {
+  "": "a map with `keys:` and a list of keys",
+  "keys": "a list of keys, each `- name: ...` with its `key: ...`",
+  "keys[]": "a key like { name: alice, key: \"sk-...\" }",
+  "keys[].name": "a name like alice",
+  "keys[].key": "the key as text (quote one that YAML reads otherwise: \"12345\")",
+  "keys[].scopes": "a list like [inference, read]",
+  "keys[].scopes[]": `a scope (${SCOPE_NAMES.join(", ")})`,
+  "keys[].models": "a list like [\"llama3.2\", \"qwen3:*\"]",
+  "keys[].models[]": "a model name like \"llama3.2\"",
+  "keys[].expires_at": "an RFC 3339 date and time with a zone, like 2027-01-01T00:00:00Z",
+  "keys[].disabled": "true or false",
+  "keys[].metadata": "a map like { team: blue }",
+  "keys[].metadata.*": "text, a number, true, false or null",
+  "keys[].limits": "a map like { requests_per_minute: 60 }",
+  "keys[].limits.*": "a positive integer",
+  "keys[].request_policy": "a map like { keep_alive_max: 10m, num_predict_max: 2048 }",
+  "keys[].request_policy.keep_alive_min": "a duration like 1s or 30m, or seconds",
+  "keys[].request_policy.keep_alive_max": "a duration like 1s or 30m, or seconds",
+  "keys[].request_policy.keep_alive_unbounded": "rewrite or refuse",
+  "keys[].request_policy.num_ctx_max": "a positive integer",
+  "keys[].request_policy.num_predict_max": "a positive integer"
+}
+
+/** What YAML made of a value, as a user would name it. */
+const kindOf = (value: unknown) =>
+  value === null || value === undefined
+    ? "empty"
+    : Array.isArray(value)
+    ? "a list"
+    : typeof value === "object"
+    ? "a map"
+    : typeof value === "boolean"
+    ? `${value}`
+    : `a ${typeof value}`
+
+const valueAt = (value: unknown, path: ReadonlyArray<PropertyKey>) =>
+  path.reduce<unknown>((v, p) => (v !== null && typeof v === "object" ? (v as Record<PropertyKey, unknown>)[p] : undefined), value)
+
+/**
+ * The first things wrong with a decoded file, as one line in the file's own terms
+ * (`keys[0].scopes: a list like [inference, read], not a string`): never the schema's own
+ * rendering of a type, which names TypeScript types the user never wrote.
+ */
+const describe = (error: ParseResult.ParseError, value: unknown) => {
   // One issue per place: an optional field that is wrong also fails as "not undefined".
   const all = ParseResult.ArrayFormatter.formatErrorSync(error)
   const seen = new Set<string>()
@@ -121,12 +186,25 @@ const describe = (error: ParseResult.ParseError) => {
     seen.add(where)
     return true
   })
-  const shown = issues.slice(0, 3).map((issue) => {
+  const suggested = new Set<string>()
+  const lines = issues.map((issue) => {
     const where = pathText(issue.path)
-    const message = issue._tag === "Unexpected" ? "unknown field" : issue.message
-    return where === "" ? message : `${where}: ${message}`
+    const parent = issue.path.slice(0, -1)
+    const name = String(issue.path.at(-1))
+    let message = issue.message
+    if (issue._tag === "Unexpected") {
+      const near = nearMiss(name, FIELDS[shapeOf(parent)] ?? [])
+      if (near !== undefined) suggested.add(pathText([...parent, near]))
+      message = `unknown field${near === undefined ? "" : `; did you mean ${JSON.stringify(near)}?`}`
+    } else if (issue._tag === "Type") {
+      const expected = EXPECTED[shapeOf(issue.path)]
+      if (expected !== undefined) message = `${expected}, not ${kindOf(valueAt(value, issue.path))}`
+    }
+    return { where, tag: issue._tag, text: where === "" ? message : `${where}: ${message}` }
   })
-  return shown.join("; ") + (issues.length > 3 ? `; and ${issues.length - 3} more` : "")
+  // `scope:` for `scopes:` is one mistake, not an unknown field and a missing one.
+  const shown = lines.filter((line) => !(line.tag === "Missing" && suggested.has(line.where)))
+  return shown.slice(0, 3).map((line) => line.text).join("; ") + (shown.length > 3 ? `; and ${shown.length - 3} more` : "")
 }
 
 /** The entries of a key file's text; what is wrong with it otherwise. */
@@ -140,5 +218,5 @@ export const parseKeyFile = (text: string): Either.Either<ReadonlyArray<KeyEntry
     return Either.left(`not valid YAML${line === undefined ? "" : ` at line ${line}`}: ${message}`)
   }
   if (value === null || value === undefined) return Either.left("the file is empty: expected `keys:` with a list of keys")
-  return Either.mapBoth(decode(value), { onLeft: describe, onRight: (file) => file.keys })
+  return Either.mapBoth(decode(value), { onLeft: (error) => describe(error, value), onRight: (file) => file.keys })
 }

@@ -230,7 +230,16 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
       Effect.map((running): ReadonlyArray<RunningModel> => running.models ?? [])
     )
 
-    return { ping, version, pull, warm, tags, ps } as const
+    return {
+      /** Where Ollama is looked for: OLLAMA_HOST's origin, as Ollama's own rules read it. */
+      origin: config.ollama.origin,
+      ping,
+      version,
+      pull,
+      warm,
+      tags,
+      ps
+    } as const
   }),
   dependencies: [NodeHttpClient.layerUndici]
 }) {}

@@ -272,6 +272,9 @@ async function serve(env) {
     process.on("SIGTERM", () => log("WARN", "ignoring SIGTERM (FAKE_OLLAMA_IGNORE_SIGTERM)", {}, "routes.go:1610"))
   } else process.on("SIGTERM", stop)
 
+  // A trace of every start, for tests that must tell whether `ollama serve` was started at all.
+  if (env.FAKE_OLLAMA_STARTS_FILE) appendFileSync(env.FAKE_OLLAMA_STARTS_FILE, `${process.pid}\n`)
+
   const where = parseOllamaHost(env.OLLAMA_HOST)
   if (where.invalidPort !== undefined) {
     log("WARN", "invalid port, using default", { port: where.invalidPort, default: where.port }, "config.go:63")
