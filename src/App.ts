@@ -36,9 +36,9 @@ export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers, E, R>) =
   )
 
 /**
- * The consumers in force, in the order they see an exchange: telemetry, limits (the charge of
- * its tokens, which the record carries), then usage records (present only with a webhook URL:
- * nothing would receive them otherwise); and the admission of keys with limits. Limits are built
+ * The consumers in force: usage records (present only with a webhook URL: nothing would receive
+ * them otherwise), limits and telemetry, in any order (each declares what it provides and reads,
+ * and the boundary derives the order from that); and the admission of keys with limits. Limits are built
  * after the usage records, so at shutdown they finish their last charges while the webhook still
  * takes the records that wait for them.
  */
@@ -49,7 +49,7 @@ export const ConsumersLive = Layer.effectContext(
     const limits = yield* Limits
     return Context.make(
       ExchangeConsumers,
-      usage.consumer === undefined ? [telemetry, limits.consumer] : [telemetry, limits.consumer, usage.consumer]
+      usage.consumer === undefined ? [limits.consumer, telemetry] : [usage.consumer, limits.consumer, telemetry]
     )
       .pipe(Context.add(ExchangeAdmission, limits.admit))
   })

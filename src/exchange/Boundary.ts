@@ -55,6 +55,7 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { callerOf } from "./Caller.js"
 import { asksForUsage, classify, unknownRoute } from "./Classify.js"
+import { orderConsumers } from "./Consumers.js"
 import { badTarget, unauthorized } from "./Errors.js"
 import {
   type ConsumerFailed,
@@ -92,7 +93,7 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
   scoped: Effect.gen(function*() {
     const keys = yield* ApiKeys
     const relay = yield* Relay
-    const consumers = yield* ExchangeConsumers
+    const consumers = orderConsumers(yield* ExchangeConsumers)
     const readers = yield* UsageReaders
     const admission = yield* ExchangeAdmission
     const remote = yield* RemoteModelList

@@ -26,14 +26,27 @@ export interface ExchangeWatch {
   readonly end: (exchange: Exchange) => void
 }
 
+/** What one consumer makes of an exchange that others read (see Consumers.ts). */
+export type Provision =
+  /** `Exchange.span`: the span the exchange is traced under (telemetry). */
+  | "span"
+  /** `Exchange.limits`: the key's charge for the exchange and its totals (limits). */
+  | "charge"
+
 export interface ExchangeConsumer {
   /** Names the consumer in the log line and metric when it fails. */
   readonly name: string
+  /** What it writes on the exchange for others to read. */
+  readonly provides?: ReadonlyArray<Provision>
+  /** What it reads that another consumer must provide: the service does not start without it. */
+  readonly needs?: ReadonlyArray<Provision>
+  /** What it reads when a consumer provides it: it then sees the exchange after that consumer. */
+  readonly after?: ReadonlyArray<Provision>
   /** Called when an exchange arrives: what watches it, or undefined when this one does not care. */
   readonly open: (exchange: Exchange) => ExchangeWatch | undefined
 }
 
-/** The consumers in force, in the order they see each exchange. */
+/** The consumers in force; the order they see each exchange in is derived from what they declare (Consumers.ts). */
 export class ExchangeConsumers extends Context.Tag("app/ExchangeConsumers")<ExchangeConsumers, ReadonlyArray<ExchangeConsumer>>() {}
 
 // Where the limits of keys (src/limits/) meet the exchange: what they did with one exchange, and

@@ -308,6 +308,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     const watch: ExchangeWatch = { end: charge }
     const consumer: ExchangeConsumer = {
       name: "limits",
+      provides: ["charge"],
       open: (exchange) => (exchange.caller.key?.limits === undefined ? undefined : watch)
     }
 

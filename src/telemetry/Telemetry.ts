@@ -138,6 +138,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
 
   return {
     name: "telemetry",
+    provides: ["span"],
     open: (exchange) => {
       activeRequests.unsafeModify(1, NO_LABELS)
       if (exchanges === undefined) return untraced

@@ -86,7 +86,8 @@ export const makeUsageRecords = (
       else void charged.then(() => send(exchange))
     }
   }
-  return { name: "usage", open: (exchange) => (exchange.route.inference ? watch : undefined) }
+  // The record carries the key's totals after the charge, and continues the exchange's trace.
+  return { name: "usage", after: ["charge", "span"], open: (exchange) => (exchange.route.inference ? watch : undefined) }
 }
 
 export class UsageRecords extends Effect.Service<UsageRecords>()("app/UsageRecords", {

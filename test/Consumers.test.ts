@@ -1,0 +1,48 @@
+/**
+ * The order consumers see an exchange in comes from what they declare, not from their place in a
+ * list: the same order from every arrangement, and a wrong declaration fails at start.
+ */
+import { describe, expect, it } from "vitest"
+import { ConsumerOrderError, orderConsumers } from "../src/exchange/Consumers.js"
+import type { ExchangeConsumer, Provision } from "../src/exchange/Exchange.js"
+
+const consumer = (
+  name: string,
+  declared: { provides?: Array<Provision>; needs?: Array<Provision>; after?: Array<Provision> } = {}
+): ExchangeConsumer => ({
+  name,
+  ...declared,
+  open: () => undefined
+})
+
+const permutations = <A>(items: ReadonlyArray<A>): Array<Array<A>> =>
+  items.length <= 1
+    ? [[...items]]
+    : items.flatMap((item, i) => permutations([...items.slice(0, i), ...items.slice(i + 1)]).map((rest) => [item, ...rest]))
+
+describe("the consumers' order", () => {
+  it("puts what provides the span and the charge before what reads them, whatever the list's order", () => {
+    const telemetry = consumer("telemetry", { provides: ["span"] })
+    const limits = consumer("limits", { provides: ["charge"] })
+    const usage = consumer("usage", { after: ["charge", "span"] })
+    for (const arrangement of permutations([telemetry, limits, usage])) {
+      const names = orderConsumers(arrangement).map((c) => c.name)
+      expect(names.indexOf("usage")).toBe(2)
+      expect(names).toHaveLength(3)
+    }
+  })
+
+  it("`after` orders only when a provider is there; `needs` must have one", () => {
+    expect(orderConsumers([consumer("usage", { after: ["charge"] })]).map((c) => c.name)).toEqual(["usage"])
+    expect(() => orderConsumers([consumer("usage", { needs: ["charge"] })])).toThrow(ConsumerOrderError)
+    expect(() => orderConsumers([consumer("usage", { needs: ["charge"] })])).toThrow(
+      `the usage consumer needs "charge", which no consumer provides`
+    )
+  })
+
+  it("refuses consumers that wait on each other", () => {
+    const a = consumer("a", { provides: ["span"], needs: ["charge"] })
+    const b = consumer("b", { provides: ["charge"], needs: ["span"] })
+    expect(() => orderConsumers([a, b])).toThrow(/wait on each other: a -> b -> a/)
+  })
+})
