@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest"
 import { ConsumerOrderError, orderConsumers } from "../src/exchange/Consumers.js"
-import type { ExchangeConsumer, Provision } from "../src/exchange/Exchange.js"
+import { type ExchangeConsumer, type ExchangeRewrite, filterOf, type Provision, replacementOf } from "../src/exchange/Exchange.js"
 
 const consumer = (
   name: string,
@@ -44,5 +44,33 @@ describe("the consumers' order", () => {
     const a = consumer("a", { provides: ["span"], needs: ["charge"] })
     const b = consumer("b", { provides: ["charge"], needs: ["span"] })
     expect(() => orderConsumers([a, b])).toThrow(/wait on each other: a -> b -> a/)
+  })
+})
+
+describe("rewrites of one answer", () => {
+  const upper: ExchangeRewrite = { replaceBody: () => (b) => Buffer.from(b.toString().toUpperCase()) }
+  const exclaim: ExchangeRewrite = { replaceBody: (status) => (status === 200 ? (b) => Buffer.concat([b, Buffer.from("!")]) : undefined) }
+  /** Holds everything back until the end, then lets it out: the next filter must still see it. */
+  const holding: ExchangeRewrite = {
+    response: () => {
+      const held: Array<Buffer> = []
+      return { push: (c) => (held.push(c), Buffer.alloc(0)), end: () => Buffer.concat(held) }
+    }
+  }
+  const dropX: ExchangeRewrite = {
+    response: () => ({ push: (c) => Buffer.from(c.toString().replace(/x/g, "")), end: () => Buffer.alloc(0) })
+  }
+
+  it("compose in the order they were added: a second never replaces the first", () => {
+    expect(replacementOf([upper, exclaim], 200, {})!(Buffer.from("hi")).toString()).toBe("HI!")
+    expect(replacementOf([upper, exclaim], 404, {})!(Buffer.from("hi")).toString()).toBe("HI")
+    expect(replacementOf([], 200, {})).toBeUndefined()
+    const chained = filterOf([holding, dropX], 200, {})!
+    expect(chained.push(Buffer.from("axb")).length).toBe(0)
+    expect(chained.push(Buffer.from("xc")).length).toBe(0)
+    expect(chained.end().toString()).toBe("abc")
+    const plain = filterOf([dropX, holding], 200, {})!
+    expect(plain.push(Buffer.from("axb")).length).toBe(0)
+    expect(plain.end().toString()).toBe("ab")
   })
 })

@@ -161,11 +161,11 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       if (key !== null) {
         const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path, remote.isRemote)
         if (refusal !== undefined) return exchange.refuse(refusal, "forbidden")
-        if (req.method === "GET" && listsModels(route)) exchange.rewrite = modelListFilter(key.models, route, remote.isRemote)
+        if (req.method === "GET" && listsModels(route)) exchange.rewrites.push(modelListFilter(key.models, route, remote.isRemote))
       }
       // A key's rules and the request policy read the body whole; so does metering that must ask for usage.
       exchange.checked = readsModelInBody(route) && (key !== null || asksForUsage(route))
-      if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route, exchange.reading)
+      if (asksForUsage(route)) exchange.rewrites.push(includeUsageRewrite(route, exchange.reading))
       if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, relay.forward)
       relay.forward(exchange)
     }

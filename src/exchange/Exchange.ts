@@ -147,6 +147,30 @@ export interface ExchangeRewrite {
   readonly replaceBody?: (status: number, headers: IncomingHttpHeaders) => ((body: Buffer) => Buffer) | undefined
 }
 
+/** The rewrites' whole-body changes for this answer, one after the other; undefined when none applies. */
+export const replacementOf = (
+  rewrites: ReadonlyArray<ExchangeRewrite>,
+  status: number,
+  headers: IncomingHttpHeaders
+): ((body: Buffer) => Buffer) | undefined => {
+  const steps = rewrites.flatMap((r) => r.replaceBody?.(status, headers) ?? [])
+  return steps.length === 0 ? undefined : steps.length === 1 ? steps[0] : (body) => steps.reduce((b, step) => step(b), body)
+}
+
+/** The rewrites' filters for this answer, chained: what one lets through is the next one's input. */
+export const filterOf = (rewrites: ReadonlyArray<ExchangeRewrite>, status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined => {
+  const filters = rewrites.flatMap((r) => r.response?.(status, headers) ?? [])
+  if (filters.length <= 1) return filters[0]
+  return {
+    push: (chunk) => filters.reduce((bytes, f) => (bytes.length === 0 ? bytes : f.push(bytes)), chunk),
+    end: () => {
+      let held = Buffer.alloc(0)
+      for (const f of filters) held = Buffer.concat([held.length === 0 ? held : f.push(held), f.end()])
+      return held
+    }
+  }
+}
+
 /** Turns the response body into what the client receives, chunk by chunk. */
 export interface ChunkFilter {
   /** The bytes to relay now for this chunk; empty to relay nothing yet. */
@@ -176,8 +200,8 @@ export class Exchange {
    * causes after it ends (the usage POST) continues it.
    */
   span: Tracer.ExternalSpan | undefined = undefined
-  /** Set for the exchanges whose bytes the proxy changes. */
-  rewrite: ExchangeRewrite | undefined = undefined
+  /** The changes the proxy makes to this exchange's answer, applied in the order they were added. */
+  readonly rewrites: Array<ExchangeRewrite> = []
   /**
    * The body is read whole and checked before it goes on (src/policy/BodyCheck.ts): decoded and
    * read as Ollama reads it, the key's model and the request policy applied, usage asked for.

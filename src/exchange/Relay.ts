@@ -12,7 +12,7 @@ import { AppConfig } from "../Config.js"
 import { type BodyChecks, checkBody } from "../policy/BodyCheck.js"
 import { RequestPolicyConfig } from "../policy/PolicyConfig.js"
 import { badGateway, bodyTimeout as bodyTimedOut, ollamaUnavailable, writeRefusal } from "./Errors.js"
-import { type ChunkFilter, type Exchange, RemoteModelList } from "./Exchange.js"
+import { type ChunkFilter, type Exchange, filterOf, RemoteModelList, replacementOf } from "./Exchange.js"
 import { clientResponseHeaders, hasBody, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
 
 /**
@@ -126,7 +126,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
     const bodyTimeout = Duration.toMillis(config.requestBodyTimeout)
 
     const forward = (exchange: Exchange): void => {
-      const { checked, reading, req, requestId, res, rewrite, route } = exchange
+      const { checked, reading, req, requestId, res, rewrites, route } = exchange
       if (health.isDown()) {
         writeRefusal(res, route.family, ollamaUnavailable, requestId)
         exchange.finish("unavailable")
@@ -220,7 +220,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
         onResponseStart(_c, status, headers) {
           if (status < 200) return // 1xx interim answers stay between us and Ollama
           closeIfBodyUnread(req, res)
-          const replace = rewrite?.replaceBody?.(status, headers)
+          const replace = rewrites.length === 0 ? undefined : replacementOf(rewrites, status, headers)
           if (replace !== undefined) {
             reading.responseStart(status, headers)
             whole = { status, headers, replace, chunks: [] }
@@ -228,7 +228,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           }
           res.writeHead(status, clientResponseHeaders(headers, requestId, exchange.responseHeaders))
           // A filter may change the body's length: only a body without a declared one is filtered.
-          if (rewrite !== undefined && headers["content-length"] === undefined) filter = rewrite.response?.(status, headers)
+          if (rewrites.length > 0 && headers["content-length"] === undefined) filter = filterOf(rewrites, status, headers)
           reading.responseStart(status, headers)
           if (headers["content-length"] === undefined) res.flushHeaders()
         },
