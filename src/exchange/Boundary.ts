@@ -143,18 +143,18 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       const route = target.ok ? classify(req.method, path) : unknownRoute(path)
       const auth = isPreflight(req.method, req.headers) ? PREFLIGHT : keys.authenticate(req.headers)
       const key = auth.ok ? auth.key : null
-      const exchange = new Exchange(
+      const exchange = new Exchange({
         requestId,
         req,
         res,
         startedAt,
         path,
-        target.ok ? target.forward : path,
+        target: target.ok ? target.forward : path,
         route,
-        callerOf(key, req.headers),
+        caller: callerOf(key, req.headers),
         readers,
-        finished
-      )
+        onFinish: finished
+      })
       openWatches(exchange, consumers, consumerFailed)
       if (!auth.ok) return exchange.refuse(unauthorized(auth.reason), "rejected")
       if (!target.ok) return exchange.refuse(badTarget(target.reason), "rejected")

@@ -158,7 +158,11 @@ export const replacementOf = (
 }
 
 /** The rewrites' filters for this answer, chained: what one lets through is the next one's input. */
-export const filterOf = (rewrites: ReadonlyArray<ExchangeRewrite>, status: number, headers: IncomingHttpHeaders): ChunkFilter | undefined => {
+export const filterOf = (
+  rewrites: ReadonlyArray<ExchangeRewrite>,
+  status: number,
+  headers: IncomingHttpHeaders
+): ChunkFilter | undefined => {
   const filters = rewrites.flatMap((r) => r.response?.(status, headers) ?? [])
   if (filters.length <= 1) return filters[0]
   return {
@@ -215,24 +219,44 @@ export class Exchange {
   responseHeaders: OutgoingHttpHeaders | undefined = undefined
   private over = false
 
-  constructor(
-    readonly requestId: string,
-    readonly req: IncomingMessage,
-    /** Read-only for consumers: the status of answers the proxy writes itself (401, 502, 503) is here. */
-    readonly res: ServerResponse,
-    /** performance.now() when the request arrived. */
-    readonly startedAt: number,
-    /** The path Ollama routes the request by (Target.ts): the one path every consumer reports. */
-    readonly path: string,
-    /** The request target sent to Ollama: that path, encoded, and the query. */
-    readonly target: string,
-    readonly route: Route,
-    readonly caller: Caller,
-    readers: UsageReaderFactory,
-    private readonly onFinish: (exchange: Exchange) => void
-  ) {
+  readonly requestId: string
+  readonly req: IncomingMessage
+  /** Read-only for consumers: the status of answers the proxy writes itself (401, 502, 503) is here. */
+  readonly res: ServerResponse
+  /** performance.now() when the request arrived. */
+  readonly startedAt: number
+  /** The path Ollama routes the request by (Target.ts): the one path every consumer reports. */
+  readonly path: string
+  /** The request target sent to Ollama: that path, encoded, and the query. */
+  readonly target: string
+  readonly route: Route
+  readonly caller: Caller
+  private readonly onFinish: (exchange: Exchange) => void
+
+  /** What is set once, as the request arrives; everything below it is written as the exchange runs. */
+  constructor(arrived: {
+    readonly requestId: string
+    readonly req: IncomingMessage
+    readonly res: ServerResponse
+    readonly startedAt: number
+    readonly path: string
+    readonly target: string
+    readonly route: Route
+    readonly caller: Caller
+    readonly readers: UsageReaderFactory
+    readonly onFinish: (exchange: Exchange) => void
+  }) {
+    this.requestId = arrived.requestId
+    this.req = arrived.req
+    this.res = arrived.res
+    this.startedAt = arrived.startedAt
+    this.path = arrived.path
+    this.target = arrived.target
+    this.route = arrived.route
+    this.caller = arrived.caller
+    this.onFinish = arrived.onFinish
     // The whole body is scanned where a rule checks its model, or include_usage reads its stream flag.
-    this.reading = new Reading(route, readers, caller.key !== null || asksForUsage(route))
+    this.reading = new Reading(arrived.route, arrived.readers, arrived.caller.key !== null || asksForUsage(arrived.route))
   }
 
   /** The request is about to go to Ollama with these headers. */

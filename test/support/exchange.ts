@@ -58,18 +58,18 @@ export const play = (
   const target = targetOf(req.url)
   if (!target.ok) throw new Error(target.reason)
   const { path } = target
-  const exchange = new Exchange(
-    "req-1",
+  const exchange = new Exchange({
+    requestId: "req-1",
     req,
     res,
-    performance.now(),
+    startedAt: performance.now(),
     path,
-    target.forward,
-    classify(req.method, path),
-    callerOf(played.keyName ? keyNamed(played.keyName) : null, req.headers),
+    target: target.forward,
+    route: classify(req.method, path),
+    caller: callerOf(played.keyName ? keyNamed(played.keyName) : null, req.headers),
     readers,
-    (e) => endWatches(e, rethrow)
-  )
+    onFinish: (e) => endWatches(e, rethrow)
+  })
   openWatches(exchange, Array.isArray(consumers) ? consumers : [consumers as ExchangeConsumer], rethrow)
   const upstreamHeaders: Record<string, string | Array<string>> = {}
   if (played.proxyStatus !== undefined) {
