@@ -5,7 +5,7 @@ import { Context, Effect, Layer } from "effect"
 import { AppConfig, Environment } from "./Config.js"
 import { ExchangeAdmission, ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
-import { Limits } from "./limits/Limiter.js"
+import { Limits } from "./limits/Limits.js"
 import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"
 import { MetricsLive } from "./telemetry/MetricsExport.js"
@@ -14,7 +14,8 @@ import { Tracing } from "./telemetry/Tracing.js"
 import { UsageRecords } from "./usage/Records.js"
 
 /**
- * The service, with the consumers that read its exchanges (telemetry, usage records).
+ * The service, with the consumers that read its exchanges (telemetry, usage records) and the
+ * admission of keys with limits (required: without it they would pass unlimited).
  *
  * Layers are released in the reverse order of their construction, and that order is the shutdown
  * sequence: the Server drains first, then the consumers flush (the usage webhook delivers the
@@ -22,7 +23,7 @@ import { UsageRecords } from "./usage/Records.js"
  * dependency on it reuses this instance), is stopped last. Tracing is built before Ollama, so the
  * process's spans are exported, and flushed after it stopped.
  */
-export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers, E, R>) =>
+export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers | ExchangeAdmission, E, R>) =>
   Layer.merge(Server.Default, MetricsLive).pipe(
     Layer.provide(consumers),
     Layer.provide(OllamaProcess.Default),
@@ -47,7 +48,7 @@ export const ConsumersLive = Layer.effectContext(
       ExchangeConsumers,
       usage.consumer === undefined ? [telemetry, limits.consumer] : [telemetry, limits.consumer, usage.consumer]
     )
-      .pipe(Context.add(ExchangeAdmission, limits.admit))
+      .pipe(Context.add(ExchangeAdmission, { admit: limits.admit, ownUsage: limits.ownUsage }))
   })
 ).pipe(Layer.provide(Limits.Default), Layer.provide(UsageRecords.Default))
 

@@ -153,7 +153,7 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         if (req.method === "GET" && listsModels(route)) exchange.rewrite = modelListFilter(key.models, route)
       }
       if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route)
-      if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, relay.forward)
+      if (key?.limits !== undefined) return admission.admit(exchange, key.limits, relay.forward)
       relay.forward(exchange)
     }
 

@@ -12,12 +12,12 @@
  *       disabled: false
  *       metadata: { team: blue }           # copied into each usage record as key_metadata
  *       limits:                            # default AUTHORIZATION_DEFAULT_LIMITS; {} = none
- *         requests_per_minute: 60          # every field optional (src/limits/Limits.ts)
+ *         requests_per_minute: 60          # every field optional (src/limits/Table.ts)
  *         tokens_per_day: 200000
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { parse as parseYaml } from "yaml"
-import { KeyLimitsSchema } from "../Limits.js"
+import { KeyLimitsSchema } from "../limits/Table.js"
 import { type ScopeName, SCOPES } from "../Scopes.js"
 
 export class KeyFileError extends Data.TaggedError("KeyFileError")<{
