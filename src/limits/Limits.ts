@@ -32,7 +32,10 @@ import { LIMITS, type Plan, planner } from "./Table.js"
 const remaining = LIMITS.map((def) => Metric.gauge(`ollama_proxy.key.remaining_${def.gauge}`, { description: def.gaugeDescription }))
 const keyLabels = labelCache(["api_key_name"])
 
-/** Labels: operation = admit | charge | renew | read, decision = open | closed | retried. */
+/**
+ * Labels: operation = admit | charge | renew | release | read, decision = open | closed | retried |
+ * lease (a slot not renewed or given back frees itself when its lease ends).
+ */
 export const storeFailures = Metric.counter("ollama_proxy.limits.store.failures", {
   description: "Operations on the limits store (Redis) that failed or timed out, by what the proxy decided",
   incremental: true
@@ -116,6 +119,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     for (const decision of [onFailure, "retried"] as const) {
       storeFailures.unsafeUpdate(0, failureLabels(decision === "retried" ? "charge" : "admit", decision))
     }
+    if (Option.isSome(redisUrl)) storeFailures.unsafeUpdate(0, failureLabels("renew", "lease"))
 
     // A slot that cannot be renewed (or given back) frees itself when its lease runs out: each
     // failure is counted, and logged once when they start and once when renewals work again,
