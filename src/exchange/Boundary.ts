@@ -146,6 +146,8 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       openWatches(exchange, consumers, consumerFailed)
       if (!auth.ok) return exchange.refuse(unauthorized(auth.reason), "rejected")
       if (!target.ok) return exchange.refuse(badTarget(target.reason), "rejected")
+      // The proxy's own answer, for any valid key whatever its scopes (src/limits/OwnUsage.ts).
+      if (route.operation === "own_usage") return admission.ownUsage(exchange)
       if (key !== null) {
         const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path)
         if (refusal !== undefined) return exchange.refuse(refusal, "forbidden")
