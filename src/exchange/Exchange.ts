@@ -69,9 +69,9 @@ export type Admit = (exchange: Exchange, limits: KeyLimits, forward: (exchange: 
 
 /**
  * What the limits give the boundary: the admission of keys with limits, and the answer to a
- * key's own usage (GET /v1/usage). A required service, not an optional one: a service built
- * without it would let keys that have limits through unlimited, and now the type checker says so
- * (App.ts provides the limits'; a test provides its own explicitly).
+ * key's own usage (GET /v1/usage). Required in the layer's type, with no default: a service built
+ * without it would let keys that have limits through unlimited (App.ts provides the limits'; a
+ * test provides its own explicitly).
  */
 export interface Admission {
   readonly admit: Admit
