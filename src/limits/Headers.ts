@@ -7,7 +7,7 @@
  */
 import type { OutgoingHttpHeaders } from "node:http"
 import { MINUTE, periodEnd, periodsAt, type Usage } from "./Store.js"
-import type { Plan, PlannedLimit } from "./Table.js"
+import { Kind, type Plan, type PlannedLimit } from "./Table.js"
 
 /** A duration as OpenAI's reset headers write it (Go's duration format): `120ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`. */
 export const resetText = (ms: number): string => {
@@ -23,28 +23,6 @@ export const resetText = (ms: number): string => {
 
 /** What is left of `limit` after `used`, in whole units. */
 export const left = (limit: number, used: number) => Math.max(0, Math.floor(limit - used + 1e-9))
-
-/** The names of an entry's trio, made once per entry. */
-interface Trio {
-  readonly limit: string
-  readonly remaining: string
-  readonly reset: string
-}
-const trios = new WeakMap<object, Trio>()
-const trioOf = (limit: PlannedLimit): Trio => {
-  let trio = trios.get(limit.def)
-  if (trio === undefined) {
-    const name = limit.def.headers
-    trios.set(
-      limit.def,
-      trio = { limit: `x-ratelimit-limit-${name}`, remaining: `x-ratelimit-remaining-${name}`, reset: `x-ratelimit-reset-${name}` }
-    )
-  }
-  return trio
-}
-
-/** Whether an answer carries a limit's headers: it has some, and tokens apply or it counts requests. */
-const shown = (limit: PlannedLimit, tokens: boolean) => limit.def.headers !== undefined && (tokens || limit.always)
 
 /**
  * The last headers made for a key name, with the plan and figures they say: the same again give
@@ -71,18 +49,14 @@ let current = new Float64Array(16)
  * several percent (strings, objects and their collection).
  */
 export const limitHeaders = (name: string, plan: Plan, usage: Usage, now: number, tokens: boolean): OutgoingHttpHeaders => {
-  const entries = plan.entries
-  const n = 2 * entries.length
+  const shown = tokens ? plan.headed.inference : plan.headed.other
+  const n = 2 * shown.length
   if (current.length < n) current = new Float64Array(n)
-  for (let k = 0; k < entries.length; k++) {
-    const limit = entries[k]!
-    if (!shown(limit, tokens)) {
-      current[2 * k] = current[2 * k + 1] = -1
-      continue
-    }
+  for (let k = 0; k < shown.length; k++) {
+    const limit = shown[k]!
     const used = usage.used[limit.index]!
     current[2 * k] = left(limit.value, used)
-    current[2 * k + 1] = limit.def.window === "minute"
+    current[2 * k + 1] = limit.kind === Kind.MinuteRequests || limit.kind === Kind.MinuteTokens
       ? Math.ceil((used * MINUTE) / limit.value)
       : Math.ceil((periodEnd(limit, periodsAt(now)) - now) / 1000) * 1000
   }
@@ -93,12 +67,12 @@ export const limitHeaders = (name: string, plan: Plan, usage: Usage, now: number
   for (let i = 0; same && i < n; i++) same = last.figures[i] === current[i]
   if (same) return last.headers
 
-  last.figures = current.slice(0, n)
+  if (last.figures.length === n) last.figures.set(current.subarray(0, n))
+  else last.figures = current.slice(0, n)
   const headers: OutgoingHttpHeaders = {}
-  for (let k = 0; k < entries.length; k++) {
-    const limit = entries[k]!
-    if (!shown(limit, tokens)) continue
-    const trio = trioOf(limit)
+  for (let k = 0; k < shown.length; k++) {
+    const limit = shown[k]!
+    const trio = limit.trio!
     headers[trio.limit] = String(limit.value)
     headers[trio.remaining] = String(current[2 * k])
     headers[trio.reset] = resetText(current[2 * k + 1]!)

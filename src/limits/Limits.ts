@@ -26,7 +26,7 @@ import { left, limitHeaders, refusalMessage } from "./Headers.js"
 import { makeOwnUsage } from "./OwnUsage.js"
 import { redisStore } from "./RedisStore.js"
 import { type Admission, type AnyLimitStore, embeddedStore, type HeldSlot, LEASE_MS, periodsAt, type Usage } from "./Store.js"
-import { LIMITS, type Plan, planner } from "./Table.js"
+import { LIMITS, NO_LIMITS, type Plan, planner } from "./Table.js"
 
 /** One gauge per limit, `ollama_proxy.key.remaining_<gauge>`; labels: api_key_name. Left out of public scrapes, like every per-key gauge. */
 const remaining = LIMITS.map((def) => Metric.gauge(`ollama_proxy.key.remaining_${def.gauge}`, { description: def.gaugeDescription }))
@@ -68,8 +68,6 @@ const setGauges = (name: string, plan: Plan, usage: Usage) => {
   const labels = keyLabels(name)
   for (const limit of plan.entries) remaining[limit.index]!.unsafeUpdate(left(limit.value, usage.used[limit.index]!), labels)
 }
-
-const NO_LIMITS: Plan = { limits: {}, entries: [] }
 
 const totalsOf = (usage: Usage, now: number): PeriodTotals => {
   const periods = periodsAt(now)

@@ -8,7 +8,7 @@
 import type { Exchange } from "../exchange/Exchange.js"
 import { left } from "./Headers.js"
 import { type AnyLimitStore, MINUTE, type ModelTokens, periodEnd, periodsAt, type Usage } from "./Store.js"
-import type { KeyLimits, Plan } from "./Table.js"
+import { type KeyLimits, NO_LIMITS, type Plan } from "./Table.js"
 
 export interface OwnUsageOptions {
   readonly store: AnyLimitStore
@@ -18,8 +18,6 @@ export interface OwnUsageOptions {
   /** Counts and logs a read that failed. */
   readonly failed: (error: unknown) => void
 }
-
-const NO_LIMITS: Plan = { limits: {}, entries: [] }
 
 const iso = (ms: number) => new Date(ms).toISOString()
 

@@ -167,6 +167,8 @@ export interface PlannedLimit {
   readonly always: boolean
   /** For day and month windows. */
   readonly month: boolean
+  /** Its three header names, made once: `x-ratelimit-limit-<headers>`, ...; undefined for none. */
+  readonly trio: { readonly limit: string; readonly remaining: string; readonly reset: string } | undefined
 }
 
 /**
@@ -176,7 +178,12 @@ export interface PlannedLimit {
 export interface Plan {
   readonly limits: KeyLimits
   readonly entries: ReadonlyArray<PlannedLimit>
+  /** The entries whose headers an inference answer carries, and those any other answer carries. */
+  readonly headed: { readonly inference: ReadonlyArray<PlannedLimit>; readonly other: ReadonlyArray<PlannedLimit> }
 }
+
+/** The plan of a key without limits (its tokens are still counted, by model). */
+export const NO_LIMITS: Plan = { limits: {}, entries: [], headed: { inference: [], other: [] } }
 
 /** The plan of a key's limits against `table`, made once per limits object. */
 export const planner = (table: LimitTable) => {
@@ -188,9 +195,21 @@ export const planner = (table: LimitTable) => {
       table.forEach((def, index) => {
         const value = limits[def.name]
         if (value === undefined) return
-        entries.push({ def, kind: kindOf(def), index, value, always: def.counts === "requests", month: def.window === "month" })
+        const h = def.headers
+        entries.push({
+          def,
+          kind: kindOf(def),
+          index,
+          value,
+          always: def.counts === "requests",
+          month: def.window === "month",
+          trio: h === undefined
+            ? undefined
+            : { limit: `x-ratelimit-limit-${h}`, remaining: `x-ratelimit-remaining-${h}`, reset: `x-ratelimit-reset-${h}` }
+        })
       })
-      plans.set(limits, plan = { limits, entries })
+      const inference = entries.filter((limit) => limit.trio !== undefined)
+      plans.set(limits, plan = { limits, entries, headed: { inference, other: inference.filter((limit) => limit.always) } })
     }
     return plan
   }
