@@ -28,14 +28,14 @@ const dir = mkdtempSync(path.join(os.tmpdir(), "ratelimiter-cost-"))
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }))
 await build({
   absWorkingDir: ROOT,
-  entryPoints: ["src/limits/Store.ts"],
+  stdin: { contents: `export * from "./src/limits/Store.ts"\nexport * from "./src/limits/Table.ts"`, resolveDir: ROOT, loader: "ts" },
   outfile: path.join(dir, "store.mjs"),
   bundle: true,
   platform: "node",
   format: "esm",
   logLevel: "warning"
 })
-const { embeddedStore } = await import(pathToFileURL(path.join(dir, "store.mjs")).href)
+const { embeddedStore, LIMITS, planner } = await import(pathToFileURL(path.join(dir, "store.mjs")).href)
 
 const limiter = Effect.runSync(RateLimiter.make.pipe(Effect.provide(RateLimiter.layerStoreMemory)))
 const runCallback = Runtime.runCallback(Runtime.defaultRuntime)
@@ -44,14 +44,14 @@ const consume = (key, limit, tokens) => limiter.consume({ algorithm: "fixed-wind
 const threeLimits = (i) =>
   Effect.all([consume(`rpm:${i % KEYS}`, HUGE, 1), consume(`tpm:${i % KEYS}`, HUGE, 0), consume(`day:${i % KEYS}`, HUGE, 0)])
 
-const store = embeddedStore()
-const allFive = {
+const store = embeddedStore(LIMITS)
+const allFive = planner(LIMITS)({
   requests_per_minute: HUGE,
   tokens_per_minute: HUGE,
   concurrent_requests: HUGE,
   tokens_per_day: HUGE,
   tokens_per_month: HUGE
-}
+})
 
 /** Each way: a name, and a run of `n` calls that resolves when they are all done. */
 const WAYS = [
@@ -70,8 +70,8 @@ const WAYS = [
     const now = Date.now()
     for (let i = 0; i < n; i++) {
       const name = `k${i % KEYS}`
-      store.admit({ name, limits: allFive, tokens: true, slot: "held", now })
-      store.charge({ name, limits: allFive, tokens: 10, slot: "held", now })
+      store.admit({ name, plan: allFive, tokens: true, slot: "held", now })
+      store.charge({ name, plan: allFive, tokens: 10, model: "llama3.2", slot: "held", now })
     }
   }]
 ]

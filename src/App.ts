@@ -6,7 +6,7 @@ import { AppConfig, Environment } from "./Config.js"
 import { ExchangeAdmission, ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
 import { ApiKeys } from "./keys/ApiKeys.js"
-import { Limits } from "./limits/Limiter.js"
+import { Limits } from "./limits/Limits.js"
 import { OllamaProcess } from "./ollama/Process.js"
 import { LoggingLive } from "./telemetry/Logging.js"
 import { MetricsLive } from "./telemetry/MetricsExport.js"
@@ -15,7 +15,8 @@ import { Tracing } from "./telemetry/Tracing.js"
 import { UsageRecords } from "./usage/Records.js"
 
 /**
- * The service, with the consumers that read its exchanges (telemetry, usage records).
+ * The service, with the consumers that read its exchanges (telemetry, usage records) and the
+ * admission of keys with limits (required: without it they would pass unlimited).
  *
  * Layers are released in the reverse order of their construction, and that order is the shutdown
  * sequence: the Server drains first, then the consumers flush (the usage webhook delivers the
@@ -25,7 +26,7 @@ import { UsageRecords } from "./usage/Records.js"
  * are read and checked before Ollama is started: a key file error is then the one line start-up
  * ends with, not a line after Ollama's start and stop.
  */
-export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers, E, R>) =>
+export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers | ExchangeAdmission, E, R>) =>
   Layer.merge(Server.Default, MetricsLive).pipe(
     Layer.provide(consumers),
     Layer.provide(OllamaProcess.Default),
@@ -51,7 +52,7 @@ export const ConsumersLive = Layer.effectContext(
       ExchangeConsumers,
       usage.consumer === undefined ? [limits.consumer, telemetry] : [usage.consumer, limits.consumer, telemetry]
     )
-      .pipe(Context.add(ExchangeAdmission, limits.admit))
+      .pipe(Context.add(ExchangeAdmission, { admit: limits.admit, ownUsage: limits.ownUsage }))
   })
 ).pipe(Layer.provide(Limits.Default), Layer.provide(UsageRecords.Default))
 

@@ -4,7 +4,7 @@
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
-import { type KeyLimits, parseLimits } from "./Limits.js"
+import { type KeyLimits, parseLimits } from "./limits/Table.js"
 import { didYouMean } from "./NearMiss.js"
 import { type OllamaHost, parseOllamaHost } from "./OllamaHost.js"
 import { type Scope, type ScopeName, SCOPES, scopesOf } from "./Scopes.js"

@@ -9,6 +9,7 @@ import { Environment } from "../src/Config.js"
 import { ExchangeConsumers } from "../src/exchange/Exchange.js"
 import { Server } from "../src/http/Server.js"
 import { freePort } from "./support/http.js"
+import { noLimitsAdmission } from "./support/layer.js"
 import { waitGone } from "./support/processes.js"
 import { FAKE_OLLAMA_BIN } from "./support/proxy.js"
 
@@ -27,7 +28,7 @@ describe("the composed app", () => {
     const consumers = Layer.scoped(
       ExchangeConsumers,
       Effect.acquireRelease(Effect.succeed([]), () => Effect.sync(() => events.push({ msg: "consumers flushed" })))
-    )
+    ).pipe(Layer.merge(noLimitsAdmission))
     const runtime = ManagedRuntime.make(
       appWith(consumers).pipe(Layer.provide(Environment.layer({
         ...process.env,
@@ -55,5 +56,18 @@ describe("the composed app", () => {
       "ollama stopped"
     ])
     expect(await waitGone(Number(events.find((e) => e.msg === "ollama started")!.pid))).toBe(true)
+  })
+
+  it("cannot be built without the admission of keys with limits: the type says so, and so does the start", async () => {
+    const consumers = Layer.succeed(ExchangeConsumers, [])
+    // @ts-expect-error: a service without it would let keys that have limits through unlimited
+    const app = appWith(consumers)
+    const runtime = ManagedRuntime.make(
+      app.pipe(
+        Layer.provide(Environment.layer({ PORT: "0", HOST: "127.0.0.1", OLLAMA_MANAGED: "false", AUTHORIZATION_LOG_LEVEL: "error" }))
+      )
+    )
+    await expect(runtime.runPromise(Server)).rejects.toThrow(/app\/ExchangeAdmission/)
+    await runtime.dispose()
   })
 })

@@ -16,6 +16,7 @@ import { Tracing } from "../src/telemetry/Tracing.js"
 import type { UsageRecord } from "../src/usage/Record.js"
 import { makeUsageRecords } from "../src/usage/Records.js"
 import { startFakeOllama } from "./fake-ollama/server.mjs"
+import { noLimitsAdmission } from "./support/layer.js"
 import { scrape } from "./support/metrics.js"
 import { startProxy, untilReady } from "./support/proxy.js"
 import { makeSignal } from "./support/signal.js"
@@ -153,7 +154,7 @@ describe("consumers, each on its own", () => {
     const consumers = Layer.effect(
       ExchangeConsumers,
       Effect.map(makeTelemetryConsumer, (telemetry) => [failing, telemetry, records, seen.consumer])
-    ).pipe(Layer.provide(Layer.succeed(Tracing, Tracing.off)))
+    ).pipe(Layer.provide(Layer.succeed(Tracing, Tracing.off)), Layer.merge(noLimitsAdmission))
     const proxy = await startProxy(env(), undefined, consumers)
     try {
       await untilReady(proxy.url)

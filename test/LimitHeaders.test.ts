@@ -3,11 +3,12 @@
  * out again while a key's figures do not change (the relay's head takes it as it is).
  */
 import { describe, expect, it } from "vitest"
-import type { KeyLimits } from "../src/Limits.js"
 import { limitHeaders, resetText } from "../src/limits/Headers.js"
 import type { Usage } from "../src/limits/Store.js"
+import { type KeyLimits, LIMITS, planner } from "../src/limits/Table.js"
 
-const usage = (requests: number): Usage => ({ requests, tokens: 0, concurrent: 0, tokensDay: 0, tokensMonth: 0 })
+const usage = (requests: number): Usage => ({ used: [requests, 0, 0, 0, 0], tokensDay: 0, tokensMonth: 0 })
+const planOf = planner(LIMITS)
 const NOW = Date.UTC(2026, 10, 30, 12)
 
 describe("rate-limit headers", () => {
@@ -19,17 +20,17 @@ describe("rate-limit headers", () => {
   it("are the same object again for a key whose figures did not change, even between other keys sharing its limits", () => {
     // AUTHORIZATION_DEFAULT_LIMITS: one limits object for every key without its own.
     const shared: KeyLimits = { requests_per_minute: 60 }
-    const first = limitHeaders("alice", shared, usage(1), NOW, false)
-    const bob = limitHeaders("bob", shared, usage(30), NOW, false)
+    const first = limitHeaders("alice", planOf(shared), usage(1), NOW, false)
+    const bob = limitHeaders("bob", planOf(shared), usage(30), NOW, false)
     expect(bob["x-ratelimit-remaining-requests"]).toBe("30")
-    expect(limitHeaders("alice", shared, usage(1), NOW, false)).toBe(first)
+    expect(limitHeaders("alice", planOf(shared), usage(1), NOW, false)).toBe(first)
     expect(first).toEqual({
       "x-ratelimit-limit-requests": "60",
       "x-ratelimit-remaining-requests": "59",
       "x-ratelimit-reset-requests": "1s"
     })
     // New figures, or new limits after a reload, make new headers.
-    expect(limitHeaders("alice", shared, usage(2), NOW, false)["x-ratelimit-remaining-requests"]).toBe("58")
-    expect(limitHeaders("alice", { requests_per_minute: 100 }, usage(2), NOW, false)["x-ratelimit-limit-requests"]).toBe("100")
+    expect(limitHeaders("alice", planOf(shared), usage(2), NOW, false)["x-ratelimit-remaining-requests"]).toBe("58")
+    expect(limitHeaders("alice", planOf({ requests_per_minute: 100 }), usage(2), NOW, false)["x-ratelimit-limit-requests"]).toBe("100")
   })
 })

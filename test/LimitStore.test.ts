@@ -4,17 +4,46 @@
  */
 import { randomUUID } from "node:crypto"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import type { KeyLimits } from "../src/Limits.js"
+import { limitHeaders } from "../src/limits/Headers.js"
 import { redisStore } from "../src/limits/RedisStore.js"
-import { type Admission, embeddedStore, MINUTE, type Usage } from "../src/limits/Store.js"
+import { type Admission, embeddedStore, MINUTE, type ModelTokens, type Usage } from "../src/limits/Store.js"
+import { type KeyLimits, type LimitDef, LIMITS, type LimitTable, planner } from "../src/limits/Table.js"
 import { startRedis, type TestRedis } from "./support/redis.js"
 
-interface Store {
-  admit: (limits: KeyLimits, now: number, options?: { tokens?: boolean; slot?: string }) => Promise<Admission>
-  charge: (limits: KeyLimits, now: number, tokens: number, slot?: string) => Promise<Usage>
-  renew: (slots: ReadonlyArray<string>, now: number) => Promise<void>
-  read: (limits: KeyLimits, now: number) => Promise<Usage>
+/** The counters by the names of the table's first five entries. */
+interface Named {
+  requests: number
+  tokens: number
+  concurrent: number
+  tokensDay: number
+  tokensMonth: number
 }
+interface NamedAdmission {
+  refused: string | undefined
+  retryAfterMs: number
+  usage: Named
+}
+
+interface Store {
+  admit: (limits: KeyLimits, now: number, options?: { tokens?: boolean; slot?: string }) => Promise<NamedAdmission>
+  charge: (limits: KeyLimits, now: number, tokens: number, slot?: string, model?: string) => Promise<Named>
+  renew: (slots: ReadonlyArray<string>, now: number) => Promise<void>
+  read: (limits: KeyLimits, now: number) => Promise<Named>
+  byModel: (now: number) => Promise<ModelTokens>
+}
+
+const named = ({ tokensDay, tokensMonth, used }: Usage): Named => ({
+  requests: used[0]!,
+  tokens: used[1]!,
+  concurrent: used[2]!,
+  tokensDay,
+  tokensMonth
+})
+const namedAdmission = ({ refused, retryAfterMs, usage }: Admission): NamedAdmission => ({
+  refused: refused?.def.name,
+  retryAfterMs,
+  usage: named(usage)
+})
 
 const LEASE = 5_000
 let redis: TestRedis
@@ -28,25 +57,33 @@ afterAll(async () => {
   await redis?.close()
 })
 
-const STORES: Record<string, () => Store> = {
-  embedded: () => {
-    const store = embeddedStore()
+/** Each store, for a table (LIMITS, or LIMITS and a fixture's limit), behind one interface. */
+const STORES: Record<string, (table?: LimitTable) => Store & { usage: (limits: KeyLimits, now: number) => Promise<Usage> }> = {
+  embedded: (table = LIMITS) => {
+    const store = embeddedStore(table)
+    const plan = planner(table)
     const name = "alice"
     return {
-      admit: async (limits, now, o = {}) => store.admit({ name, limits, now, tokens: o.tokens ?? true, slot: o.slot ?? randomUUID() }),
-      charge: async (limits, now, tokens, slot = "") => store.charge({ name, limits, now, tokens, slot }),
+      admit: async (limits, now, o = {}) =>
+        namedAdmission(store.admit({ name, plan: plan(limits), now, tokens: o.tokens ?? true, slot: o.slot ?? randomUUID() })),
+      charge: async (limits, now, tokens, slot = "", model = "") =>
+        named(store.charge({ name, plan: plan(limits), now, tokens, slot, model })),
       renew: async () => {},
-      read: async (limits, now) => store.read(name, limits, now)
+      read: async (limits, now) => named(store.read(name, plan(limits), now)),
+      usage: async (limits, now) => store.read(name, plan(limits), now),
+      byModel: async (now) => store.byModel(name, now)
     }
   },
-  redis: () => {
+  redis: (table = LIMITS) => {
     const store = redisStore({
       url: redis.url,
       timeoutMs: 2000,
       leaseMs: LEASE,
       prefix: `test-${randomUUID()}:`,
-      onConnectionError: () => {}
+      onConnectionError: () => {},
+      table
     })
+    const plan = planner(table)
     closers.push(store.close)
     const ready = store.ready(5000).then((up) => {
       if (!up) throw new Error("the test Redis did not answer")
@@ -54,10 +91,14 @@ const STORES: Record<string, () => Store> = {
     const name = "alice: a name with {braces} and spaces"
     return {
       admit: (limits, now, o = {}) =>
-        ready.then(() => store.admit({ name, limits, now, tokens: o.tokens ?? true, slot: o.slot ?? randomUUID() })),
-      charge: (limits, now, tokens, slot = "") => ready.then(() => store.charge({ name, limits, now, tokens, slot })),
+        ready.then(() => store.admit({ name, plan: plan(limits), now, tokens: o.tokens ?? true, slot: o.slot ?? randomUUID() }))
+          .then(namedAdmission),
+      charge: (limits, now, tokens, slot = "", model = "") =>
+        ready.then(() => store.charge({ name, plan: plan(limits), now, tokens, slot, model })).then(named),
       renew: (slots, now) => ready.then(() => store.renew(slots.map((slot) => ({ name, slot })), now)),
-      read: (limits, now) => ready.then(() => store.read(name, limits, now))
+      read: (limits, now) => ready.then(() => store.read(name, plan(limits), now)).then(named),
+      usage: (limits, now) => ready.then(() => store.read(name, plan(limits), now)),
+      byModel: (now) => ready.then(() => store.byModel(name, now))
     }
   }
 }
@@ -171,6 +212,57 @@ describe.each(Object.keys(STORES))("the %s store", (kind) => {
     // The day's budget frees at midnight, an hour on.
     expect(await store.admit(limits, hourBeforeMidnight)).toMatchObject({ refused: "tokens_per_day", retryAfterMs: 3_600_000 })
   })
+
+  it("keeps the key's tokens by model for the UTC day and month, for a key without limits too", async () => {
+    const store = make()
+    await store.charge({}, T0, 30, "", "llama3.2")
+    await store.charge({}, T0 + 1, 12, "", "qwen3:0.6b")
+    expect(await store.charge({}, T0 + 2, 8, "", "llama3.2")).toMatchObject({ tokensDay: 50, tokensMonth: 50 })
+    expect(await store.byModel(T0 + 3)).toEqual({
+      day: { "llama3.2": 38, "qwen3:0.6b": 12 },
+      month: { "llama3.2": 38, "qwen3:0.6b": 12 }
+    })
+    // Past midnight on the last day of the month: a new day and a new month.
+    await store.charge({}, T0 + MINUTE, 5, "", "llama3.2")
+    expect(await store.byModel(T0 + MINUTE)).toEqual({ day: { "llama3.2": 5 }, month: { "llama3.2": 5 } })
+  })
+
+  it("enforces a sixth limit added to the table alone, with its headers", async () => {
+    // The fixture: requests per UTC day, one entry; nothing else is told of it.
+    const requestsPerDay: LimitDef = {
+      name: "requests_per_day",
+      window: "day",
+      counts: "requests",
+      headers: "requests-day",
+      gauge: "requests_day",
+      gaugeDescription: "Requests the key may still make in the current UTC day (requests_per_day)",
+      what: "requests today (UTC)",
+      redisKey: "rd"
+    }
+    const table = [...LIMITS, requestsPerDay]
+    const store = STORES[kind]!(table)
+    const limits = { requests_per_day: 3, tokens_per_day: 1000 }
+    const plan = planner(table)(limits)
+    for (let i = 0; i < 3; i++) expect((await store.admit(limits, T0 + i, { tokens: false })).refused).toBeUndefined()
+    const refused = await store.admit(limits, T0 + 10_000, { tokens: false })
+    expect(refused).toMatchObject({ refused: "requests_per_day", retryAfterMs: MINUTE - 10_000 })
+    // Counted by the store as the table's sixth counter, beside the others' (and left alone by charges).
+    await store.charge(limits, T0 + 10_001, 40)
+    const usage = await store.usage(limits, T0 + 10_002)
+    expect(usage.used[5]).toBe(3)
+    expect(usage.tokensDay).toBe(40)
+    const headers = limitHeaders(`fixture-${kind}`, plan, usage, T0 + 10_002, false)
+    expect(headers).toEqual({
+      "x-ratelimit-limit-requests-day": "3",
+      "x-ratelimit-remaining-requests-day": "0",
+      "x-ratelimit-reset-requests-day": "50s"
+    })
+    // The token budget's headers join on inference answers.
+    expect(limitHeaders(`fixture-${kind}`, plan, usage, T0 + 10_002, true)["x-ratelimit-remaining-tokens-day"]).toBe("960")
+    // A new UTC day: let in again.
+    expect((await store.admit(limits, T0 + MINUTE, { tokens: false })).refused).toBeUndefined()
+    expect((await store.usage(limits, T0 + MINUTE)).used[5]).toBe(1)
+  })
 })
 
 describe("the redis store's slots", () => {
@@ -194,15 +286,22 @@ describe("the redis store", () => {
     const store = redisStore({ url: redis.url, timeoutMs: 2000, prefix, onConnectionError: () => {} })
     closers.push(store.close)
     expect(await store.ready(5000)).toBe(true)
-    const limits = { requests_per_minute: 10, tokens_per_minute: 100, concurrent_requests: 2, tokens_per_day: 10, tokens_per_month: 10 }
+    const plan = planner(LIMITS)({
+      requests_per_minute: 10,
+      tokens_per_minute: 100,
+      concurrent_requests: 2,
+      tokens_per_day: 10,
+      tokens_per_month: 10
+    })
     const now = Date.now()
-    await store.admit({ name: "k", limits, now, tokens: true, slot: "s" })
-    await store.charge({ name: "k", limits, now, tokens: 5, slot: "" })
+    await store.admit({ name: "k", plan, now, tokens: true, slot: "s" })
+    await store.charge({ name: "k", plan, now, tokens: 5, slot: "", model: "llama3.2" })
     const { Redis } = await import("ioredis")
     const client = new Redis(redis.url)
     try {
       const keys = await client.keys(`${prefix}*`)
-      expect(keys.length).toBe(5)
+      // requests, tokens, slots; the day's and month's tokens, in all and by model.
+      expect(keys.length).toBe(7)
       for (const key of keys) expect(await client.pttl(key), key).toBeGreaterThan(0)
     } finally {
       client.disconnect()

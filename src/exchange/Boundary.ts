@@ -158,6 +158,8 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       openWatches(exchange, consumers, consumerFailed)
       if (!auth.ok) return exchange.refuse(unauthorized(auth.reason), "rejected")
       if (!target.ok) return exchange.refuse(badTarget(target.reason), "rejected")
+      // The proxy's own answer, for any valid key whatever its scopes (src/limits/OwnUsage.ts).
+      if (route.operation === "own_usage") return admission.ownUsage(exchange)
       if (key !== null) {
         const refusal = scopeRefusal(key, route) ?? pathModelRefusal(key.models, route, path, remote.isRemote)
         if (refusal !== undefined) return exchange.refuse(refusal, "forbidden")
@@ -166,7 +168,7 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       // A key's rules and the request policy read the body whole; so does metering that must ask for usage.
       exchange.checked = readsModelInBody(route) && (key !== null || asksForUsage(route))
       if (asksForUsage(route)) exchange.rewrites.push(includeUsageRewrite(route, exchange.reading))
-      if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, relay.forward)
+      if (key?.limits !== undefined) return admission.admit(exchange, key.limits, relay.forward)
       relay.forward(exchange)
     }
 

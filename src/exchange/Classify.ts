@@ -37,6 +37,8 @@ export type Operation =
   | "blobs"
   | "account"
   | "experimental"
+  // the proxy's own: the calling key's usage (GET /v1/usage), never sent to Ollama
+  | "own_usage"
   | "unknown"
 
 import type { Scope } from "../Scopes.js"
@@ -133,7 +135,9 @@ const ROUTES = new Map<string, Route>([
   ["HEAD /api/tags", route("/api/tags", "list", "read")],
   ["POST /api/show", { ...route("/api/show", "show", "read"), jsonBody: true }],
   ["GET /api/ps", route("/api/ps", "running", "read")],
-  ["GET /v1/models", route("/v1/models", "list", "read")]
+  ["GET /v1/models", route("/v1/models", "list", "read")],
+  // Not Ollama's: answered by the proxy for any valid key (the boundary hands it to src/limits/).
+  ["GET /v1/usage", route("/v1/usage", "own_usage", "read")]
 ])
 
 /** The operation of a path with any other method (Ollama answers 405): `manage`, as unknown. */

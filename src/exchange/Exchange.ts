@@ -6,7 +6,7 @@
  */
 import { Context, Tracer } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http"
-import type { KeyLimits, LimitName } from "../Limits.js"
+import type { KeyLimits } from "../limits/Table.js"
 import type { Caller } from "./Caller.js"
 import { asksForUsage, type Route } from "./Classify.js"
 import { type Refusal, writeRefusal } from "./Errors.js"
@@ -68,24 +68,30 @@ export interface ExchangeLimits {
   admitted: boolean
   /** The slot it holds in the key's requests in flight; "" for none. */
   slot: string
-  /** The limit that refused it. */
-  refused: LimitName | undefined
+  /** The name of the limit that refused it. */
+  refused: string | undefined
   /** The key's totals after the charge; set when it is known. */
   totals: PeriodTotals | undefined
   /** With a shared store: settles when the charge is done (never rejects). */
   charged: Promise<void> | undefined
 }
 
-/**
- * Holds a request of a key with limits until they let it in: then `forward`, else it is refused.
- * Undefined when the proxy has no limits at all (no key has any).
- */
+/** Holds a request of a key with limits until they let it in: then `forward`, else it is refused. */
 export type Admit = (exchange: Exchange, limits: KeyLimits, forward: (exchange: Exchange) => void) => void
 
-/** The admission the boundary calls for keys with limits; none by default (tests without limits). */
-export class ExchangeAdmission extends Context.Reference<ExchangeAdmission>()("app/ExchangeAdmission", {
-  defaultValue: (): Admit | undefined => undefined
-}) {}
+/**
+ * What the limits give the boundary: the admission of keys with limits, and the answer to a
+ * key's own usage (GET /v1/usage). Required in the layer's type, with no default: a service built
+ * without it would let keys that have limits through unlimited (App.ts provides the limits'; a
+ * test provides its own explicitly).
+ */
+export interface Admission {
+  readonly admit: Admit
+  /** Answers GET /v1/usage for the exchange's caller, whose key (if the proxy has keys) is valid. */
+  readonly ownUsage: (exchange: Exchange) => void
+}
+
+export class ExchangeAdmission extends Context.Tag("app/ExchangeAdmission")<ExchangeAdmission, Admission>() {}
 
 /**
  * Which local model names Ollama runs on ollama.com (listed with a `remote_host`): cloud models to

@@ -12,7 +12,7 @@
  *       disabled: false
  *       metadata: { team: blue }           # copied into each usage record as key_metadata
  *       limits:                            # default AUTHORIZATION_DEFAULT_LIMITS; {} = none
- *         requests_per_minute: 60          # every field optional (src/limits/Limits.ts)
+ *         requests_per_minute: 60          # every field optional (src/limits/Table.ts)
  *         tokens_per_day: 200000
  *       request_policy:                    # over REQUEST_POLICY_* (src/policy/), for keys without manage
  *         keep_alive_min: 1s               # a Go duration or seconds
@@ -23,7 +23,7 @@
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { parse as parseYaml } from "yaml"
-import { KeyLimitsSchema, LIMIT_NAMES } from "../Limits.js"
+import { KeyLimitsSchema, LIMIT_NAMES } from "../limits/Table.js"
 import { didYouMean, nearMiss } from "../NearMiss.js"
 import { parseKeepAliveBound } from "../policy/GoDuration.js"
 import type { KeyRequestPolicy } from "../policy/RequestPolicy.js"

@@ -4,15 +4,17 @@
  * `embeddedStore` here (in this process: one worker, and tests), and `redisStore` in
  * RedisStore.ts (shared by every worker, in one Lua script per operation).
  *
- * The counters of one key name:
- * - requests and tokens per minute are levels that drain continuously, `limit` per 60 s (a token
- *   bucket seen from the other side): a request is let in while requests + 1 <= limit, and while
- *   the tokens are below their limit; tokens are added when the exchange ends, so the level may go
- *   past the limit (a stream is never cut) and the next requests wait until it has drained back;
+ * The counters of one key name, one per entry of the table (Table.ts) by its window:
+ * - a minute's is a level that drains continuously, `limit` per 60 s (a token bucket seen from the
+ *   other side): requests are let in while requests + 1 <= limit, inference while the tokens are
+ *   below their limit; tokens are added when the exchange ends, so the level may go past the limit
+ *   (a stream is never cut) and the next requests wait until it has drained back;
  * - requests in flight are slots; in Redis each has a lease the worker renews while its exchange
  *   lasts, so the slots of a worker that died free themselves when their lease runs out (in this
  *   process a count is enough: no slot outlives the process that counts it);
- * - tokens per UTC day and per UTC month are plain sums per calendar period.
+ * - a UTC day's or month's is a plain sum per calendar period. The key's tokens per day and month
+ *   (in all, and by model) are kept for every key, limits or not: the usage records and
+ *   GET /v1/usage report them, and the token budgets per day and month are checked against them.
  * An admission checks every limit of the key and changes nothing unless all of them let it in.
  *
  * Why not @effect/experimental's RateLimiter (0.61.1), measured on a 2-core machine (Node 20,
@@ -29,29 +31,26 @@
  * - One consume is one key: the limits of a request checked one by one increment the first ones
  *   before a later one refuses. Here one script checks all of them and increments none on refusal.
  */
-import type { KeyLimits, LimitName } from "../Limits.js"
+import { Kind, type LimitTable, type Plan, type PlannedLimit } from "./Table.js"
 
 export const MINUTE = 60_000
 /** Rounding slack: a level that is an integer in exact arithmetic may come out a hair above it. */
-const EPSILON = 1e-9
+export const EPSILON = 1e-9
 /** How long a slot lasts unless renewed; workers renew theirs every third of it. */
 export const LEASE_MS = 30_000
 
 /** The key's counters, as an admission or a charge left them. */
 export interface Usage {
-  /** Requests in the last minute (the drained level). */
-  readonly requests: number
-  /** Tokens in the last minute (the drained level). */
-  readonly tokens: number
-  /** Requests in flight. */
-  readonly concurrent: number
+  /** By the table's index: each limit's count (0 for a limit the key does not have). */
+  readonly used: ReadonlyArray<number>
+  /** The key's tokens in the current UTC day and month. */
   readonly tokensDay: number
   readonly tokensMonth: number
 }
 
 export interface Admission {
   /** The limit that refused (the one that frees last, when several do); undefined = let in. */
-  readonly refused: LimitName | undefined
+  readonly refused: PlannedLimit | undefined
   /** When the refused request could pass, from now. */
   readonly retryAfterMs: number
   readonly usage: Usage
@@ -59,19 +58,21 @@ export interface Admission {
 
 export interface AdmitRequest {
   readonly name: string
-  readonly limits: KeyLimits
+  readonly plan: Plan
   /** Whether token limits apply (an inference request); requests and slots apply to every request. */
   readonly tokens: boolean
-  /** The slot this request takes when the key has concurrent_requests. */
+  /** The slot this request takes when the key has a limit of requests in flight. */
   readonly slot: string
   readonly now: number
 }
 
 export interface ChargeRequest {
   readonly name: string
-  readonly limits: KeyLimits
+  readonly plan: Plan
   /** Input + output tokens of the exchange (0 for none). */
   readonly tokens: number
+  /** The model they were used with ("" when none is known): the key's tokens are kept by model too. */
+  readonly model: string
   /** The slot to give back, or "" when the exchange held none. */
   readonly slot: string
   readonly now: number
@@ -82,12 +83,19 @@ export interface HeldSlot {
   readonly slot: string
 }
 
+/** A key's tokens by model in the current UTC day and month (GET /v1/usage). */
+export interface ModelTokens {
+  readonly day: Readonly<Record<string, number>>
+  readonly month: Readonly<Record<string, number>>
+}
+
 /** A store answers at once (embedded) or after a round trip (Redis); the request path handles both. */
 export interface SyncLimitStore {
   readonly shared: false
   readonly admit: (request: AdmitRequest) => Admission
   readonly charge: (request: ChargeRequest) => Usage
-  readonly read: (name: string, limits: KeyLimits, now: number) => Usage
+  readonly read: (name: string, plan: Plan, now: number) => Usage
+  readonly byModel: (name: string, now: number) => ModelTokens
 }
 
 export interface AsyncLimitStore {
@@ -95,7 +103,8 @@ export interface AsyncLimitStore {
   readonly admit: (request: AdmitRequest) => Promise<Admission>
   readonly charge: (request: ChargeRequest) => Promise<Usage>
   readonly renew: (slots: ReadonlyArray<HeldSlot>, now: number) => Promise<void>
-  readonly read: (name: string, limits: KeyLimits, now: number) => Promise<Usage>
+  readonly read: (name: string, plan: Plan, now: number) => Promise<Usage>
+  readonly byModel: (name: string, now: number) => Promise<ModelTokens>
 }
 
 export type AnyLimitStore = SyncLimitStore | AsyncLimitStore
@@ -129,130 +138,178 @@ export const periodsAt = (now: number): Periods => {
   return current
 }
 
-interface Level {
-  u: number
-  t: number
+/** The end of the period a day or month limit counts in. */
+export const periodEnd = (limit: PlannedLimit, periods: Periods) => (limit.month ? periods.monthEnd : periods.dayEnd)
+
+/**
+ * How long until a limit would let one more in, given its count `u` at `now`; -1 when it would
+ * now. The same rules the Redis script's parts follow.
+ */
+export const waitOf = (limit: PlannedLimit, u: number, tokens: boolean, now: number): number => {
+  const v = limit.value
+  switch (limit.kind) {
+    case Kind.MinuteRequests:
+      return u + 1 > v + EPSILON ? ((u + 1 - v) * MINUTE) / v : -1
+    case Kind.MinuteTokens:
+      return tokens && u >= v - EPSILON ? ((u - v) * MINUTE) / v + 1 : -1
+    case Kind.InFlight:
+      return u >= v ? 1000 : -1
+    case Kind.PeriodRequests:
+      return u + 1 > v ? periodEnd(limit, periodsAt(now)) - now : -1
+    case Kind.PeriodTokens:
+      return tokens && u >= v ? periodEnd(limit, periodsAt(now)) - now : -1
+  }
 }
 
 /** A level drained to `now`: `limit` per minute. */
-const drained = (level: Level | undefined, limit: number, now: number) =>
-  level === undefined ? 0 : Math.max(0, level.u - (Math.max(0, now - level.t) * limit) / MINUTE)
+const drained = (u: number, t: number, limit: number, now: number) => Math.max(0, u - (Math.max(0, now - t) * limit) / MINUTE)
 
 interface Counters {
-  requests: Level | undefined
-  tokens: Level | undefined
-  inFlight: number
+  /** By the table's index: a minute's level, the count in flight, or a period's sum. */
+  readonly u: Float64Array
+  /** By the table's index: when a minute's level was last set, or when a period's sum ends. */
+  readonly t: Float64Array
   day: string
   tokensDay: number
   month: string
   tokensMonth: number
+  dayByModel: Map<string, number>
+  monthByModel: Map<string, number>
 }
+
+const add = (map: Map<string, number>, model: string, tokens: number) => map.set(model, (map.get(model) ?? 0) + tokens)
 
 /**
  * The counters in this process's memory: exact for one worker, and what tests use. Measured on the
  * tags bench, keeping slots by id here (a Map entry per request, pruned at each admission) cost the
  * request path ~0.5 us of CPU and more garbage: the count costs nothing.
  */
-export const embeddedStore = (): SyncLimitStore => {
+export const embeddedStore = (table: LimitTable): SyncLimitStore => {
   const byName = new Map<string, Counters>()
+  const size = table.length
+
+  /** A usage's figures, all 0: a packed array (V8 makes `new Array(n).fill(0)` holey and slower). */
+  const zeros = (): Array<number> => {
+    const used: Array<number> = []
+    for (let i = 0; i < size; i++) used.push(0)
+    return used
+  }
 
   const countersOf = (name: string, now: number) => {
     let c = byName.get(name)
     const periods = periodsAt(now)
     if (c === undefined) {
-      c = { requests: undefined, tokens: undefined, inFlight: 0, day: periods.day, tokensDay: 0, month: periods.month, tokensMonth: 0 }
+      c = {
+        u: new Float64Array(size),
+        t: new Float64Array(size),
+        day: periods.day,
+        tokensDay: 0,
+        month: periods.month,
+        tokensMonth: 0,
+        dayByModel: new Map(),
+        monthByModel: new Map()
+      }
       byName.set(name, c)
     }
     if (c.day !== periods.day) {
       c.day = periods.day
       c.tokensDay = 0
+      c.dayByModel = new Map()
     }
     if (c.month !== periods.month) {
       c.month = periods.month
       c.tokensMonth = 0
+      c.monthByModel = new Map()
     }
     return c
   }
 
-  const usageOf = (c: Counters, limits: KeyLimits, now: number): Usage => ({
-    requests: limits.requests_per_minute === undefined ? 0 : drained(c.requests, limits.requests_per_minute, now),
-    tokens: limits.tokens_per_minute === undefined ? 0 : drained(c.tokens, limits.tokens_per_minute, now),
-    concurrent: c.inFlight,
-    tokensDay: c.tokensDay,
-    tokensMonth: c.tokensMonth
-  })
+  /** A limit's count at `now`: a minute's level drained, a period's sum (0 once its period ended). */
+  const countOf = (c: Counters, limit: PlannedLimit, now: number) => {
+    const i = limit.index
+    switch (limit.kind) {
+      case Kind.MinuteRequests:
+      case Kind.MinuteTokens:
+        return drained(c.u[i]!, c.t[i]!, limit.value, now)
+      case Kind.InFlight:
+        return c.u[i]!
+      case Kind.PeriodRequests:
+        return c.t[i] === periodEnd(limit, periodsAt(now)) ? c.u[i]! : 0
+      case Kind.PeriodTokens:
+        return limit.month ? c.tokensMonth : c.tokensDay
+    }
+  }
+
+  const usageOf = (c: Counters, plan: Plan, now: number): Usage => {
+    const used = zeros()
+    for (const limit of plan.entries) used[limit.index] = countOf(c, limit, now)
+    return { used, tokensDay: c.tokensDay, tokensMonth: c.tokensMonth }
+  }
 
   return {
     shared: false,
-    admit: ({ limits, name, now, tokens }) => {
+    admit: ({ name, now, plan, tokens }) => {
       const c = countersOf(name, now)
-      const rpm = limits.requests_per_minute
-      const tpm = limits.tokens_per_minute
-      const conc = limits.concurrent_requests
-      const requests = rpm === undefined ? 0 : drained(c.requests, rpm, now)
-      const used = tpm === undefined ? 0 : drained(c.tokens, tpm, now)
-      const concurrent = conc === undefined ? 0 : c.inFlight
+      const entries = plan.entries
+      const used = zeros()
       // The limit that refuses, and when it would not: the one that frees last wins.
-      let refused: LimitName | undefined
+      let refused: PlannedLimit | undefined
       let wait = 0
-      if (rpm !== undefined && requests + 1 > rpm + EPSILON) {
-        refused = "requests_per_minute"
-        wait = ((requests + 1 - rpm) * MINUTE) / rpm
-      }
-      if (tokens && tpm !== undefined && used >= tpm - EPSILON) {
-        const ms = ((used - tpm) * MINUTE) / tpm + 1
-        if (refused === undefined || ms > wait) [refused, wait] = ["tokens_per_minute", ms]
-      }
-      if (conc !== undefined && concurrent >= conc && (refused === undefined || 1000 > wait)) {
-        ;[refused, wait] = ["concurrent_requests", 1000]
-      }
-      if (tokens && (limits.tokens_per_day !== undefined || limits.tokens_per_month !== undefined)) {
-        const periods = periodsAt(now)
-        if (
-          limits.tokens_per_day !== undefined && c.tokensDay >= limits.tokens_per_day &&
-          (refused === undefined || periods.dayEnd - now > wait)
-        ) {
-          ;[refused, wait] = ["tokens_per_day", periods.dayEnd - now]
-        }
-        if (
-          limits.tokens_per_month !== undefined && c.tokensMonth >= limits.tokens_per_month &&
-          (refused === undefined || periods.monthEnd - now > wait)
-        ) {
-          ;[refused, wait] = ["tokens_per_month", periods.monthEnd - now]
+      for (let k = 0; k < entries.length; k++) {
+        const limit = entries[k]!
+        const u = countOf(c, limit, now)
+        used[limit.index] = u
+        const ms = waitOf(limit, u, tokens, now)
+        if (ms >= 0 && (refused === undefined || ms > wait)) {
+          refused = limit
+          wait = ms
         }
       }
       if (refused === undefined) {
-        if (rpm !== undefined) {
-          if (c.requests === undefined) c.requests = { u: 0, t: 0 }
-          c.requests.u = requests + 1
-          c.requests.t = now
-        }
-        if (conc !== undefined) c.inFlight++
-      }
-      const admitted = refused === undefined ? 1 : 0
-      return {
-        refused,
-        retryAfterMs: Math.ceil(wait),
-        usage: {
-          requests: rpm === undefined ? 0 : requests + admitted,
-          tokens: used,
-          concurrent: conc === undefined ? 0 : concurrent + admitted,
-          tokensDay: c.tokensDay,
-          tokensMonth: c.tokensMonth
+        for (let k = 0; k < entries.length; k++) {
+          const limit = entries[k]!
+          const i = limit.index
+          switch (limit.kind) {
+            case Kind.MinuteRequests:
+              c.u[i] = ++used[i]!
+              c.t[i] = now
+              break
+            case Kind.InFlight:
+              c.u[i] = ++used[i]!
+              break
+            case Kind.PeriodRequests:
+              c.u[i] = ++used[i]!
+              c.t[i] = periodEnd(limit, periodsAt(now))
+          }
         }
       }
+      return { refused, retryAfterMs: Math.ceil(wait), usage: { used, tokensDay: c.tokensDay, tokensMonth: c.tokensMonth } }
     },
-    charge: ({ limits, name, now, slot, tokens }) => {
+    charge: ({ model, name, now, plan, slot, tokens }) => {
       const c = countersOf(name, now)
-      if (slot !== "" && c.inFlight > 0) c.inFlight--
+      for (const limit of plan.entries) {
+        const i = limit.index
+        if (limit.kind === Kind.InFlight) {
+          if (slot !== "" && c.u[i]! > 0) c.u[i]!--
+        } else if (limit.kind === Kind.MinuteTokens && tokens > 0) {
+          c.u[i] = drained(c.u[i]!, c.t[i]!, limit.value, now) + tokens
+          c.t[i] = now
+        }
+      }
       if (tokens > 0) {
-        const tpm = limits.tokens_per_minute
-        if (tpm !== undefined) c.tokens = { u: drained(c.tokens, tpm, now) + tokens, t: now }
         c.tokensDay += tokens
         c.tokensMonth += tokens
+        if (model !== "") {
+          add(c.dayByModel, model, tokens)
+          add(c.monthByModel, model, tokens)
+        }
       }
-      return usageOf(c, limits, now)
+      return usageOf(c, plan, now)
     },
-    read: (name, limits, now) => usageOf(countersOf(name, now), limits, now)
+    read: (name, plan, now) => usageOf(countersOf(name, now), plan, now),
+    byModel: (name, now) => {
+      const c = countersOf(name, now)
+      return { day: Object.fromEntries(c.dayByModel), month: Object.fromEntries(c.monthByModel) }
+    }
   }
 }

@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url"
 import { NODE_FLAGS } from "../../scripts/node-flags.mjs"
 import { AppLive, appWith } from "../../src/App.js"
 import { Environment } from "../../src/Config.js"
-import type { ExchangeConsumers } from "../../src/exchange/Exchange.js"
+import type { ExchangeAdmission, ExchangeConsumers } from "../../src/exchange/Exchange.js"
 import { Server } from "../../src/http/Server.js"
 import { freePort } from "./http.js"
 import { makeSignal } from "./signal.js"
@@ -28,12 +28,13 @@ export interface RunningProxy {
 /**
  * The whole app in this process, on a random loopback port, quiet unless told otherwise.
  * `services` supplies optional services the app reads if present (an in-memory span exporter);
- * `consumers` replaces the consumers of exchanges the app runs with.
+ * `consumers` replaces the consumers of exchanges the app runs with, and the admission of keys
+ * with limits (`noLimitsAdmission` from ./layer.ts, for keys without any).
  */
 export const startProxy = async (
   env: Record<string, string>,
   services: Layer.Layer<any> = Layer.empty as Layer.Layer<any>,
-  consumers?: Layer.Layer<ExchangeConsumers, never, any>
+  consumers?: Layer.Layer<ExchangeConsumers | ExchangeAdmission, never, any>
 ): Promise<RunningProxy> => {
   const app = consumers === undefined ? AppLive : appWith(consumers)
   const runtime = ManagedRuntime.make(

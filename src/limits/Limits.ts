@@ -1,7 +1,9 @@
 /**
  * Limits on the request path: the admission of a request whose key has limits, before a byte
  * reaches Ollama, and the charge of its tokens once the exchange has ended (a consumer of
- * exchanges, like the usage records, which wait for it to carry the key's totals).
+ * exchanges, like the usage records, which wait for it to carry the key's totals). Every keyed
+ * inference is charged, limits or not: the key's tokens by model are what GET /v1/usage
+ * (OwnUsage.ts) reports. The limits themselves are the entries of Table.ts.
  *
  * The counters live in this process (one worker) or in Redis (REDIS_URL: every worker). The
  * embedded store decides synchronously, inside the listener's callback; Redis costs one round trip
@@ -19,31 +21,21 @@ import { AppConfig } from "../Config.js"
 import type { Refusal } from "../exchange/Errors.js"
 import type { Admit, Exchange, ExchangeConsumer, ExchangeWatch, PeriodTotals } from "../exchange/Exchange.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
-import type { KeyLimits } from "../Limits.js"
 import { labelCache } from "../telemetry/Metrics.js"
 import { left, limitHeaders, refusalMessage } from "./Headers.js"
+import { makeOwnUsage } from "./OwnUsage.js"
 import { redisStore } from "./RedisStore.js"
 import { type Admission, type AnyLimitStore, embeddedStore, type HeldSlot, LEASE_MS, periodsAt, type Usage } from "./Store.js"
+import { LIMITS, NO_LIMITS, type Plan, planner } from "./Table.js"
 
-/** Labels: api_key_name. Left out of public scrapes, like every per-key gauge. */
-const remainingRequests = Metric.gauge("ollama_proxy.key.remaining_requests", {
-  description: "Requests the key may still make in the current minute (requests_per_minute)"
-})
-const remainingTokens = Metric.gauge("ollama_proxy.key.remaining_tokens", {
-  description: "Tokens the key may still use in the current minute (tokens_per_minute)"
-})
-const remainingConcurrent = Metric.gauge("ollama_proxy.key.remaining_concurrent_requests", {
-  description: "Requests the key may still start while its others are in flight (concurrent_requests)"
-})
-const remainingTokensDay = Metric.gauge("ollama_proxy.key.remaining_tokens_day", {
-  description: "Tokens left in the key's budget for the current UTC day (tokens_per_day)"
-})
-const remainingTokensMonth = Metric.gauge("ollama_proxy.key.remaining_tokens_month", {
-  description: "Tokens left in the key's budget for the current UTC month (tokens_per_month)"
-})
+/** One gauge per limit, `ollama_proxy.key.remaining_<gauge>`; labels: api_key_name. Left out of public scrapes, like every per-key gauge. */
+const remaining = LIMITS.map((def) => Metric.gauge(`ollama_proxy.key.remaining_${def.gauge}`, { description: def.gaugeDescription }))
 const keyLabels = labelCache(["api_key_name"])
 
-/** Labels: operation = admit | charge, decision = open | closed | retried. */
+/**
+ * Labels: operation = admit | charge | renew | release | read, decision = open | closed | retried |
+ * lease (a slot not renewed or given back frees itself when its lease ends).
+ */
 export const storeFailures = Metric.counter("ollama_proxy.limits.store.failures", {
   description: "Operations on the limits store (Redis) that failed or timed out, by what the proxy decided",
   incremental: true
@@ -66,13 +58,15 @@ const tokensOf = (exchange: Exchange) => {
   return (u.promptEvalCount ?? 0) + (u.evalCount ?? 0)
 }
 
-const setGauges = (name: string, limits: KeyLimits, usage: Usage) => {
+/** The model the tokens were used with: the answer's, else the one the request named. */
+const modelOf = (exchange: Exchange) => {
+  const answer = exchange.reading.answer
+  return answer?.usage.model ?? answer?.firstModel ?? exchange.reading.requestModel ?? ""
+}
+
+const setGauges = (name: string, plan: Plan, usage: Usage) => {
   const labels = keyLabels(name)
-  if (limits.requests_per_minute !== undefined) remainingRequests.unsafeUpdate(left(limits.requests_per_minute, usage.requests), labels)
-  if (limits.tokens_per_minute !== undefined) remainingTokens.unsafeUpdate(left(limits.tokens_per_minute, usage.tokens), labels)
-  if (limits.concurrent_requests !== undefined) remainingConcurrent.unsafeUpdate(left(limits.concurrent_requests, usage.concurrent), labels)
-  if (limits.tokens_per_day !== undefined) remainingTokensDay.unsafeUpdate(left(limits.tokens_per_day, usage.tokensDay), labels)
-  if (limits.tokens_per_month !== undefined) remainingTokensMonth.unsafeUpdate(left(limits.tokens_per_month, usage.tokensMonth), labels)
+  for (const limit of plan.entries) remaining[limit.index]!.unsafeUpdate(left(limit.value, usage.used[limit.index]!), labels)
 }
 
 const totalsOf = (usage: Usage, now: number): PeriodTotals => {
@@ -107,7 +101,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         )
       )
     }
-    const failed = (operation: "admit" | "charge", decision: "open" | "closed" | "retried", error: unknown) => {
+    const failed = (operation: "admit" | "charge" | "read", decision: "open" | "closed" | "retried", error: unknown) => {
       storeFailures.unsafeUpdate(1, failureLabels(operation, decision))
       lastError = describe(error)
       failing = true
@@ -122,6 +116,26 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     }
     for (const decision of [onFailure, "retried"] as const) {
       storeFailures.unsafeUpdate(0, failureLabels(decision === "retried" ? "charge" : "admit", decision))
+    }
+    if (Option.isSome(redisUrl)) storeFailures.unsafeUpdate(0, failureLabels("renew", "lease"))
+
+    // A slot that cannot be renewed (or given back) frees itself when its lease runs out: each
+    // failure is counted, and logged once when they start and once when renewals work again,
+    // not at every renewal (every MAINTENANCE_EVERY while Redis is down).
+    let slotsFailing = false
+    const slotFailed = (operation: "renew" | "release", error: unknown) => {
+      storeFailures.unsafeUpdate(1, failureLabels(operation, "lease"))
+      if (slotsFailing) return
+      slotsFailing = true
+      runFork(
+        Effect.logWarning("limits store (Redis): slots of requests in flight not renewed; they free themselves when their lease ends")
+          .pipe(Effect.annotateLogs({ operation, lease_ms: LEASE_MS, error: describe(error) }))
+      )
+    }
+    const slotsRenewed = () => {
+      if (!slotsFailing) return
+      slotsFailing = false
+      runFork(Effect.logInfo("limits store (Redis): slots renewed again"))
     }
 
     let store: AnyLimitStore
@@ -150,45 +164,48 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         )
       store = redis
     } else {
-      store = embeddedStore()
+      store = embeddedStore(LIMITS)
     }
+
+    const planOf = planner(LIMITS)
 
     /** Slots this worker holds, renewed while their exchanges last. */
     const held = new Map<string, HeldSlot>()
-    /** Tokens a failed charge could not count yet, by key name. */
-    const owed = new Map<string, { limits: KeyLimits; tokens: number }>()
+    /** Tokens a failed charge could not count yet, by key name and model. */
+    const owed = new Map<string, { name: string; plan: Plan; model: string; tokens: number }>()
     let slots = 0
 
-    const payLater = (name: string, limits: KeyLimits, tokens: number) => {
+    const payLater = (name: string, plan: Plan, model: string, tokens: number) => {
       if (tokens === 0) return
-      const debt = owed.get(name)
-      owed.set(name, { limits, tokens: (debt?.tokens ?? 0) + tokens })
+      const id = `${name}\n${model}`
+      const debt = owed.get(id)
+      owed.set(id, { name, plan, model, tokens: (debt?.tokens ?? 0) + tokens })
     }
 
-    const refuse = (exchange: Exchange, limits: KeyLimits, admission: Admission, now: number) => {
+    const refuse = (exchange: Exchange, plan: Plan, admission: Admission, now: number) => {
       const limit = admission.refused!
       const retryAfterMs = Math.max(1, admission.retryAfterMs)
-      exchange.limits!.refused = limit
+      exchange.limits!.refused = limit.def.name
       exchange.refuse({
         status: 429,
-        message: refusalMessage(limit, limits[limit]!, retryAfterMs),
+        message: refusalMessage(limit, retryAfterMs),
         headers: {
-          ...limitHeaders(exchange.caller.keyName!, limits, admission.usage, now, true),
+          ...limitHeaders(exchange.caller.keyName!, plan, admission.usage, now, true),
           "retry-after": String(Math.ceil(retryAfterMs / 1000)),
           "retry-after-ms": String(retryAfterMs)
         },
-        openAiType: limit === "requests_per_minute" || limit === "concurrent_requests" ? "requests" : "tokens"
+        openAiType: limit.def.counts
       }, "rate_limited")
     }
 
-    const admitted = (exchange: Exchange, limits: KeyLimits, admission: Admission, now: number) => {
+    const admitted = (exchange: Exchange, plan: Plan, admission: Admission, now: number) => {
       const state = exchange.limits!
       state.admitted = true
-      // A slot was named at the admission when the key has concurrent_requests; held ones are renewed.
+      // A slot was named at the admission when the key has a limit of requests in flight; held ones are renewed.
       if (store.shared && state.slot !== "") held.set(state.slot, { name: exchange.caller.keyName!, slot: state.slot })
       // Given to the relay for the answer's head (res.setHeader would validate each, then make
       // writeHead merge every header of Ollama's answer the slow way: measured on the tags bench).
-      exchange.responseHeaders = limitHeaders(exchange.caller.keyName!, limits, admission.usage, now, exchange.route.inference)
+      exchange.responseHeaders = limitHeaders(exchange.caller.keyName!, plan, admission.usage, now, exchange.route.inference)
     }
 
     const storeDown: Refusal = {
@@ -200,19 +217,20 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     const admit: Admit = (exchange, limits, forward) => {
       const name = exchange.caller.keyName!
       const now = Date.now()
+      const plan = planOf(limits)
       // Slots are named only where other workers see them (Redis); here any non-empty name holds one.
-      const slot = limits.concurrent_requests === undefined ? "" : store.shared ? `${WORKER}:${++slots}` : HELD
+      const slot = !plan.entries.some((limit) => limit.def.window === "in_flight") ? "" : store.shared ? `${WORKER}:${++slots}` : HELD
       exchange.limits = { admitted: false, slot, refused: undefined, totals: undefined, charged: undefined }
-      const request = { name, limits, now, slot, tokens: exchange.route.inference }
+      const request = { name, plan, now, slot, tokens: exchange.route.inference }
       if (!store.shared) {
         const admission = store.admit(request)
         // The gauges are read again every MAINTENANCE_EVERY; on the request path only a refusal
         // sets them (measured: five gauge updates per request were ~0.3 us on the tags bench).
         if (admission.refused !== undefined) {
-          setGauges(name, limits, admission.usage)
-          return refuse(exchange, limits, admission, now)
+          setGauges(name, plan, admission.usage)
+          return refuse(exchange, plan, admission, now)
         }
-        admitted(exchange, limits, admission, now)
+        admitted(exchange, plan, admission, now)
         return forward(exchange)
       }
       // The request waits, unread, for one round trip. A client that leaves meanwhile is seen
@@ -233,12 +251,12 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
           return forward(exchange)
         }
         answered()
-        setGauges(name, limits, admission.usage)
+        setGauges(name, plan, admission.usage)
         if (admission.refused !== undefined) {
           if (gone) return exchange.finish("client_aborted")
-          return refuse(exchange, limits, admission, now)
+          return refuse(exchange, plan, admission, now)
         }
-        admitted(exchange, limits, admission, now)
+        admitted(exchange, plan, admission, now)
         if (gone) return exchange.finish("client_aborted")
         forward(exchange)
       }
@@ -257,7 +275,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
             return decided(admission)
           }
           if (admission.refused === undefined && slot !== "") {
-            store.charge({ name, limits, now: Date.now(), tokens: 0, slot }).catch(() => {})
+            store.charge({ name, plan, now: Date.now(), tokens: 0, model: "", slot }).catch((error) => slotFailed("release", error))
           }
         },
         (error) => {
@@ -268,23 +286,45 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
       )
     }
 
+    /** Counts the tokens of a keyed exchange without limits: only its tokens by model, for GET /v1/usage. */
+    const chargeUnlimited = (exchange: Exchange) => {
+      const tokens = tokensOf(exchange)
+      if (tokens === 0) return
+      const name = exchange.caller.keyName!
+      const model = modelOf(exchange)
+      const request = { name, plan: NO_LIMITS, now: Date.now(), slot: "", tokens, model }
+      if (!store.shared) {
+        store.charge(request)
+        return
+      }
+      const charged = store.charge(request).then(answered, (error) => {
+        failed("charge", "retried", error)
+        payLater(name, NO_LIMITS, model, tokens)
+      })
+      pending.add(charged)
+      void charged.then(() => pending.delete(charged))
+    }
+
     const charge = (exchange: Exchange) => {
       const state = exchange.limits
       const limits = exchange.caller.key?.limits
-      if (state === undefined || !state.admitted || limits === undefined) return
+      if (limits === undefined) return chargeUnlimited(exchange)
+      if (state === undefined || !state.admitted) return
       const name = exchange.caller.keyName!
+      const plan = planOf(limits)
       const tokens = tokensOf(exchange)
       const { slot } = state
       if (slot !== "" && store.shared) held.delete(slot)
       // Nothing to count and no slot to give back: only an inference's record wants the totals.
       if (tokens === 0 && slot === "" && !exchange.route.inference) return
       const now = Date.now()
-      const request = { name, limits, now, slot, tokens }
+      const model = modelOf(exchange)
+      const request = { name, plan, now, slot, tokens, model }
       if (!store.shared) {
         const usage = store.charge(request)
         // Only an inference makes a record to carry the totals; the gauges are read again anyway.
         if (exchange.route.inference) {
-          setGauges(name, limits, usage)
+          setGauges(name, plan, usage)
           state.totals = totalsOf(usage, now)
         }
         return
@@ -292,12 +332,12 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
       state.charged = store.charge(request).then(
         (usage) => {
           answered()
-          setGauges(name, limits, usage)
+          setGauges(name, plan, usage)
           state.totals = totalsOf(usage, now)
         },
         (error) => {
           failed("charge", "retried", error)
-          payLater(name, limits, tokens)
+          payLater(name, plan, model, tokens)
         }
       )
       pending.add(state.charged)
@@ -309,25 +349,30 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     const consumer: ExchangeConsumer = {
       name: "limits",
       provides: ["charge"],
-      open: (exchange) => (exchange.caller.key?.limits === undefined ? undefined : watch)
+      // Keys with limits for every request; other keys for their inferences' tokens by model.
+      open: (exchange) => {
+        const key = exchange.caller.key
+        return key === null || (key.limits === undefined && !exchange.route.inference) ? undefined : watch
+      }
     }
 
     /** Renews this worker's slots, charges what is owed, and reads every limited key's counters for the gauges. */
     const maintain = Effect.promise(async () => {
       const now = Date.now()
       if (store.shared) {
-        await store.renew([...held.values()], now).catch(() => {})
-        for (const [name, debt] of [...owed]) {
-          owed.delete(name)
-          await store.charge({ name, limits: debt.limits, tokens: debt.tokens, slot: "", now }).then(
+        await store.renew([...held.values()], now).then(slotsRenewed, (error) => slotFailed("renew", error))
+        for (const [id, debt] of [...owed]) {
+          owed.delete(id)
+          await store.charge({ name: debt.name, plan: debt.plan, tokens: debt.tokens, model: debt.model, slot: "", now }).then(
             answered,
-            () => payLater(name, debt.limits, debt.tokens)
+            () => payLater(debt.name, debt.plan, debt.model, debt.tokens)
           )
         }
       }
       for (const [name, limits] of keys.limited()) {
+        const plan = planOf(limits)
         try {
-          setGauges(name, limits, await store.read(name, limits, now))
+          setGauges(name, plan, await store.read(name, plan, now))
         } catch {
           // The gauges keep their last reading; the failure shows in the log and counter already.
         }
@@ -338,7 +383,9 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
     // Exchanges drained at shutdown still have their charges (and records) to finish.
     yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all(pending)))
 
-    return { admit, consumer } as const
+    const ownUsage = makeOwnUsage({ store, planOf, timeoutMs, failed: (error) => failed("read", "closed", error) })
+
+    return { admit, consumer, ownUsage } as const
   }),
   dependencies: [ApiKeys.Default]
 }) {}
