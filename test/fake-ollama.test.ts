@@ -15,6 +15,7 @@ import { gzipSync } from "node:zlib"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
+import { decodeStruct, parseNodes, T } from "./fake-ollama/gojson.mjs"
 import {
   BUSY_ERROR,
   DEFAULT_VRAM,
@@ -779,6 +780,29 @@ describe("reading requests as Ollama's Go code does", () => {
         "<|start_header_id|>user<|end_header_id|>\n\nHi there, llama<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
     )
     expect(body.eval_count).toBeUndefined()
+    // openai.ChatCompletionRequest has the field too, and ToChatCompletion passes _debug_info on.
+    const v1 = JSON.parse((await post(`${fake.url}/v1/chat/completions`, { ...chat, _debug_render_only: true })).text)
+    expect(v1._debug_info.rendered_template).toContain("The secret word is llama.")
+    expect(v1.choices[0].message.content).toBe("")
+  })
+
+  // encoding/json: array elements decode into the existing ones; null leaves a non-pointer alone.
+  it("decodes as encoding/json: slice elements reused, null on a value kept, the first type mismatch reported", () => {
+    const shape = T.struct("x.Req", {
+      items: T.slice(T.struct("x.Item", { a: T.string, b: T.string }), "[]x.Item"),
+      name: T.string,
+      flag: T.ptr(T.bool),
+      count: T.int
+    })
+    const decode = (text: string) => decodeStruct(shape as never, parseNodes(text))
+    expect(decode("{\"items\":[{\"a\":\"1\",\"b\":\"2\"},{\"a\":\"3\"}],\"Items\":[{\"A\":\"9\"}],\"ITEMS\":[{},{}]}")).toEqual({
+      value: { items: [{ a: "9", b: "2" }, { a: "3" }] }
+    })
+    expect(decode("{\"name\":\"x\",\"Name\":null,\"flag\":true,\"Flag\":null}")).toEqual({ value: { name: "x", flag: undefined } })
+    expect(decode("{\"count\":1.5,\"name\":1}")).toEqual({
+      error: "json: cannot unmarshal number 1.5 into Go struct field Req.count of type int"
+    })
+    expect(decode("[]")).toEqual({ error: "json: cannot unmarshal array into Go value of type x.Req" })
   })
 
   // middleware/anthropic.go hasWebSearchTool (prefix web_search), openai.HasWebSearchTool (type web_search);

@@ -208,14 +208,20 @@ export function v1ChatToNative(r) {
   if (typeof r.max_tokens === "number") options.num_predict = r.max_tokens
   options.temperature = typeof r.temperature === "number" ? r.temperature : 1
   options.top_p = typeof r.top_p === "number" ? r.top_p : 1
-  return { model: r.model, messages, stream: r.stream === true, options, tools: r.tools }
+  return { model: r.model, messages, stream: r.stream === true, options, tools: r.tools, _debug_render_only: r._debug_render_only }
 }
 
 /** @param {Record<string, unknown>} r */
 export function v1CompletionToNative(r) {
   const options = /** @type {Record<string, unknown>} */ ({})
   if (typeof r.max_tokens === "number") options.num_predict = r.max_tokens
-  return { model: r.model, prompt: typeof r.prompt === "string" ? r.prompt : "", stream: r.stream === true, options }
+  return {
+    model: r.model,
+    prompt: typeof r.prompt === "string" ? r.prompt : "",
+    stream: r.stream === true,
+    options,
+    _debug_render_only: r._debug_render_only
+  }
 }
 
 /** Text of Anthropic content: a string, or the text blocks of a block list. */
