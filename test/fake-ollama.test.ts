@@ -844,6 +844,24 @@ describe("reading requests as Ollama's Go code does", () => {
     expect(fake.loaded()).toEqual([])
   })
 
+  // server/cloud_proxy.go extractModelField: map[string]json.RawMessage, payload["model"], the exact key.
+  it("sends a /v1 body to the cloud by its exact `model` key, whatever a folded `Model` after it says", async () => {
+    const body = "{\"model\":\"gpt-oss:120b-cloud\",\"Model\":\"llama3.2\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}"
+    const res = await post(`${fake.url}/v1/chat/completions`, body)
+    expect(res.status).toBe(200)
+    const seen = await fake.waitFor((r) => r.path === "/v1/chat/completions")
+    expect([seen.decoded?.model, seen.cloud]).toEqual(["llama3.2", "https://ollama.com:443"])
+    expect(fake.cloudRequests.map((r) => r.remoteModel)).toEqual(["gpt-oss:120b"])
+    expect(fake.loaded()).toEqual([])
+    // The other way round the middleware lets it through; the handler reads the folded MODEL last and sends it to the cloud itself.
+    const local = await post(
+      `${fake.url}/v1/chat/completions`,
+      "{\"model\":\"llama3.2\",\"MODEL\":\"qwen3:0.6b-cloud\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}"
+    )
+    expect(JSON.parse(local.text).model).toBe("qwen3:0.6b-cloud")
+    expect(fake.cloudRequests).toHaveLength(2)
+  })
+
   // server/routes.go EmbeddingsHandler: api.EmbeddingResponse{Embedding}, no counts.
   it("answers /api/embeddings with the embedding alone, no token counts", async () => {
     const res = await post(`${fake.url}/api/embeddings`, { model: "nomic-embed-text", prompt: "Hi" })

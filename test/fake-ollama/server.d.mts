@@ -195,9 +195,9 @@ export interface FakeOllama {
   loaded(): Array<string>
   /** Runner restarts per model (`llama3.2:latest`) because a request changed its runner options; cleared when `models` is set. */
   readonly reloads: Map<string, number>
-  /** Requests a cloud model served (`:cloud` / `-cloud` names, models with a remote_host), in order. */
+  /** Requests a cloud model served (`:cloud` / `-cloud` names, models with a remote_host), in order; cleared when `models` is set. */
   readonly cloudRequests: Array<CloudRequest>
-  /** Web searches Ollama ran on the operator's account, all requests together. */
+  /** Web searches Ollama ran on the operator's account, all requests together; reset when `models` is set. */
   readonly webSearches: number
   /** A loaded model's runner; undefined when it is not loaded. */
   runner(name: string): RunnerState | undefined

@@ -183,6 +183,8 @@ class Ctx {
     this.out = new Out(this)
     /** The body the handlers read: the received one, or what zstd decompressed. */
     this.body = Buffer.alloc(0)
+    /** @type {{ model: string, base: string } | undefined} set when cloudPassthroughMiddleware sends the body to ollama.com */
+    this.passthrough = undefined
   }
 
   /** Waits, unless the connection goes first; true when still open. */
@@ -272,6 +274,8 @@ export async function startFakeOllama(options = {}) {
       })
       loaded.clear()
       reloads.clear()
+      cloudRequests.length = 0
+      webSearches = 0
     }
     if ("pullable" in partial) {
       pullable.clear()
@@ -541,6 +545,12 @@ export async function startFakeOllama(options = {}) {
    * @returns {{ model: Model, cloud: string | undefined } | { json: [number, Obj] }}
    */
   function resolveRef(ctx, name, fallback, notFound = `model '${name}' not found`) {
+    if (ctx.passthrough) {
+      const { model, base } = ctx.passthrough
+      cloudRequests.push({ id: ctx.rec.id, path: ctx.rec.path, model, remoteModel: base, remoteHost: CLOUD_URL })
+      ctx.rec.cloud = CLOUD_URL
+      return { model: resolveModel(base, nowNs()), cloud: CLOUD_URL }
+    }
     const ref = parseModelRef(name)
     if ("error" in ref && ref.error !== "model is required") return { json: [400, { error: ref.error }] }
     const base = "base" in ref ? ref.base : ""
@@ -1350,6 +1360,7 @@ export async function startFakeOllama(options = {}) {
       if ("error" in unpacked) return ginJSON(ctx, 400, { error: unpacked.error })
       rec.decompressed = ctx.body = unpacked.body
     }
+    if (ZSTD_ROUTES.has(path)) ctx.passthrough = cloudPassthrough(path, ctx.body)
     await found.handler(ctx, found.params)
   }
 
@@ -1460,6 +1471,38 @@ export async function startFakeOllama(options = {}) {
  * Content-Encoding (zstd.mjs); everywhere else Ollama takes the body's bytes as they are.
  */
 const ZSTD_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"])
+
+/**
+ * server/cloud_proxy.go `cloudPassthroughMiddleware` on the /v1 routes: before any struct is
+ * bound, `extractModelField` reads the body into a `map[string]json.RawMessage` and takes
+ * `payload["model"]`: the EXACT key (the last one), unlike the struct decoding after it. A cloud
+ * model there sends the raw body to ollama.com, whatever `Model` or `MODEL` say later, unless
+ * `hasWebSearchTool` keeps it on the local path. Undefined: the middleware lets it through.
+ * @param {string} path
+ * @param {Buffer} body
+ */
+function cloudPassthrough(path, body) {
+  /** @type {unknown} */
+  let payload
+  try {
+    payload = JSON.parse(body.toString("utf8"))
+  } catch {
+    return undefined
+  }
+  if (!payload || typeof payload !== "object" || Array.isArray(payload)) return undefined
+  const raw = /** @type {Record<string, unknown>} */ (payload).model
+  const model = typeof raw === "string" ? raw.trim() : ""
+  const ref = model === "" ? undefined : parseModelRef(model)
+  if (!ref || !("base" in ref) || ref.source !== "cloud" || !parseModelName(ref.base)) return undefined
+  // hasWebSearchTool decodes `tools` into a struct: folded keys, as everywhere else.
+  const tools = bindShape(body, WEB_SEARCH_TOOLS)
+  const types = "value" in tools ? /** @type {Array<{ type?: string }>} */ (tools.value.tools ?? []).map((t) => t.type ?? "") : []
+  if (path === "/v1/responses" && types.includes("web_search")) return undefined
+  if (path === "/v1/messages" && types.some((t) => t.trim().startsWith("web_search"))) return undefined
+  return { model, base: ref.base }
+}
+
+const WEB_SEARCH_TOOLS = shapes.T.struct("struct", { tools: shapes.T.slice(shapes.T.struct("struct", { type: shapes.T.string })) })
 
 /** server/create.go `remoteURL`: a scheme, a host and a port filled in; bare `ollama.com` is https. */
 function remoteURL(/** @type {string} */ raw) {

@@ -6,6 +6,8 @@
  * anthropic/anthropic.go (ollama/ollama v0.32.x).
  */
 import { decodeStruct, plain, T } from "./gojson.mjs"
+
+export { T }
 import { parseGoDuration } from "./wire.mjs"
 
 /** api.Duration.UnmarshalJSON: a number of seconds or a Go duration string; kept as sent. */
