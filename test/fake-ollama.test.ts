@@ -2,6 +2,7 @@
  * The test double itself: it must look like `ollama serve` to the official clients and, byte for
  * byte, to a proxy (fake-ollama/README.md, "What it follows"). Its knobs and its CLI are tested here too.
  */
+import { compress as zstdCompress, init as zstdInit } from "@bokuweb/zstd-wasm"
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
@@ -10,9 +11,11 @@ import net, { type AddressInfo } from "node:net"
 import os from "node:os"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
+import { gzipSync } from "node:zlib"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest"
+import { decodeStruct, parseNodes, T } from "./fake-ollama/gojson.mjs"
 import {
   BUSY_ERROR,
   DEFAULT_VRAM,
@@ -24,6 +27,7 @@ import {
   parseOllamaHost,
   startFakeOllama
 } from "./fake-ollama/server.mjs"
+import { zstdFrame, zstdRepeat } from "./support/zstd.js"
 
 const BIN = fileURLToPath(new URL("./fake-ollama/bin/ollama", import.meta.url))
 
@@ -571,6 +575,297 @@ describe("knobs", () => {
     expect(JSON.parse((await answer).text).load_duration).toBe(101_000_000)
     expect(seen.completed).toBe(true)
     await expect(fake.waitFor((r) => r.path === "/never", 20)).rejects.toThrow("no request matched within 20 ms")
+  })
+})
+
+describe("reading requests as Ollama's Go code does", () => {
+  const v1chat = { model: "llama3.2", messages: [{ role: "user", content: "Hi" }] }
+  const zstdHeaders = { "content-type": "application/json", "content-encoding": "zstd" }
+  beforeEach(() => fake.set({ webSearchCalls: undefined }))
+
+  // server/cloud_proxy.go cloudPassthroughMiddleware: zstd.NewReader(body, WithDecoderMaxMemory(8<<20)),
+  // http.MaxBytesReader(..., 20<<20), io.ReadAll; any error a native 400.
+  it("decompresses a zstd body on /v1/* (cloudPassthroughMiddleware), and takes other encodings and other paths as they are", async () => {
+    await zstdInit()
+    const packed = Buffer.from(zstdCompress(Buffer.from(JSON.stringify({ ...v1chat, stream: false })), 3))
+    const res = await raw(`${fake.url}/v1/chat/completions`, { method: "POST", body: packed, headers: zstdHeaders })
+    expect(res.status).toBe(200)
+    expect(JSON.parse(res.text).usage.prompt_tokens).toBe(1)
+    const seen = await fake.waitFor((r) => r.path === "/v1/chat/completions")
+    expect(seen.decompressed?.toString()).toBe(JSON.stringify({ ...v1chat, stream: false }))
+    expect(seen.decoded?.model).toBe("llama3.2")
+
+    // GetHeader gives the first value, compared exactly.
+    const upper = await raw(`${fake.url}/v1/chat/completions`, { method: "POST", body: packed, headers: { "content-encoding": "ZSTD" } })
+    expect([upper.status, JSON.parse(upper.text).error.message]).toEqual([400, "invalid character '(' looking for beginning of value"])
+    const native = await raw(`${fake.url}/api/chat`, { method: "POST", body: packed, headers: zstdHeaders })
+    expect([native.status, native.text]).toEqual([400, "{\"error\":\"invalid character '(' looking for beginning of value\"}"])
+    const gzipped = await raw(`${fake.url}/v1/messages`, {
+      method: "POST",
+      body: gzipSync(JSON.stringify(v1chat)),
+      headers: { "content-encoding": "gzip" }
+    })
+    expect(gzipped.status).toBe(400)
+    expect(JSON.parse(gzipped.text).error.message).toMatch(/^invalid character/)
+  })
+
+  it("refuses a frame whose window is over 8 MiB, or whose content size is (klauspost zstd frameDec.reset), in Ollama's native shape", async () => {
+    const json = Buffer.from(JSON.stringify({ ...v1chat, max_tokens: 8 }))
+    const at8 = await raw(`${fake.url}/v1/messages`, {
+      method: "POST",
+      body: zstdFrame([{ raw: json }], { windowLog: 23 }),
+      headers: zstdHeaders
+    })
+    expect(at8.status).toBe(200)
+    const over = zstdFrame([{ raw: json }], { windowLog: 23, windowMantissa: 1 })
+    for (const path of ["/v1/messages", "/v1/responses", "/v1/embeddings"]) {
+      const res = await raw(`${fake.url}${path}`, { method: "POST", body: over, headers: zstdHeaders })
+      expect([res.status, res.headers["content-type"], res.text]).toEqual([
+        400,
+        "application/json; charset=utf-8",
+        "{\"error\":\"window size exceeded\"}"
+      ])
+    }
+    const sized = zstdFrame([{ raw: json }], { contentSize: (8 << 20) + 1 })
+    const res = await raw(`${fake.url}/v1/completions`, { method: "POST", body: sized, headers: zstdHeaders })
+    expect([res.status, res.text]).toEqual([400, "{\"error\":\"decompressed size exceeds configured limit\"}"])
+    const garbage = await raw(`${fake.url}/v1/completions`, { method: "POST", body: "not zstd", headers: zstdHeaders })
+    expect(garbage.text).toBe("{\"error\":\"invalid input: magic number mismatch\"}")
+  })
+
+  it("refuses a body that decompresses past 20 MiB (http.MaxBytesReader), though the frame is small and its window 8 MiB", async () => {
+    const bomb = zstdRepeat(0x20, (20 << 20) + 1, { windowLog: 23 })
+    expect(bomb.length).toBeLessThan(1000)
+    const res = await raw(`${fake.url}/v1/chat/completions`, { method: "POST", body: bomb, headers: zstdHeaders })
+    expect([res.status, res.text]).toEqual([400, "{\"error\":\"http: request body too large\"}"])
+    // Exactly 20 MiB is read whole: then it is only whitespace, an EOF for the JSON decoder.
+    const full = await raw(`${fake.url}/v1/chat/completions`, {
+      method: "POST",
+      body: zstdRepeat(0x20, 20 << 20, { windowLog: 23 }),
+      headers: zstdHeaders
+    })
+    expect([full.status, JSON.parse(full.text).error.message]).toEqual([400, "EOF"])
+  })
+
+  // encoding/json decode.go `object`: exact name, else foldName (ASCII case, ſ = s, K = k); keys in order, the last wins.
+  it("matches keys case-insensitively with Go's folding, the last one winning", async () => {
+    const body =
+      "{\"model\":\"nomic-embed-text\",\"MODEL\":\"llama3.2\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"stream\":true,\"\u017fTREAM\":false}"
+    const res = await post(`${fake.url}/api/chat`, body)
+    expect(res.status).toBe(200)
+    expect(JSON.parse(res.text)).toMatchObject({ model: "llama3.2", done: true })
+    const seen = await fake.waitFor((r) => r.path === "/api/chat")
+    expect(seen.decoded).toMatchObject({ model: "llama3.2", stream: false })
+    const kelvin = await post(
+      `${fake.url}/api/generate`,
+      "{\"model\":\"llama3.2\",\"prompt\":\"Hi\",\"stream\":false,\"\u212aeep_alive\":0}"
+    )
+    expect(JSON.parse(kelvin.text).done_reason).toBe("stop")
+    expect(fake.loaded()).toEqual([])
+    // Inside a map (options) keys are exact: NUM_CTX is not num_ctx.
+    await post(`${fake.url}/api/generate`, { model: "llama3.2", prompt: "Hi", stream: false, options: { NUM_CTX: 9000 } })
+    expect(fake.runner("llama3.2")?.contextLength).toBe(4096)
+  })
+
+  // decode.go `indirect`: a non-nil pointer or map is decoded into (merged); null sets it to nil.
+  it("merges a repeated object into the value already there (options, stream_options) and resets it on null", async () => {
+    const merged = await post(
+      `${fake.url}/api/generate`,
+      "{\"model\":\"llama3.2\",\"prompt\":\"Hi\",\"stream\":false,\"options\":{\"num_gpu\":0},\"Options\":{\"num_ctx\":9000}}"
+    )
+    expect(merged.status).toBe(200)
+    expect(fake.runner("llama3.2")).toMatchObject({ sizeVram: 0, contextLength: 9000, options: { num_gpu: 0, num_ctx: 9000 } })
+    const ps = JSON.parse((await raw(`${fake.url}/api/ps`)).text)
+    expect(ps.models[0]).toMatchObject({ name: "llama3.2:latest", size_vram: 0, context_length: 9000 })
+
+    const stream = async (tail: string) => {
+      const res = await post(
+        `${fake.url}/v1/chat/completions`,
+        `{"model":"llama3.2","messages":[{"role":"user","content":"Hi"}],"stream":true,${tail}}`
+      )
+      return res.text.split("\n\n").filter((e) => e.startsWith("data: {")).some((e) => JSON.parse(e.slice(6)).usage)
+    }
+    expect(await stream("\"stream_options\":{\"include_usage\":true},\"Stream_Options\":{}")).toBe(true)
+    expect(await stream("\"stream_options\":{\"include_usage\":true},\"Stream_Options\":{\"include_usage\":false}")).toBe(false)
+    expect(await stream("\"stream_options\":{\"include_usage\":true},\"Stream_Options\":null")).toBe(false)
+  })
+
+  const transcribe = (query: string, parts: Array<{ name: string; value: string | Buffer; filename?: string; qp?: boolean }>) => {
+    const boundary = "fakeboundary"
+    const body = Buffer.concat([
+      ...parts.flatMap((p) => [
+        Buffer.from(
+          `--${boundary}\r\nContent-Disposition: form-data; name="${p.name}"${p.filename ? `; filename="${p.filename}"` : ""}\r\n` +
+            (p.qp ? "Content-Transfer-Encoding: quoted-printable\r\n" : "") + "\r\n"
+        ),
+        Buffer.from(p.value),
+        Buffer.from("\r\n")
+      ]),
+      Buffer.from(`--${boundary}--\r\n`)
+    ])
+    return raw(`${fake.url}/v1/audio/transcriptions${query}`, {
+      method: "POST",
+      body,
+      headers: { "content-type": `multipart/form-data; boundary=${boundary}` }
+    })
+  }
+
+  // net/http Request.FormValue after ParseMultipartForm: Form holds the query's values first.
+  it("takes the transcription's model from the query before the form (FormValue), and answers through the chat handler", async () => {
+    fake.set({ models: ["llama3.2", "qwen3:0.6b"] })
+    const res = await transcribe("?model=qwen3:0.6b", [
+      { name: "model", value: "llama3.2" },
+      { name: "file", value: Buffer.from("RIFF fake audio"), filename: "a.wav" }
+    ])
+    expect([res.status, res.headers["content-type"]]).toEqual([200, "application/json"])
+    expect(JSON.parse(res.text)).toEqual({ text: generatedText(5).trim() })
+    const seen = await fake.waitFor((r) => r.path.startsWith("/v1/audio/transcriptions"))
+    expect(seen.decoded?.model).toBe("qwen3:0.6b")
+    expect(fake.loaded()).toEqual(["qwen3:0.6b"])
+    const missing = await transcribe("", [{ name: "model", value: "llama3.2" }])
+    expect([missing.status, JSON.parse(missing.text).error.message]).toEqual([400, "file is required: http: no such file"])
+  })
+
+  // mime/multipart Reader.NextPart decodes Content-Transfer-Encoding: quoted-printable.
+  it("decodes a quoted-printable form part as Go's multipart reader does", async () => {
+    fake.set({ models: ["llama3.2", "qwen3:0.6b"] })
+    const res = await transcribe("", [
+      { name: "model", value: "qwen3=3A0=2E6=\r\nb", qp: true },
+      { name: "response_format", value: "text" },
+      { name: "file", value: Buffer.from("audio"), filename: "a.wav" }
+    ])
+    expect([res.status, res.headers["content-type"], res.text]).toEqual([200, "text/plain", generatedText(5).trim()])
+    expect((await fake.waitFor((r) => r.path === "/v1/audio/transcriptions")).decoded?.model).toBe("qwen3:0.6b")
+  })
+
+  // api.Duration.UnmarshalJSON; routes.go: an empty prompt with keep_alive 0 expires the runner.
+  it("keeps a model as keep_alive says: -1 pins it, a duration sets /api/ps expires_at, 0 without a prompt unloads it", async () => {
+    await post(`${fake.url}/api/generate`, { model: "llama3.2", keep_alive: -1 })
+    expect(fake.runner("llama3.2")?.forever).toBe(true)
+    const pinned = JSON.parse((await raw(`${fake.url}/api/ps`)).text).models[0]
+    expect(Number(pinned.expires_at.slice(0, 4))).toBeGreaterThan(2300)
+    await post(`${fake.url}/api/chat`, { ...chat, stream: false, keep_alive: "10m" })
+    expect(fake.runner("llama3.2")?.keepAliveNs).toBe(600_000_000_000n)
+    const expires = Date.parse(JSON.parse((await raw(`${fake.url}/api/ps`)).text).models[0].expires_at)
+    expect(Math.abs(expires - Date.now() - 600_000)).toBeLessThan(5000)
+    const unload = await post(`${fake.url}/api/chat`, { model: "llama3.2", keep_alive: 0 })
+    expect(JSON.parse(unload.text)).toMatchObject({ done: true, done_reason: "unload" })
+    expect(fake.loaded()).toEqual([])
+  })
+
+  // server/sched.go needsReload: the runner options compared, auto num_ctx / negative num_gpu never a change.
+  it("counts a reload when the runner options change, not when they stay or are left to Ollama", async () => {
+    const gen = (options?: Record<string, unknown>) =>
+      post(`${fake.url}/api/generate`, { model: "llama3.2", prompt: "Hi", stream: false, ...(options ? { options } : {}) })
+    await gen()
+    await gen({ num_gpu: -1, num_predict: 2 })
+    expect(fake.reloads.get("llama3.2:latest")).toBeUndefined()
+    for (const options of [{ num_ctx: 8192 }, { num_ctx: 8192, num_batch: 256 }, { num_ctx: 8192, num_batch: 256, use_mmap: false }]) {
+      await gen(options)
+    }
+    await gen({ num_ctx: 8192, num_batch: 256, use_mmap: false, num_gpu: -1 })
+    expect(fake.reloads.get("llama3.2:latest")).toBe(3)
+    await gen({ num_ctx: 8192, num_batch: 256, use_mmap: false, num_thread: 2 })
+    await gen({ num_ctx: 8192, num_batch: 256, use_mmap: false, num_thread: 2, main_gpu: 0 })
+    expect(fake.reloads.get("llama3.2:latest")).toBe(5)
+  })
+
+  it("answers _debug_render_only with the rendered prompt, the Modelfile's SYSTEM in it, and generates nothing", async () => {
+    fake.set({ models: [{ name: "llama3.2", system: "The secret word is llama." }] })
+    const res = await post(`${fake.url}/api/chat`, { ...chat, _DEBUG_RENDER_ONLY: true })
+    const body = JSON.parse(res.text)
+    expect(body).toMatchObject({ model: "llama3.2", done: false, message: { role: "", content: "" } })
+    expect(body._debug_info.rendered_template).toBe(
+      "<|start_header_id|>system<|end_header_id|>\n\nThe secret word is llama.<|eot_id|>" +
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there, llama<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    expect(body.eval_count).toBeUndefined()
+    // openai.ChatCompletionRequest has the field too, and ToChatCompletion passes _debug_info on.
+    const v1 = JSON.parse((await post(`${fake.url}/v1/chat/completions`, { ...chat, _debug_render_only: true })).text)
+    expect(v1._debug_info.rendered_template).toContain("The secret word is llama.")
+    expect(v1.choices[0].message.content).toBe("")
+  })
+
+  // encoding/json: array elements decode into the existing ones; null leaves a non-pointer alone.
+  it("decodes as encoding/json: slice elements reused, null on a value kept, the first type mismatch reported", () => {
+    const shape = T.struct("x.Req", {
+      items: T.slice(T.struct("x.Item", { a: T.string, b: T.string }), "[]x.Item"),
+      name: T.string,
+      flag: T.ptr(T.bool),
+      count: T.int
+    })
+    const decode = (text: string) => decodeStruct(shape as never, parseNodes(text))
+    expect(decode("{\"items\":[{\"a\":\"1\",\"b\":\"2\"},{\"a\":\"3\"}],\"Items\":[{\"A\":\"9\"}],\"ITEMS\":[{},{}]}")).toEqual({
+      value: { items: [{ a: "9", b: "2" }, { a: "3" }] }
+    })
+    expect(decode("{\"name\":\"x\",\"Name\":null,\"flag\":true,\"Flag\":null}")).toEqual({ value: { name: "x", flag: undefined } })
+    expect(decode("{\"count\":1.5,\"name\":1}")).toEqual({
+      error: "json: cannot unmarshal number 1.5 into Go struct field Req.count of type int"
+    })
+    expect(decode("[]")).toEqual({ error: "json: cannot unmarshal array into Go value of type x.Req" })
+  })
+
+  // middleware/anthropic.go hasWebSearchTool (prefix web_search), openai.HasWebSearchTool (type web_search);
+  // middleware/web_search.go maxWebSearchLoops = 3.
+  it("counts the web searches Ollama would run, at most 3 per request", async () => {
+    const messages = { model: "llama3.2", max_tokens: 16, messages: [{ role: "user", content: "news?" }] }
+    await post(`${fake.url}/v1/messages`, { ...messages, tools: [{ type: "web_search_20250305", name: "web_search" }] })
+    expect(fake.webSearches).toBe(1)
+    await post(`${fake.url}/v1/messages`, { ...messages, tools: [{ type: " web_search_20250305", name: "web_search" }] })
+    expect(fake.webSearches).toBe(1)
+    fake.set({ webSearchCalls: 5 })
+    await post(`${fake.url}/v1/responses`, { model: "llama3.2", input: "news?", Tools: [{ type: "web_search" }] })
+    expect(fake.webSearches).toBe(4)
+    expect((await fake.waitFor((r) => r.path === "/v1/responses")).webSearches).toBe(3)
+  })
+
+  // server/create.go (from a cloud model: RemoteHost, RemoteModel), ListHandler's ListModelResponse, modelref.ParseRef.
+  it("lists a model created from a cloud model with remote_host, and counts its requests and :cloud spellings as cloud ones", async () => {
+    const created = await post(`${fake.url}/api/create`, { model: "mine", from: "gpt-oss:120b-Cloud", stream: false })
+    expect(created.status).toBe(200)
+    await post(`${fake.url}/api/copy`, { source: "mine", destination: "yours" })
+    const tags = JSON.parse((await raw(`${fake.url}/api/tags`)).text).models
+    for (const name of ["mine:latest", "yours:latest"]) {
+      expect(tags.find((m: { name: string }) => m.name === name)).toMatchObject({
+        remote_model: "gpt-oss:120b",
+        remote_host: "https://ollama.com:443"
+      })
+    }
+    expect((await post(`${fake.url}/api/chat`, { model: "yours", messages: chat.messages, stream: false })).status).toBe(200)
+    expect((await post(`${fake.url}/api/chat`, { model: "yours:local", messages: chat.messages, stream: false })).status).toBe(404)
+    expect((await post(`${fake.url}/v1/chat/completions`, { model: "gpt-oss:120b: CLOUD", messages: chat.messages })).status).toBe(200)
+    expect((await post(`${fake.url}/api/chat`, { model: "llama3.2:cloud:local", messages: chat.messages })).text).toBe(
+      "{\"error\":\"use either :local or :cloud, not both: \\\"llama3.2:cloud:local\\\"\"}"
+    )
+    expect(fake.cloudRequests.map((r) => [r.path, r.model, r.remoteModel, r.remoteHost])).toEqual([
+      ["/api/chat", "yours", "gpt-oss:120b", "https://ollama.com:443"],
+      ["/v1/chat/completions", "gpt-oss:120b: CLOUD", "gpt-oss:120b", "https://ollama.com:443"]
+    ])
+    expect(fake.loaded()).toEqual([])
+  })
+
+  // server/cloud_proxy.go extractModelField: map[string]json.RawMessage, payload["model"], the exact key.
+  it("sends a /v1 body to the cloud by its exact `model` key, whatever a folded `Model` after it says", async () => {
+    const body = "{\"model\":\"gpt-oss:120b-cloud\",\"Model\":\"llama3.2\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}"
+    const res = await post(`${fake.url}/v1/chat/completions`, body)
+    expect(res.status).toBe(200)
+    const seen = await fake.waitFor((r) => r.path === "/v1/chat/completions")
+    expect([seen.decoded?.model, seen.cloud]).toEqual(["llama3.2", "https://ollama.com:443"])
+    expect(fake.cloudRequests.map((r) => r.remoteModel)).toEqual(["gpt-oss:120b"])
+    expect(fake.loaded()).toEqual([])
+    // The other way round the middleware lets it through; the handler reads the folded MODEL last and sends it to the cloud itself.
+    const local = await post(
+      `${fake.url}/v1/chat/completions`,
+      "{\"model\":\"llama3.2\",\"MODEL\":\"qwen3:0.6b-cloud\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}"
+    )
+    expect(JSON.parse(local.text).model).toBe("qwen3:0.6b-cloud")
+    expect(fake.cloudRequests).toHaveLength(2)
+  })
+
+  // server/routes.go EmbeddingsHandler: api.EmbeddingResponse{Embedding}, no counts.
+  it("answers /api/embeddings with the embedding alone, no token counts", async () => {
+    const res = await post(`${fake.url}/api/embeddings`, { model: "nomic-embed-text", prompt: "Hi" })
+    expect(Object.keys(JSON.parse(res.text))).toEqual(["embedding"])
   })
 })
 

@@ -306,6 +306,9 @@ async function serve(env) {
       vram,
       defaultNumCtx: Number(env.OLLAMA_CONTEXT_LENGTH) || defaultNumCtx(vram),
       origins: (env.OLLAMA_ORIGINS ?? "").split(",").filter(Boolean),
+      webSearchCalls: numberVar(env, "WEB_SEARCH_CALLS"),
+      // envconfig.Remotes: OLLAMA_REMOTES, a comma list, ollama.com when unset.
+      remotes: env.OLLAMA_REMOTES ? env.OLLAMA_REMOTES.split(",").map((s) => s.trim()).filter(Boolean) : undefined,
       recordRequests: false,
       ready,
       log,

@@ -61,6 +61,9 @@ export function parseModelName(name) {
  * @property {Capability[]} [capabilities] `["completion"]` (default) or `["embedding"]`, ...
  * @property {number} [contextLength]
  * @property {number} [embeddingLength] vector size of /api/embed answers
+ * @property {string} [system] the Modelfile's SYSTEM prompt
+ * @property {string} [remoteHost] set for a model created from a cloud model: its requests go there
+ * @property {string} [remoteModel] the model's name there
  *
  * @typedef {object} Model a model on disk
  * @property {string} name display name (`llama3.2:latest`)
@@ -74,6 +77,9 @@ export function parseModelName(name) {
  * @property {number} embeddingLength
  * @property {string} digest manifest digest, 64 hex digits
  * @property {bigint} modifiedNs
+ * @property {string} system
+ * @property {string} remoteHost "" for a local model
+ * @property {string} remoteModel
  */
 
 /** @type {Array<Omit<ModelSpec, "name"> & { name: string }>} */
@@ -154,7 +160,10 @@ export function resolveModel(spec, modifiedNs) {
     contextLength: given.contextLength ?? known.contextLength ?? 4096,
     embeddingLength: given.embeddingLength ?? known.embeddingLength ?? (isEmbedding ? 768 : 2048),
     digest: sha256Hex(`manifest:${parsed.key}`),
-    modifiedNs
+    modifiedNs,
+    system: given.system ?? "",
+    remoteHost: given.remoteHost ?? "",
+    remoteModel: given.remoteModel ?? ""
   }
 }
 
@@ -252,4 +261,48 @@ export function embeddingFor(/** @type {string} */ text, /** @type {number} */ l
   const v = raw.subarray(0, n)
   const norm = Math.sqrt(v.reduce((s, x) => s + x * x, 0)) || 1
   return Float32Array.from(v, (x) => x / norm)
+}
+
+/**
+ * internal/modelref/modelref.go `ParseRef` / `parseSourceSuffix`: the name trimmed; the text after
+ * its last colon, trimmed and lower-cased, `cloud` or `local` sets the source, and one ending in
+ * `-cloud` (no `/` in it) is a cloud model too, the suffix cut off (`gpt-oss:120b-CLOUD` is
+ * `gpt-oss:120b` on ollama.com). Both suffixes at once is an error.
+ * @param {string} raw
+ * @returns {{ base: string, source: "cloud" | "local" | "" } | { error: string }}
+ */
+export function parseModelRef(raw) {
+  const trimmed = raw.trim()
+  if (trimmed === "") return { error: "model is required" }
+  const first = sourceSuffix(trimmed)
+  if (first.explicit && sourceSuffix(first.base).explicit) {
+    return { error: `use either :local or :cloud, not both: ${JSON.stringify(trimmed)}` }
+  }
+  return { base: first.base, source: first.source }
+}
+
+function sourceSuffix(/** @type {string} */ raw) {
+  const idx = raw.lastIndexOf(":")
+  if (idx >= 0) {
+    const suffixRaw = raw.slice(idx + 1).trim()
+    const suffix = suffixRaw.toLowerCase()
+    if (suffix === "cloud") return { base: raw.slice(0, idx), source: /** @type {const} */ ("cloud"), explicit: true }
+    if (suffix === "local") return { base: raw.slice(0, idx), source: /** @type {const} */ ("local"), explicit: true }
+    if (!suffixRaw.includes("/") && suffix.endsWith("-cloud")) {
+      return { base: raw.slice(0, idx + 1) + suffixRaw.slice(0, -"-cloud".length), source: /** @type {const} */ ("cloud"), explicit: true }
+    }
+  }
+  return { base: raw, source: /** @type {const} */ (""), explicit: false }
+}
+
+/**
+ * The llama 3 template the fake's chat models carry (showModel), applied as Ollama's chatPrompt
+ * does: the Modelfile's SYSTEM first unless the messages bring their own system message.
+ * @param {Array<{ role?: unknown, content?: unknown }>} messages
+ * @param {string} system
+ */
+export function renderPrompt(messages, system) {
+  const all = system !== "" && !messages.some((m) => m.role === "system") ? [{ role: "system", content: system }, ...messages] : messages
+  const turns = all.map((m) => `<|start_header_id|>${String(m.role ?? "")}<|end_header_id|>\n\n${String(m.content ?? "")}<|eot_id|>`)
+  return `${turns.join("")}<|start_header_id|>assistant<|end_header_id|>\n\n`
 }

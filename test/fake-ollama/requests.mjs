@@ -4,6 +4,7 @@
  * binds them, converting /v1 and /v1/messages bodies to native ones as Ollama's middlewares do,
  * and the deterministic figures a generation reports.
  */
+import { decodeStruct, parseNodes } from "./gojson.mjs"
 import { durations, generatedText, promptTokens } from "./models.mjs"
 import { parseGoDuration } from "./wire.mjs"
 
@@ -98,7 +99,7 @@ export function expectedFigures(path, body, options = {}) {
  * ignored; empty body = EOF.
  * @param {Buffer} body
  * @param {string} goType e.g. `api.ChatRequest`, for type error messages
- * @returns {{ value: Record<string, unknown> } | { eof: true } | { error: string }}
+ * @returns {{ value: Record<string, unknown>, text: string } | { eof: true } | { error: string }}
  */
 export function decodeBody(body, goType) {
   const text = body.toString("utf8")
@@ -113,11 +114,24 @@ export function decodeBody(body, goType) {
     if (after) return decodeBody(Buffer.from(text.slice(0, Number(after[1]))), goType)
     return { error: goSyntaxError(text, message) }
   }
-  if (value === null) return { value: {} }
+  if (value === null) return { value: {}, text }
   if (typeof value !== "object" || Array.isArray(value)) {
     return { error: `json: cannot unmarshal ${goKind(value)} into Go value of type ${goType}` }
   }
-  return { value: /** @type {Record<string, unknown>} */ (value) }
+  return { value: /** @type {Record<string, unknown>} */ (value), text }
+}
+
+/**
+ * A body bound into a Go struct (shapes.mjs) as gin binds it: Go's syntax errors first
+ * (decodeBody), then gojson.mjs's decoding: case-folded keys, the last one winning, merges.
+ * @param {Buffer} body
+ * @param {import("./gojson.mjs").Shape & { k: "struct" }} shape
+ * @returns {{ value: Record<string, unknown> } | { eof: true } | { error: string }}
+ */
+export function bindShape(body, shape) {
+  const decoded = decodeBody(body, shape.name)
+  if (!("value" in decoded)) return decoded
+  return decodeStruct(shape, parseNodes(decoded.text))
 }
 
 function goKind(/** @type {unknown} */ v) {
@@ -144,24 +158,6 @@ function goSyntaxError(/** @type {string} */ text, /** @type {string} */ message
     ? "in string literal"
     : "looking for beginning of value"
   return `invalid character '${shown}' ${where}`
-}
-
-/**
- * Type checks gin would fail the bind on, for the fields the fake reads.
- * @param {Record<string, unknown>} v
- * @param {string} struct e.g. `ChatRequest`
- * @param {Record<string, "string" | "bool" | "array" | "object" | "number">} fields
- */
-export function fieldTypeError(v, struct, fields) {
-  const goTypes = { string: "string", bool: "bool", array: "[]interface {}", object: "map[string]interface {}", number: "int" }
-  for (const [name, want] of Object.entries(fields)) {
-    const got = v[name]
-    if (got === undefined || got === null) continue
-    const kind = goKind(got)
-    const ok = want === "array" ? Array.isArray(got) : want === "object" ? kind === "object" : kind === (want === "bool" ? "bool" : want)
-    if (!ok) return `json: cannot unmarshal ${kind} into Go struct field ${struct}.${name} of type ${goTypes[want]}`
-  }
-  return undefined
 }
 
 /**
@@ -212,14 +208,20 @@ export function v1ChatToNative(r) {
   if (typeof r.max_tokens === "number") options.num_predict = r.max_tokens
   options.temperature = typeof r.temperature === "number" ? r.temperature : 1
   options.top_p = typeof r.top_p === "number" ? r.top_p : 1
-  return { model: r.model, messages, stream: r.stream === true, options, tools: r.tools }
+  return { model: r.model, messages, stream: r.stream === true, options, tools: r.tools, _debug_render_only: r._debug_render_only }
 }
 
 /** @param {Record<string, unknown>} r */
 export function v1CompletionToNative(r) {
   const options = /** @type {Record<string, unknown>} */ ({})
   if (typeof r.max_tokens === "number") options.num_predict = r.max_tokens
-  return { model: r.model, prompt: typeof r.prompt === "string" ? r.prompt : "", stream: r.stream === true, options }
+  return {
+    model: r.model,
+    prompt: typeof r.prompt === "string" ? r.prompt : "",
+    stream: r.stream === true,
+    options,
+    _debug_render_only: r._debug_render_only
+  }
 }
 
 /** Text of Anthropic content: a string, or the text blocks of a block list. */

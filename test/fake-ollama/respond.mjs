@@ -291,7 +291,9 @@ export async function renderOpenAI(ctx, outcome, how) {
       model: r.model,
       system_fingerprint: "fp_ollama",
       choices: [{ index: 0, message: { role: message.role, content: message.content }, finish_reason: finish }],
-      usage: usageOf(r)
+      usage: usageOf(r),
+      // openai.ToChatCompletion passes a _debug_render_only answer's rendered prompt on.
+      _debug_info: r._debug_info
     }
   }
 

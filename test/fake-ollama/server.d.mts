@@ -18,6 +18,12 @@ export interface ModelSpec {
   contextLength?: number | undefined
   /** Length of the vectors /api/embed answers with (768 for nomic-embed-text). */
   embeddingLength?: number | undefined
+  /** The Modelfile's SYSTEM prompt: in /api/show and in what `_debug_render_only` renders. */
+  system?: string | undefined
+  /** A model created from a cloud model: /api/tags lists it with `remote_host`, its requests go there (`cloudRequests`). */
+  remoteHost?: string | undefined
+  /** Its name at `remoteHost` (`remote_model`). */
+  remoteModel?: string | undefined
 }
 
 export type LogLevel = "DEBUG" | "INFO" | "WARN" | "ERROR"
@@ -64,6 +70,13 @@ export interface FakeOllamaOptions {
   defaultNumCtx?: number | undefined
   /** Extra allowed CORS origins (OLLAMA_ORIGINS), `*` wildcards. */
   origins?: Array<string> | undefined
+  /**
+   * How many times in a row the fake's model calls the web_search tool of a /v1/messages or
+   * /v1/responses request that declares it. Ollama runs at most 3 searches per request. Default 1.
+   */
+  webSearchCalls?: number | undefined
+  /** Hosts a model's remote_host may name (OLLAMA_REMOTES). Default `["ollama.com"]`. */
+  remotes?: Array<string> | undefined
   /** Keep requests in `requests`. Default true. */
   recordRequests?: boolean | undefined
   /** Requests wait for this before being answered (the CLI's start-up delay). */
@@ -94,6 +107,54 @@ export interface RecordedRequest {
   completed: boolean
   status: number | undefined
   readonly remoteAddress: string
+  /** The body after a `Content-Encoding: zstd` was undone (the /v1 routes of cloudPassthroughMiddleware). */
+  decompressed: Buffer | undefined
+  /**
+   * The request as Ollama's Go structs read it (gojson.mjs: folded keys, the last one winning,
+   * merges): the fields set, by their JSON names; for /v1/audio/transcriptions the form's
+   * `model`, `response_format`, `language`, `prompt` as FormValue reads them, and `file`.
+   */
+  decoded: Record<string, unknown> | undefined
+  /** Web searches Ollama ran on the operator's ollama.com account for this request (0 to 3). */
+  webSearches: number
+  /** The remote host that served it, when a cloud model did. */
+  cloud: string | undefined
+}
+
+/** A loaded model's runner, as the scheduler keeps it. */
+export interface RunnerState {
+  /** As /api/ps names it. */
+  name: string
+  /** The keep-alive of the last request (api.Duration), in ns; math.MaxInt64 for ever. */
+  keepAliveNs: bigint
+  forever: boolean
+  /** When it unloads (ns since the epoch): /api/ps `expires_at`. */
+  expiresNs: bigint
+  /** 0 when it runs on the CPU (`num_gpu: 0`, or no GPU memory). */
+  sizeVram: number
+  contextLength: number
+  /** The api.Runner options it was loaded with (server/sched.go needsReload compares these). */
+  options: {
+    num_ctx: number
+    num_batch: number
+    /** -1: as many layers as fit. */
+    num_gpu: number
+    main_gpu: number | undefined
+    use_mmap: boolean | undefined
+    num_thread: number
+    draft_num_predict: number
+  }
+}
+
+export interface CloudRequest {
+  /** The RecordedRequest's id. */
+  id: number
+  path: string
+  /** The model as the request named it. */
+  model: string
+  /** The model asked of the remote host. */
+  remoteModel: string
+  remoteHost: string
 }
 
 export interface Figures {
@@ -132,6 +193,14 @@ export interface FakeOllama {
   models(): Array<string>
   /** Models loaded, as /api/ps names them. */
   loaded(): Array<string>
+  /** Runner restarts per model (`llama3.2:latest`) because a request changed its runner options; cleared when `models` is set. */
+  readonly reloads: Map<string, number>
+  /** Requests a cloud model served (`:cloud` / `-cloud` names, models with a remote_host), in order; cleared when `models` is set. */
+  readonly cloudRequests: Array<CloudRequest>
+  /** Web searches Ollama ran on the operator's account, all requests together; reset when `models` is set. */
+  readonly webSearches: number
+  /** A loaded model's runner; undefined when it is not loaded. */
+  runner(name: string): RunnerState | undefined
   /** The figures this server will report for a request, with its current knobs. */
   expected(path: string, body: unknown): Figures
   /** Stops listening and destroys every open connection. */
@@ -149,6 +218,8 @@ export const DEFAULT_VRAM: number
 export const BUSY_ERROR: string
 export const MIDSTREAM_ERROR: string
 export const PULL_MANIFEST_ERROR: string
+/** Where `:cloud` models run: `https://ollama.com:443`. */
+export const CLOUD_URL: string
 /** The tokens generations cycle through. */
 export const TOKEN_TEXTS: ReadonlyArray<string>
 /** The i-th generated token (0-based). */

@@ -11,6 +11,7 @@ import dns from "node:dns/promises"
 import { EventEmitter } from "node:events"
 import http from "node:http"
 import net from "node:net"
+import { URLSearchParams } from "node:url"
 import { DEFAULT_VRAM } from "./gpu.mjs"
 import { allowedOrigins, checkHostHeader, CORS_ALLOW_HEADERS, isLoopbackAddress, joinHostPort, originAllowed } from "./host.mjs"
 import {
@@ -21,19 +22,22 @@ import {
   embeddingFor,
   modelLayers,
   parseModelName,
+  parseModelRef,
   promptTokens,
+  renderPrompt,
   resolveModel,
   tokenText,
   VERSION
 } from "./models.mjs"
+import { formValue, parseMultipart } from "./multipart.mjs"
 import {
   anthropicEstimate,
   anthropicToNative,
-  decodeBody,
+  bindShape,
   DEFAULT_TOKENS,
   embedInputs,
   expectedFigures,
-  fieldTypeError,
+  FOREVER_NS,
   keepAliveOf,
   planGeneration,
   responsesToNative,
@@ -42,6 +46,7 @@ import {
 } from "./requests.mjs"
 import {
   anthropicError,
+  collect,
   ginJSON,
   JSON_UTF8,
   openaiAbort,
@@ -57,7 +62,10 @@ import {
   unixOf,
   waitForStream
 } from "./respond.mjs"
+import { needsReload, runnerOptions } from "./runner.mjs"
+import * as shapes from "./shapes.mjs"
 import { float32Array, goJSON, nowNs, RawJSON, rfc3339Nano } from "./wire.mjs"
+import { decodeZstd, isZstd } from "./zstd.mjs"
 
 export { DEFAULT_VRAM } from "./gpu.mjs"
 export { checkHostHeader, parseOllamaHost } from "./host.mjs"
@@ -67,6 +75,8 @@ export { expectedFigures } from "./requests.mjs"
 export const BUSY_ERROR = "server busy, please try again.  maximum pending requests exceeded"
 export const MIDSTREAM_ERROR = "an error was encountered while running the model: unexpected EOF"
 export const PULL_MANIFEST_ERROR = "pull model manifest: file does not exist"
+/** Where a `:cloud` model runs (server/cloud_proxy.go defaultCloudProxyBaseURL). */
+export const CLOUD_URL = "https://ollama.com:443"
 
 /**
  * @typedef {import("./models.mjs").Model} Model
@@ -74,6 +84,7 @@ export const PULL_MANIFEST_ERROR = "pull model manifest: file does not exist"
  * @typedef {import("./requests.mjs").NativeRequest} NativeRequest
  * @typedef {import("./respond.mjs").Obj} Obj
  * @typedef {import("./respond.mjs").Outcome} Outcome
+ * @typedef {import("./runner.mjs").RunnerOptions} RunnerOptions
  *
  * @typedef {object} Options
  * @property {string} host
@@ -94,6 +105,8 @@ export const PULL_MANIFEST_ERROR = "pull model manifest: file does not exist"
  * @property {number} vram GPU memory in bytes; 0: no GPU, models load into system memory
  * @property {number} defaultNumCtx the context a model is loaded with when the request sets none
  * @property {string[]} origins
+ * @property {number} webSearchCalls web_search calls the model makes in a row when it has the tool
+ * @property {string[]} remotes hosts a model's remote_host may name (OLLAMA_REMOTES)
  * @property {boolean} recordRequests
  * @property {Promise<unknown> | undefined} ready
  * @property {((level: "DEBUG" | "INFO" | "WARN" | "ERROR", msg: string, attrs?: Record<string, unknown>, source?: string) => void) | undefined} log
@@ -112,6 +125,10 @@ export const PULL_MANIFEST_ERROR = "pull model manifest: file does not exist"
  * @property {boolean} completed the response was sent to the end
  * @property {number | undefined} status
  * @property {string} remoteAddress
+ * @property {Buffer | undefined} decompressed the body after Content-Encoding: zstd was undone
+ * @property {Record<string, unknown> | undefined} decoded the request as Ollama's Go structs read it
+ * @property {number} webSearches searches Ollama ran for it on the operator's ollama.com account
+ * @property {string | undefined} cloud the remote host it went to, when a cloud model served it
  */
 
 /** @type {Options} */
@@ -134,6 +151,8 @@ const DEFAULTS = {
   vram: DEFAULT_VRAM,
   defaultNumCtx: 4096,
   origins: [],
+  webSearchCalls: 1,
+  remotes: ["ollama.com"],
   recordRequests: true,
   ready: undefined,
   log: undefined,
@@ -162,6 +181,10 @@ class Ctx {
     this.onClose = new Set()
     /** @type {Out} */
     this.out = new Out(this)
+    /** The body the handlers read: the received one, or what zstd decompressed. */
+    this.body = Buffer.alloc(0)
+    /** @type {{ model: string, base: string } | undefined} set when cloudPassthroughMiddleware sends the body to ollama.com */
+    this.passthrough = undefined
   }
 
   /** Waits, unless the connection goes first; true when still open. */
@@ -208,8 +231,16 @@ export async function startFakeOllama(options = {}) {
   const disk = new Map()
   /** @type {Map<string, ModelSpec | string>} */
   const pullable = new Map()
-  /** @type {Map<string, { model: Model, expiresNs: bigint, contextLength: number, sizeVram: number }>} */
+  /**
+   * @typedef {{ model: Model, expiresNs: bigint, keepAliveNs: bigint, contextLength: number, sizeVram: number, runner: RunnerOptions }} Runner
+   * @type {Map<string, Runner>}
+   */
   const loaded = new Map()
+  /** @type {Map<string, number>} reloads per model (display name): a runner restarted because its options changed */
+  const reloads = new Map()
+  /** @type {Array<{ id: number, path: string, model: string, remoteModel: string, remoteHost: string }>} */
+  const cloudRequests = []
+  let webSearches = 0
   /** @type {Set<string>} blob digests stored, `sha256:<hex>` */
   const blobs = new Set()
   let pullFailuresLeft = 0
@@ -242,6 +273,9 @@ export async function startFakeOllama(options = {}) {
         disk.set(model.key, model)
       })
       loaded.clear()
+      reloads.clear()
+      cloudRequests.length = 0
+      webSearches = 0
     }
     if ("pullable" in partial) {
       pullable.clear()
@@ -266,7 +300,10 @@ export async function startFakeOllama(options = {}) {
     return "ns" in k && k.ns !== undefined ? k.ns : 300_000_000_000n
   }
 
-  /** The scheduler's part of a request: busy, the load, the keep-alive. */
+  /**
+   * The scheduler's part of a request: busy, the load (a reload when the runner options changed,
+   * server/sched.go `needsReload`), the keep-alive.
+   */
   async function schedule(
     /** @type {Ctx} */ ctx,
     /** @type {Model} */ model,
@@ -274,22 +311,35 @@ export async function startFakeOllama(options = {}) {
     /** @type {Obj | undefined} */ reqOptions
   ) {
     if (ctx.o.busy) return { error: /** @type {[number, Obj]} */ ([503, { error: BUSY_ERROR }]) }
+    const runner = runnerOptions(reqOptions, Math.min(model.contextLength, ctx.o.defaultNumCtx))
+    const existing = loaded.get(model.key)
+    if (existing && needsReload(existing.runner, runner)) {
+      reloads.set(model.name, (reloads.get(model.name) ?? 0) + 1)
+      loaded.delete(model.key)
+      log("INFO", "reloading model: runner options changed", { model: model.name }, "sched.go:201")
+    }
     const fresh = !loaded.has(model.key)
     if (!(await ctx.sleep(ctx.o.loadDelayMs))) return { closed: true }
     if (fresh) {
-      log("INFO", "loading model", { model: model.name, "num_ctx": model.contextLength }, "server.go:404")
+      log("INFO", "loading model", { model: model.name, "num_ctx": runner.num_ctx }, "server.go:404")
       log("INFO", `llama runner started in ${(ctx.o.loadDelayMs / 1000).toFixed(2)} seconds`, {}, "server.go:1288")
     }
-    const numCtx = typeof reqOptions?.num_ctx === "number" ? reqOptions.num_ctx : Math.min(model.contextLength, ctx.o.defaultNumCtx)
     const duration = keepAlive ?? keepAliveDefault()
+    const kept = loaded.get(model.key)
     loaded.set(model.key, {
       model,
-      expiresNs: nowNs() + duration,
-      contextLength: numCtx,
-      sizeVram: loaded.get(model.key)?.sizeVram ?? vramFor(model)
+      expiresNs: expiry(duration),
+      keepAliveNs: duration,
+      contextLength: kept?.contextLength ?? runner.num_ctx,
+      // num_gpu 0 offloads no layer: the whole model runs from system memory.
+      sizeVram: kept?.sizeVram ?? (runner.num_gpu === 0 ? 0 : vramFor(model)),
+      runner: kept?.runner ?? runner
     })
     return {}
   }
+
+  /** time.Now().Add(d): a forever keep-alive (MaxInt64 ns) ends some 292 years from now. */
+  const expiry = (/** @type {bigint} */ duration) => nowNs() + (duration > FOREVER_NS ? FOREVER_NS : duration)
 
   /** What of a model being loaded goes to GPU memory: what the models already loaded left free; the rest stays in system memory. */
   function vramFor(/** @type {Model} */ model) {
@@ -304,7 +354,10 @@ export async function startFakeOllama(options = {}) {
     if (!entry) return
     const duration = keepAlive ?? keepAliveDefault()
     if (duration === 0n) loaded.delete(model.key)
-    else entry.expiresNs = nowNs() + duration
+    else {
+      entry.expiresNs = expiry(duration)
+      entry.keepAliveNs = duration
+    }
   }
 
   /**
@@ -340,6 +393,32 @@ export async function startFakeOllama(options = {}) {
     }
   }
 
+  /**
+   * `_debug_render_only`: the prompt as the model's template renders it, the Modelfile's SYSTEM
+   * included, instead of a generation (server/routes.go GenerateHandler / ChatHandler: an
+   * api.GenerateResponse / api.ChatResponse with `_debug_info.rendered_template`, done false).
+   * @param {"generate" | "chat"} kind
+   * @param {NativeRequest} req
+   * @param {string} name
+   * @param {Model} model
+   */
+  const debugRender = (kind, req, name, model) => {
+    const created_at = rfc3339Nano(nowNs())
+    if (kind === "generate") {
+      const system = typeof req.system === "string" && req.system !== "" ? req.system : model.system
+      const messages = [...(system ? [{ role: "system", content: system }] : []), { role: "user", content: req.prompt }]
+      return { model: name, created_at, response: "", done: false, _debug_info: { rendered_template: renderPrompt(messages, "") } }
+    }
+    const messages = Array.isArray(req.messages) ? req.messages : []
+    return {
+      model: name,
+      created_at,
+      message: { role: "", content: "" },
+      done: false,
+      _debug_info: { rendered_template: renderPrompt(messages, model.system) }
+    }
+  }
+
   const metricsOf = (/** @type {ReturnType<typeof planGeneration>} */ p) => ({
     total_duration: p.totalDuration || undefined,
     load_duration: p.loadDuration || undefined,
@@ -362,11 +441,13 @@ export async function startFakeOllama(options = {}) {
     const keep = keepAliveOf(req.keep_alive)
     if ("error" in keep) return { json: [400, { error: keep.error }] }
     const name = typeof req.model === "string" ? req.model : ""
-    if (!parseModelName(name)) {
-      return kind === "generate" ? { json: [404, { error: `model '${name}' not found` }] } : { json: [400, { error: "model is required" }] }
-    }
-    const model = findModel(name)
-    if (!model) return { json: [404, { error: `model '${name}' not found` }] }
+    const target = resolveRef(
+      ctx,
+      name,
+      kind === "generate" ? [404, { error: `model '${name}' not found` }] : [400, { error: "model is required" }]
+    )
+    if ("json" in target) return target
+    const { model, cloud } = target
     const empty = kind === "generate"
       ? typeof req.prompt !== "string" || req.prompt === ""
       : !Array.isArray(req.messages) || req.messages.length === 0
@@ -377,12 +458,13 @@ export async function startFakeOllama(options = {}) {
         ? { model: name, created_at: createdAt(), response: "", done: true, done_reason: reason }
         : { model: name, created_at: createdAt(), message: { role: "assistant", content: "" }, done: true, done_reason: reason }
 
-    if (empty && keep.ns === 0n) {
+    if (empty && keep.ns === 0n && !cloud) {
       loaded.delete(model.key)
       log("DEBUG", "unloading model", { model: model.name }, "sched.go:297")
       return { json: [200, loadAnswer("unload")] }
     }
     const think = req.think === true || (typeof req.think === "string" && req.think !== "")
+    if (cloud) return generation(ctx, kind, req, name, () => {})
     if (think && !model.capabilities.includes("thinking") && !flags.relaxThinking) {
       return { json: [400, { error: `${JSON.stringify(name)} does not support thinking` }] }
     }
@@ -400,8 +482,25 @@ export async function startFakeOllama(options = {}) {
       release(model, keep.ns)
       return { json: [200, loadAnswer("load")] }
     }
+    if (req._debug_render_only === true) {
+      release(model, keep.ns)
+      return { json: [200, debugRender(kind, req, name, model)] }
+    }
     log("DEBUG", `${kind} request`, { model: name, stream: req.stream !== false }, "routes.go:388")
+    return generation(ctx, kind, req, name, () => release(model, keep.ns))
+  }
 
+  /**
+   * The generation itself.
+   * @param {Ctx} ctx
+   * @param {"generate" | "chat"} kind
+   * @param {NativeRequest} req
+   * @param {string} name
+   * @param {() => void} onDone
+   * @returns {Outcome}
+   */
+  function generation(ctx, kind, req, name, onDone) {
+    const createdAt = () => rfc3339Nano(nowNs())
     const plan = planGeneration(kind, req, ctx.o)
     const metrics = metricsOf(plan)
     const chunk = kind === "generate"
@@ -430,7 +529,52 @@ export async function startFakeOllama(options = {}) {
         done_reason: plan.doneReason,
         ...metrics
       })
-    return { items: tokens(ctx, plan, chunk, final, () => release(model, keep.ns)), stream: req.stream !== false }
+    return { items: tokens(ctx, plan, chunk, final, onDone), stream: req.stream !== false }
+  }
+
+  /**
+   * The model a request names, resolved as the handlers do (server/model_resolver.go
+   * `parseAndValidateModelRef`, then GenerateHandler / ChatHandler): an explicit cloud source goes
+   * to ollama.com whatever the disk holds; a model on disk with a remote_host goes to that host
+   * (when OLLAMA_REMOTES allows it), unless the name says `:local`. Cloud requests are counted in
+   * `cloudRequests`.
+   * @param {Ctx} ctx
+   * @param {string} name
+   * @param {[number, Obj]} fallback the handler's answer to a name it cannot parse
+   * @param {string} [notFound] its message for a model that is not there
+   * @returns {{ model: Model, cloud: string | undefined } | { json: [number, Obj] }}
+   */
+  function resolveRef(ctx, name, fallback, notFound = `model '${name}' not found`) {
+    if (ctx.passthrough) {
+      const { model, base } = ctx.passthrough
+      cloudRequests.push({ id: ctx.rec.id, path: ctx.rec.path, model, remoteModel: base, remoteHost: CLOUD_URL })
+      ctx.rec.cloud = CLOUD_URL
+      return { model: resolveModel(base, nowNs()), cloud: CLOUD_URL }
+    }
+    const ref = parseModelRef(name)
+    if ("error" in ref && ref.error !== "model is required") return { json: [400, { error: ref.error }] }
+    const base = "base" in ref ? ref.base : ""
+    if (!parseModelName(base)) return { json: fallback }
+    let model = findModel(base)
+    let remote = model && model.remoteHost !== "" ? { host: model.remoteHost, model: model.remoteModel } : undefined
+    if ("source" in ref && ref.source === "cloud") {
+      model = resolveModel(base, nowNs())
+      remote = { host: CLOUD_URL, model: base }
+    } else if (!model || (remote && "source" in ref && ref.source === "local")) {
+      return { json: [404, { error: notFound }] }
+    }
+    if (remote) {
+      let hostname = ""
+      try {
+        hostname = new URL(remote.host).hostname
+      } catch {
+        return { json: [500, { error: `parse ${JSON.stringify(remote.host)}: invalid URI for request` }] }
+      }
+      if (!ctx.o.remotes.includes(hostname)) return { json: [400, { error: "this server cannot run this remote model" }] }
+      cloudRequests.push({ id: ctx.rec.id, path: ctx.rec.path, model: name, remoteModel: remote.model, remoteHost: remote.host })
+      ctx.rec.cloud = remote.host
+    }
+    return { model, cloud: remote?.host }
   }
 
   /** The /api/embed handler's answer, with the vectors still as numbers. */
@@ -440,12 +584,15 @@ export async function startFakeOllama(options = {}) {
     const name = typeof req.model === "string" ? req.model : ""
     const inputs = embedInputs(req.input)
     if (inputs === undefined) return { json: /** @type {[number, Obj]} */ ([400, { error: "invalid input type" }]) }
-    const model = findModel(name)
-    if (!model) return { json: /** @type {[number, Obj]} */ ([404, { error: `model '${name}' not found` }]) }
-    const scheduled = await schedule(ctx, model, keep.ns, /** @type {Obj | undefined} */ (req.options))
-    if (scheduled.closed) return undefined
-    if (scheduled.error) return { json: scheduled.error }
-    release(model, keep.ns)
+    const target = resolveRef(ctx, name, [404, { error: `model '${name}' not found` }])
+    if ("json" in target) return { json: target.json }
+    const { model, cloud } = target
+    if (!cloud) {
+      const scheduled = await schedule(ctx, model, keep.ns, /** @type {Obj | undefined} */ (req.options))
+      if (scheduled.closed) return undefined
+      if (scheduled.error) return { json: scheduled.error }
+      release(model, keep.ns)
+    }
     if (inputs.length === 0) {
       return { json: /** @type {[number, Obj]} */ ([200, { model: name, embeddings: [] }]), vectors: [], promptEvalCount: 0 }
     }
@@ -478,6 +625,8 @@ export async function startFakeOllama(options = {}) {
       .map((m) => ({
         name: m.name,
         model: m.name,
+        remote_model: m.remoteModel || undefined,
+        remote_host: m.remoteHost || undefined,
         modified_at: rfc3339Nano(m.modifiedNs),
         size: m.size,
         digest: m.digest,
@@ -528,7 +677,10 @@ export async function startFakeOllama(options = {}) {
       modelfile,
       parameters: completion ? `${"stop".padEnd(30)} "<|eot_id|>"` : undefined,
       template: completion ? template : undefined,
+      system: m.system || undefined,
       details: details(m),
+      remote_model: m.remoteModel || undefined,
+      remote_host: m.remoteHost || undefined,
       model_info: info,
       capabilities: m.capabilities,
       modified_at: rfc3339Nano(m.modifiedNs)
@@ -582,33 +734,44 @@ export async function startFakeOllama(options = {}) {
 
   /** @typedef {(ctx: Ctx, params: Record<string, string>) => Promise<void>} Handler */
 
-  /** gin's ShouldBindJSON for native endpoints: `missing request body` on EOF. */
-  const bind = async (
-    /** @type {Ctx} */ ctx,
-    /** @type {string} */ goType,
-    /** @type {Record<string, "string" | "bool" | "array" | "object" | "number">} */ fields = {}
-  ) => {
-    const decoded = decodeBody(ctx.rec.body, `api.${goType}`)
+  /**
+   * gin's ShouldBindJSON for native endpoints, into the Go struct (shapes.mjs) the handler binds:
+   * `missing request body` on EOF. What Ollama read is kept in the record as `decoded`.
+   * @param {Ctx} ctx
+   * @param {import("./gojson.mjs").Shape & { k: "struct" }} shape
+   */
+  const bind = async (ctx, shape) => {
+    const decoded = bindShape(ctx.body, shape)
     if ("eof" in decoded) return void (await ginJSON(ctx, 400, { error: "missing request body" }))
     if ("error" in decoded) return void (await ginJSON(ctx, 400, { error: decoded.error }))
-    const typeError = fieldTypeError(decoded.value, goType, fields)
-    if (typeError) return void (await ginJSON(ctx, 400, { error: typeError }))
+    ctx.rec.decoded = decoded.value
     return decoded.value
   }
 
-  /** gin's ShouldBindJSON inside the /v1 and /v1/messages middlewares: Go's own messages. */
-  const bindCompat = async (
-    /** @type {Ctx} */ ctx,
-    /** @type {string} */ goType,
-    /** @type {(status: number, message: string) => Promise<void>} */ abort,
-    /** @type {Record<string, "string" | "bool" | "array" | "object" | "number">} */ fields = {}
-  ) => {
-    const decoded = decodeBody(ctx.rec.body, goType)
+  /**
+   * gin's ShouldBindJSON inside the /v1 and /v1/messages middlewares: Go's own messages.
+   * @param {Ctx} ctx
+   * @param {import("./gojson.mjs").Shape & { k: "struct" }} shape
+   * @param {(status: number, message: string) => Promise<void>} abort
+   */
+  const bindCompat = async (ctx, shape, abort) => {
+    const decoded = bindShape(ctx.body, shape)
     if ("eof" in decoded) return void (await abort(400, "EOF"))
     if ("error" in decoded) return void (await abort(400, decoded.error))
-    const typeError = fieldTypeError(decoded.value, goType.split(".").pop() ?? goType, fields)
-    if (typeError) return void (await abort(400, typeError))
+    ctx.rec.decoded = decoded.value
     return decoded.value
+  }
+
+  /**
+   * The searches Ollama runs for a request with its web search tool (middleware/anthropic.go
+   * `WebSearchAnthropicWriter`, middleware/openai.go `WebSearchResponsesWriter`): one per
+   * web_search call of the model, at most maxWebSearchLoops (3, middleware/web_search.go) per
+   * request. The fake's model calls it `webSearchCalls` times in a row.
+   */
+  const countWebSearches = (/** @type {Ctx} */ ctx) => {
+    const n = Math.max(0, Math.min(3, Math.floor(ctx.o.webSearchCalls)))
+    ctx.rec.webSearches = n
+    webSearches += n
   }
 
   /** @type {Record<string, Handler>} */
@@ -630,7 +793,7 @@ export async function startFakeOllama(options = {}) {
     },
 
     async show(ctx) {
-      const body = await bind(ctx, "ShowRequest", { model: "string", name: "string" })
+      const body = await bind(ctx, shapes.ShowRequest)
       if (!body) return
       const name = String(body.model || body.name || "")
       if (name === "") return ginJSON(ctx, 400, { error: "model is required" })
@@ -640,7 +803,7 @@ export async function startFakeOllama(options = {}) {
     },
 
     async pull(ctx) {
-      const body = await bind(ctx, "PullRequest", { model: "string", name: "string", stream: "bool" })
+      const body = await bind(ctx, shapes.PullRequest)
       if (!body) return
       const parsed = parseModelName(String(body.model || body.name || ""))
       if (!parsed) return ginJSON(ctx, 400, { error: "invalid model name" })
@@ -657,7 +820,7 @@ export async function startFakeOllama(options = {}) {
     },
 
     async push(ctx) {
-      const body = await bind(ctx, "PushRequest", { model: "string", name: "string", stream: "bool" })
+      const body = await bind(ctx, shapes.PushRequest)
       if (!body) return
       const name = String(body.model || body.name || "")
       if (name === "") return ginJSON(ctx, 400, { error: "model is required" })
@@ -677,12 +840,37 @@ export async function startFakeOllama(options = {}) {
     },
 
     async create(ctx) {
-      const body = await bind(ctx, "CreateRequest", { model: "string", name: "string", from: "string", stream: "bool", files: "object" })
+      const body = await bind(ctx, shapes.CreateRequest)
       if (!body) return
       const target = parseModelName(String(body.model || body.name || ""))
       if (!target) return ginJSON(ctx, 400, { error: "invalid model name" })
       const files = body.files && typeof body.files === "object" ? Object.values(/** @type {Obj} */ (body.files)).map(String) : []
       if (!body.from && files.length === 0) return ginJSON(ctx, 400, { error: "neither 'from' or 'files' was specified" })
+      const from = String(body.from ?? "")
+      const fromRef = from ? parseModelRef(from) : undefined
+      // server/create.go CreateHandler: a `from` with a cloud source, or a remote_host, makes a
+      // model that runs there (config.RemoteHost / RemoteModel), whatever the disk holds.
+      const remoteHost = typeof body.remote_host === "string" && body.remote_host !== ""
+        ? remoteURL(body.remote_host)
+        : fromRef && "source" in fromRef && fromRef.source === "cloud"
+        ? CLOUD_URL
+        : ""
+      if (remoteHost && fromRef && "base" in fromRef) {
+        const remote = resolveModel({
+          name: target.display,
+          system: typeof body.system === "string" ? body.system : "",
+          remoteHost,
+          remoteModel: fromRef.base
+        }, nowNs())
+        const items = (async function*() {
+          yield { status: "gathering model components" }
+          yield { status: "writing manifest" }
+          disk.set(remote.key, remote)
+          yield { status: "success" }
+        })()
+        if (body.stream === false) return waitForStream(ctx, items)
+        return streamResponse(ctx, items)
+      }
       const base = body.from ? findModel(body.from) : undefined
       const items = (async function*() {
         if (body.from && !base) return void (yield new StreamError(`model '${String(body.from)}' not found`, 404))
@@ -695,7 +883,8 @@ export async function startFakeOllama(options = {}) {
           yield { status: `using existing layer ${layer.digest}` }
         }
         yield { status: "writing manifest" }
-        const model = resolveModel(base ? { ...base, name: target.display } : { name: target.display }, nowNs())
+        const system = typeof body.system === "string" && body.system !== "" ? body.system : base?.system
+        const model = resolveModel(base ? { ...base, name: target.display, system } : { name: target.display, system }, nowNs())
         disk.set(model.key, model)
         yield { status: "success" }
       })()
@@ -704,7 +893,7 @@ export async function startFakeOllama(options = {}) {
     },
 
     async copy(ctx) {
-      const body = await bind(ctx, "CopyRequest", { source: "string", destination: "string" })
+      const body = await bind(ctx, shapes.CopyRequest)
       if (!body) return
       const source = String(body.source ?? "")
       const destination = String(body.destination ?? "")
@@ -718,7 +907,7 @@ export async function startFakeOllama(options = {}) {
     },
 
     async delete(ctx) {
-      const body = await bind(ctx, "DeleteRequest", { model: "string", name: "string" })
+      const body = await bind(ctx, shapes.DeleteRequest)
       if (!body) return
       const name = String(body.model || body.name || "")
       if (!parseModelName(name)) return ginJSON(ctx, 400, { error: `name ${JSON.stringify(name)} is invalid` })
@@ -747,45 +936,46 @@ export async function startFakeOllama(options = {}) {
     },
 
     async generate(ctx) {
-      const body = await bind(ctx, "GenerateRequest", {
-        model: "string",
-        prompt: "string",
-        system: "string",
-        stream: "bool",
-        options: "object"
-      })
+      const body = await bind(ctx, shapes.GenerateRequest)
       if (!body) return
       const outcome = await inference(ctx, "generate", body)
       if (outcome) await renderNative(ctx, outcome, "generate")
     },
 
     async chat(ctx) {
-      const body = await bind(ctx, "ChatRequest", { model: "string", messages: "array", stream: "bool", options: "object", tools: "array" })
+      const body = await bind(ctx, shapes.ChatRequest)
       if (!body) return
       const outcome = await inference(ctx, "chat", body)
       if (outcome) await renderNative(ctx, outcome, "chat")
     },
 
     async embed(ctx) {
-      const body = await bind(ctx, "EmbedRequest", { model: "string", options: "object" })
+      const body = await bind(ctx, shapes.EmbedRequest)
       if (!body) return
       const outcome = await embed(ctx, body)
       if (outcome) await ginJSON(ctx, ...outcome.json)
     },
 
     async embeddings(ctx) {
-      const body = await bind(ctx, "EmbeddingRequest", { model: "string", prompt: "string", options: "object" })
+      const body = await bind(ctx, shapes.EmbeddingRequest)
       if (!body) return
       const name = String(body.model ?? "")
-      if (!parseModelName(name)) return ginJSON(ctx, 400, { error: "model is required" })
-      const model = findModel(name)
-      if (!model) return ginJSON(ctx, 404, { error: `model ${JSON.stringify(name)} not found, try pulling it first` })
+      const target = resolveRef(
+        ctx,
+        name,
+        [400, { error: "model is required" }],
+        `model ${JSON.stringify(name)} not found, try pulling it first`
+      )
+      if ("json" in target) return ginJSON(ctx, ...target.json)
+      const { model, cloud } = target
       const keep = keepAliveOf(body.keep_alive)
       if ("error" in keep) return ginJSON(ctx, 400, { error: keep.error })
-      const scheduled = await schedule(ctx, model, keep.ns, /** @type {Obj | undefined} */ (body.options))
-      if (scheduled.closed) return
-      if (scheduled.error) return ginJSON(ctx, ...scheduled.error)
-      release(model, keep.ns)
+      if (!cloud) {
+        const scheduled = await schedule(ctx, model, keep.ns, /** @type {Obj | undefined} */ (body.options))
+        if (scheduled.closed) return
+        if (scheduled.error) return ginJSON(ctx, ...scheduled.error)
+        release(model, keep.ns)
+      }
       const prompt = typeof body.prompt === "string" ? body.prompt : ""
       const vector = prompt === "" ? [] : Array.from(embeddingFor(prompt, model.embeddingLength, undefined))
       await ginJSON(ctx, 200, { embedding: vector })
@@ -793,12 +983,7 @@ export async function startFakeOllama(options = {}) {
 
     async v1Chat(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => openaiAbort(ctx, s, m)
-      const body = await bindCompat(ctx, "openai.ChatCompletionRequest", abort, {
-        model: "string",
-        messages: "array",
-        stream: "bool",
-        stream_options: "object"
-      })
+      const body = await bindCompat(ctx, shapes.ChatCompletionRequest, abort)
       if (!body) return
       if (!Array.isArray(body.messages) || body.messages.length === 0) return abort(400, "[] is too short - 'messages'")
       const req = v1ChatToNative(body)
@@ -809,12 +994,7 @@ export async function startFakeOllama(options = {}) {
 
     async v1Completions(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => openaiAbort(ctx, s, m)
-      const body = await bindCompat(ctx, "openai.CompletionRequest", abort, {
-        model: "string",
-        prompt: "string",
-        stream: "bool",
-        stream_options: "object"
-      })
+      const body = await bindCompat(ctx, shapes.CompletionRequest, abort)
       if (!body) return
       const req = v1CompletionToNative(body)
       const outcome = await inference(ctx, "generate", req)
@@ -824,7 +1004,7 @@ export async function startFakeOllama(options = {}) {
 
     async v1Embeddings(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => openaiAbort(ctx, s, m)
-      const body = await bindCompat(ctx, "openai.EmbedRequest", abort, { model: "string", encoding_format: "string" })
+      const body = await bindCompat(ctx, shapes.OpenAIEmbedRequest, abort)
       if (!body) return
       const format = typeof body.encoding_format === "string" ? body.encoding_format : ""
       if (format !== "" && !/^(float|base64)$/i.test(format)) {
@@ -872,12 +1052,7 @@ export async function startFakeOllama(options = {}) {
 
     async v1Messages(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => ginJSON(ctx, s, anthropicError(s, m))
-      const body = await bindCompat(ctx, "anthropic.MessagesRequest", abort, {
-        model: "string",
-        messages: "array",
-        stream: "bool",
-        max_tokens: "number"
-      })
+      const body = await bindCompat(ctx, shapes.MessagesRequest, abort)
       if (!body) return
       if (!body.model) return abort(400, "model is required")
       if (!(typeof body.max_tokens === "number" && body.max_tokens > 0)) return abort(400, "max_tokens is required and must be positive")
@@ -889,12 +1064,64 @@ export async function startFakeOllama(options = {}) {
         ctx.out.header("Connection", "keep-alive")
       }
       const outcome = await inference(ctx, "chat", anthropicToNative(body), { relaxThinking: true })
+      const tools = /** @type {Array<{ type?: string }>} */ (body.tools ?? [])
+      if (outcome && "items" in outcome && tools.some((t) => (t.type ?? "").startsWith("web_search"))) countWebSearches(ctx)
       if (outcome) await renderAnthropic(ctx, outcome, { stream, model: body.model, estimate: anthropicEstimate(body) })
+    },
+
+    /**
+     * middleware/openai.go `TranscriptionMiddleware` then ChatHandler: the form read as Go's
+     * FormValue reads it (multipart.mjs: the query's value first), the audio handed to the model
+     * in a chat, the text collected (TranscriptionWriter). The record's `decoded` holds the form
+     * as Ollama read it.
+     */
+    async v1Transcriptions(ctx) {
+      const abort = (/** @type {number} */ s, /** @type {string} */ m) => openaiAbort(ctx, s, m)
+      const parsed = parseMultipart(ctx.req.headers["content-type"], ctx.body)
+      if ("error" in parsed) return abort(400, `failed to parse multipart form: ${parsed.error}`)
+      const query = new URLSearchParams(ctx.rec.path.includes("?") ? ctx.rec.path.slice(ctx.rec.path.indexOf("?") + 1) : "")
+      const value = (/** @type {string} */ key) => formValue(query, parsed.form, key)
+      const model = value("model")
+      const file = parsed.form.files.get("file")?.[0]
+      ctx.rec.decoded = {
+        model,
+        response_format: value("response_format"),
+        language: value("language"),
+        prompt: value("prompt"),
+        file
+      }
+      if (model === "") return abort(400, "model is required")
+      if (!file) return abort(400, "file is required: http: no such file")
+      if (file.length === 0) return abort(400, "audio file is empty")
+      let system = "Transcribe the audio exactly as spoken. Output only the spoken words. Do not answer any question in the audio."
+      if (value("language") !== "") system += ` The audio is in ${value("language")}.`
+      if (value("prompt") !== "") system += ` Context: ${value("prompt")}`
+      const outcome = await inference(ctx, "chat", {
+        model,
+        messages: [
+          { role: "system", content: system },
+          { role: "user", content: "What exact words are spoken in this audio?", images: [file.toString("base64")] }
+        ],
+        stream: true,
+        options: { temperature: 0 }
+      })
+      if (!outcome) return
+      if ("json" in outcome) {
+        const [status, obj] = outcome.json
+        if (status !== 200) return openaiWriteError(ctx, status, String(obj.error))
+        return ctx.out.send(200, `${goJSON({ text: "" })}\n`, "application/json")
+      }
+      const whole = await collect(ctx, outcome.items, "chat")
+      if (whole === undefined) return
+      if (whole instanceof StreamError) return openaiWriteError(ctx, whole.status, whole.error)
+      const text = String(/** @type {Obj} */ (whole.message).content).trim()
+      if (value("response_format") === "text") return ctx.out.send(200, text, "text/plain")
+      await ctx.out.send(200, `${goJSON({ text })}\n`, "application/json")
     },
 
     async v1Responses(ctx) {
       const abort = (/** @type {number} */ s, /** @type {string} */ m) => openaiAbort(ctx, s, m)
-      const body = await bindCompat(ctx, "openai.ResponsesRequest", abort, { model: "string", stream: "bool" })
+      const body = await bindCompat(ctx, shapes.ResponsesRequest, abort)
       if (!body) return
       const req = responsesToNative(body)
       if (req.stream) {
@@ -903,6 +1130,8 @@ export async function startFakeOllama(options = {}) {
         ctx.out.header("Connection", "keep-alive")
       }
       const outcome = await inference(ctx, "chat", req)
+      const tools = /** @type {Array<{ type?: string }>} */ (body.tools ?? [])
+      if (outcome && "items" in outcome && tools.some((t) => t.type === "web_search")) countWebSearches(ctx)
       if (outcome) await renderResponses(ctx, outcome, { stream: req.stream, model: body.model })
     }
   }
@@ -934,6 +1163,7 @@ export async function startFakeOllama(options = {}) {
     ["GET", "/v1/models", handlers.v1Models],
     ["GET", "/v1/models/:model", handlers.v1Model],
     ["POST", "/v1/responses", handlers.v1Responses],
+    ["POST", "/v1/audio/transcriptions", handlers.v1Transcriptions],
     ["POST", "/v1/messages", handlers.v1Messages]
   ].map(([method, pattern, handler]) => [String(method), String(pattern), /** @type {Handler} */ (handler)])
 
@@ -1055,7 +1285,11 @@ export async function startFakeOllama(options = {}) {
       aborted: false,
       completed: false,
       status: undefined,
-      remoteAddress: req.socket.remoteAddress ?? ""
+      remoteAddress: req.socket.remoteAddress ?? "",
+      decompressed: undefined,
+      decoded: undefined,
+      webSearches: 0,
+      cloud: undefined
     }
     const ctx = new Ctx(req, res, rec, { ...opts })
     let recorded = false
@@ -1091,6 +1325,7 @@ export async function startFakeOllama(options = {}) {
       return record()
     }
     rec.body = Buffer.concat(chunks)
+    ctx.body = rec.body
     record()
     if (ctx.closed) return
 
@@ -1120,6 +1355,12 @@ export async function startFakeOllama(options = {}) {
     if ("status" in found) {
       return ctx.out.send(found.status, found.status === 405 ? "405 method not allowed" : "404 page not found", "text/plain")
     }
+    if (ZSTD_ROUTES.has(path) && isZstd(rec.rawHeaders)) {
+      const unpacked = decodeZstd(rec.body)
+      if ("error" in unpacked) return ginJSON(ctx, 400, { error: unpacked.error })
+      rec.decompressed = ctx.body = unpacked.body
+    }
+    if (ZSTD_ROUTES.has(path)) ctx.passthrough = cloudPassthrough(path, ctx.body)
     await found.handler(ctx, found.params)
   }
 
@@ -1187,6 +1428,31 @@ export async function startFakeOllama(options = {}) {
     models: () => listModels().map((m) => m.name),
     /** Names of the models loaded, as /api/ps lists them. */
     loaded: () => psModels().map((m) => m.name),
+    /** Runner restarts per model (display name) because a request changed its runner options. */
+    reloads,
+    /** Requests served by a cloud model, in order. */
+    cloudRequests,
+    /** Searches Ollama ran on the operator's account, over all requests. */
+    get webSearches() {
+      return webSearches
+    },
+    /** A loaded model's runner: its keep-alive, expiry, memory and options; undefined when not loaded. */
+    runner(/** @type {string} */ name) {
+      psModels()
+      const key = parseModelName(name)?.key
+      const entry = key ? loaded.get(key) : undefined
+      if (!entry) return undefined
+      const { numCtxAuto: _a, numBatchAuto: _b, ...options } = entry.runner
+      return {
+        name: entry.model.name,
+        keepAliveNs: entry.keepAliveNs,
+        forever: entry.keepAliveNs >= FOREVER_NS,
+        expiresNs: entry.expiresNs,
+        sizeVram: entry.sizeVram,
+        contextLength: entry.contextLength,
+        options
+      }
+    },
     /** The figures this server will report for a request body, with its current knobs. */
     expected: (/** @type {string} */ path, /** @type {unknown} */ body) =>
       expectedFigures(path, body, { tokens: opts.tokens, loadDelayMs: opts.loadDelayMs }),
@@ -1197,6 +1463,59 @@ export async function startFakeOllama(options = {}) {
       })
       return closing
     }
+  }
+}
+
+/**
+ * The routes behind server/cloud_proxy.go `cloudPassthroughMiddleware`, which undoes a zstd
+ * Content-Encoding (zstd.mjs); everywhere else Ollama takes the body's bytes as they are.
+ */
+const ZSTD_ROUTES = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"])
+
+/**
+ * server/cloud_proxy.go `cloudPassthroughMiddleware` on the /v1 routes: before any struct is
+ * bound, `extractModelField` reads the body into a `map[string]json.RawMessage` and takes
+ * `payload["model"]`: the EXACT key (the last one), unlike the struct decoding after it. A cloud
+ * model there sends the raw body to ollama.com, whatever `Model` or `MODEL` say later, unless
+ * `hasWebSearchTool` keeps it on the local path. Undefined: the middleware lets it through.
+ * @param {string} path
+ * @param {Buffer} body
+ */
+function cloudPassthrough(path, body) {
+  /** @type {unknown} */
+  let payload
+  try {
+    payload = JSON.parse(body.toString("utf8"))
+  } catch {
+    return undefined
+  }
+  if (!payload || typeof payload !== "object" || Array.isArray(payload)) return undefined
+  const raw = /** @type {Record<string, unknown>} */ (payload).model
+  const model = typeof raw === "string" ? raw.trim() : ""
+  const ref = model === "" ? undefined : parseModelRef(model)
+  if (!ref || !("base" in ref) || ref.source !== "cloud" || !parseModelName(ref.base)) return undefined
+  // hasWebSearchTool decodes `tools` into a struct: folded keys, as everywhere else.
+  const tools = bindShape(body, WEB_SEARCH_TOOLS)
+  const types = "value" in tools ? /** @type {Array<{ type?: string }>} */ (tools.value.tools ?? []).map((t) => t.type ?? "") : []
+  if (path === "/v1/responses" && types.includes("web_search")) return undefined
+  if (path === "/v1/messages" && types.some((t) => t.trim().startsWith("web_search"))) return undefined
+  return { model, base: ref.base }
+}
+
+const WEB_SEARCH_TOOLS = shapes.T.struct("struct", { tools: shapes.T.slice(shapes.T.struct("struct", { type: shapes.T.string })) })
+
+/** server/create.go `remoteURL`: a scheme, a host and a port filled in; bare `ollama.com` is https. */
+function remoteURL(/** @type {string} */ raw) {
+  if (raw.startsWith("/")) return `http://localhost:11434${raw.replace(/\/+$/, "")}`
+  let s = raw.includes("://") ? raw : `http://${raw}`
+  if (s === "http://ollama.com") s = CLOUD_URL
+  try {
+    const u = new URL(s)
+    const port = u.port || (/^[a-z]+:\/\/[^/]*:(\d+)/i.exec(s)?.[1] ?? "11434")
+    const path = u.pathname === "/" ? "" : u.pathname
+    return `${u.protocol}//${u.hostname}:${port}${path}`
+  } catch {
+    return s
   }
 }
 
