@@ -82,6 +82,8 @@ describe("compressed bodies (server/cloud_proxy.go, middleware/openai.go: Ollama
     expect(got.headers["content-encoding"]).toBeUndefined()
     const body = JSON.parse(got.body.toString())
     expect(body).toMatchObject({ model: "llama3.2", stream: true, stream_options: { include_usage: true } })
+    // And as Ollama's structs read it.
+    expect(got.decoded).toMatchObject({ model: "llama3.2", stream: true, stream_options: { include_usage: true } })
     // The client did not ask for usage: it gets none, the record has the prompt's tokens all the same.
     expect(res.text).not.toContain(`"usage"`)
     const expected = stack.fake.expected("/v1/chat/completions", chat("llama3.2", true))
@@ -123,6 +125,15 @@ describe("cloud models under another spelling (internal/modelref/modelref.go par
   )
 })
 
+describe("a body that names its model twice (cloud_proxy.go reads the exact key, the handler any case)", () => {
+  it("is refused: Ollama would send it to ollama.com while its handler reads the local model", async () => {
+    const res = await post("/v1/chat/completions", WEB, `{"model":"gpt-oss:120b-cloud","Model":"llama3.2","messages":[]}`)
+    expect([res.status, res.json().error.message]).toEqual([400, "the request names its model more than once"])
+    expect(seen(res.id)).toBeUndefined()
+    expect(stack.fake.cloudRequests).toEqual([])
+  })
+})
+
 describe("web search on the operator's account (hasWebSearchTool, middleware/web_search.go)", () => {
   const ask = (key: string) =>
     new Anthropic({ baseURL: stack.proxy.url, apiKey: key, maxRetries: 0 }).messages.create({
@@ -150,6 +161,8 @@ describe("what a tenant asks of the runner (api/types.go Duration, server/sched.
     const id = randomUUID()
     await ollama(ALICE, id).generate({ model: "llama3.2", prompt: "", keep_alive: 0 })
     expect(JSON.parse(seen(id)!.body.toString()).keep_alive).toBe(-1)
+    // Still loaded, for ever, for every tenant.
+    expect(stack.fake.runner("llama3.2")?.forever).toBe(true)
     expect(await recordOf(id)).toMatchObject({ done_reason: "load", eval_count: 0 })
     const pin = randomUUID()
     await ollama(WEB, pin).generate({ model: "qwen3:0.6b", prompt: "Hi", keep_alive: -1 })
@@ -162,8 +175,12 @@ describe("what a tenant asks of the runner (api/types.go Duration, server/sched.
   it("runner options are dropped for keys without manage, kept for those with it", async () => {
     const id = randomUUID()
     const options = { num_gpu: 0, num_ctx: 65536, num_batch: 1, main_gpu: 1, num_thread: 1, use_mmap: false, temperature: 0.1 }
+    const reloads = stack.fake.reloads.get("llama3.2:latest") ?? 0
     await ollama(ALICE, id).chat({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }], options, stream: false })
     expect(JSON.parse(seen(id)!.body.toString()).options).toEqual({ temperature: 0.1 })
+    // The runner was not reloaded for everyone, nor moved to the CPU.
+    expect(stack.fake.reloads.get("llama3.2:latest") ?? 0).toBe(reloads)
+    expect(stack.fake.runner("llama3.2")?.sizeVram).toBeGreaterThan(0)
     const admin = randomUUID()
     await ollama(ADMIN, admin).chat({ model: "llama3.2", messages: [{ role: "user", content: "Hi" }], options, stream: false })
     expect(JSON.parse(seen(admin)!.body.toString()).options).toMatchObject({ num_gpu: 0, num_ctx: 65536 })
@@ -184,6 +201,7 @@ describe("metering a client cannot switch off", () => {
     const sent = seen(res.id)!.body.toString()
     expect(sent.endsWith(`"stream_options":{"include_usage":true}}`)).toBe(true)
     expect(sent).not.toContain("Stream_Options")
+    expect(seen(res.id)!.decoded).toMatchObject({ stream_options: { include_usage: true } })
     expect(res.text).not.toContain(`"usage"`)
     const record = await recordOf(res.id)
     expect(record.prompt_eval_count).toBeGreaterThan(0)
