@@ -194,7 +194,7 @@ describe("a record that waits for the charge", () => {
         Limits,
         (limits) => Context.make(ExchangeConsumers, [limits.consumer, records]).pipe(Context.add(ExchangeAdmission, limits.admit))
       )
-    ).pipe(Layer.provide(Limits.Default))
+    ).pipe(Layer.provide(Limits.Default), Layer.orDie)
     const proxy = await startProxy(
       env({ REDIS_URL: redis.url, AUTHORIZATION_DEFAULT_LIMITS: "tokens_per_day=1000000" }),
       undefined,
