@@ -16,7 +16,9 @@ import { hostname } from "node:os"
 import type { Outbox } from "./Outbox.js"
 import type { Outgoing } from "./Queue.js"
 
-const COMMAND_TIMEOUT_MS = 1000
+// Long enough for a loaded host: an XADD that times out may still have been done, and its
+// record then goes to the fallback too (a duplicate, never a loss).
+const COMMAND_TIMEOUT_MS = 3000
 const CLAIM_COUNT = 100
 const GROUP = "webhook"
 
@@ -67,12 +69,20 @@ export const redisOutbox = (options: RedisOutboxOptions): Outbox => {
   redis.on("error", failed)
   // Made when Redis first answers; the group reads the stream from its start.
   let group: Promise<void> | undefined
+  let grouped = false
   const ensureGroup = () =>
-    group ??= redis.xgroup("CREATE", stream, GROUP, "0", "MKSTREAM").then(() => undefined, (error: Error) => {
-      if (String(error.message).startsWith("BUSYGROUP")) return
+    group ??= redis.xgroup("CREATE", stream, GROUP, "0", "MKSTREAM").then(() => {
+      grouped = true
+    }, (error: Error) => {
+      if (String(error.message).startsWith("BUSYGROUP")) return void (grouped = true)
       group = undefined
       throw error
     })
+  const forget = (error: Error) => {
+    if (!String(error.message).includes("NOGROUP")) return
+    group = undefined
+    grouped = false
+  }
 
   /** Entry ids of the records this worker has in Redis, by record id. */
   const entries = new Map<string, string>()
@@ -101,11 +111,19 @@ export const redisOutbox = (options: RedisOutboxOptions): Outbox => {
     durable: true,
     add: (item, ready) => {
       const toFallback = (error: Error) => {
+        // A Redis that came back empty has lost the group with the stream: it is made again.
+        forget(error)
         failed(error)
         options.fallback.add(item, ready)
       }
       if (redis.status !== "ready") return toFallback(new Error(`Redis is ${redis.status}`))
-      ensureGroup().then(() => redis.outboxAdd(stream, GROUP, consumer, item.json)).then((entry) => {
+      // Sent now, within the exchange's end: the command is in the socket before the client's
+      // last bytes are (Node writes a response's end on the next tick), so a worker killed once
+      // the client has its answer has already handed the record to Redis.
+      const added = grouped
+        ? redis.outboxAdd(stream, GROUP, consumer, item.json)
+        : ensureGroup().then(() => redis.outboxAdd(stream, GROUP, consumer, item.json))
+      added.then((entry) => {
         succeeded()
         entries.set(item.id, entry)
         ready()
@@ -143,6 +161,7 @@ export const redisOutbox = (options: RedisOutboxOptions): Outbox => {
         succeeded()
         return [...fromFallback, ...itemsOf(claimed), ...itemsOf(unread?.[0]?.[1] ?? [])]
       } catch (error) {
+        forget(error as Error)
         failed(error as Error)
         return fromFallback
       }
