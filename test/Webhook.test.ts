@@ -215,6 +215,21 @@ describe("UsageWebhook delivery", () => {
   })
 })
 
+describe("UsageWebhook queue bound", () => {
+  it("says once, at error level, when the queue is nearly full", async () => {
+    receiver = await startWebhook(() => ({ status: 204, delayMs: 300 }))
+    const records = Array.from({ length: 14 }, (_, i) => record(i))
+    const logs = await withWebhook(
+      { USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, WEBHOOK_QUEUE_SIZE: "10", WEBHOOK_CONCURRENCY: "1" },
+      (w) => {
+        for (const r of records) w.offer(r)
+      }
+    )
+    expect(logs.filter((l) => l.msg.startsWith("usage queue nearly full"))).toMatchObject([{ level: "error", queued: 9, capacity: 10 }])
+    expect(undelivered(logs).map((l) => l.reason)).toEqual(Array(3).fill("queue full (10 records)"))
+  })
+})
+
 describe("UsageWebhook shutdown", () => {
   it("delivers every queued record before its scope closes", async () => {
     receiver = await startWebhook(() => ({ status: 200, delayMs: 20 }))

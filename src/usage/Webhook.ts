@@ -267,13 +267,21 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
       if (queue.closed) return drop(record, "offered after shutdown began")
       // Built to its schema (the tests decode what the webhook receives): not validated again.
       const item: Outgoing = { id: record.id, json: JSON.stringify(record), since: Date.now() }
-      outbox.add(item, () => {
+      const queued = () => {
         const taken = queue.offer(item, parent)
         if (taken === "taken") return
+        // Past shutdown, a durable outbox keeps it for the next start or another worker.
+        if (taken === "closed" && outbox.durable) return webhookRecords.unsafeUpdate(1, webhookRecordLabels("kept"))
         // Refused here, it must not be delivered later: it is logged, and leaves the outbox.
         outbox.ack([item])
         drop(item, taken === "full" ? full : "offered after shutdown began")
-      })
+      }
+      try {
+        outbox.add(item, queued)
+      } catch (error) {
+        // A spool that cannot be written (disk full): the record goes to the log, not nowhere.
+        drop(item, `the outbox could not take it: ${error instanceof Error ? error.message : String(error)}`)
+      }
     }
 
     /** Records an earlier run or a dead worker left; what the queue cannot take now stays for later. */
