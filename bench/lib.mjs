@@ -80,7 +80,11 @@ export const httpGet = (port, urlPath, headers = {}) =>
 export const proxyEnv = ({ port, upstreamPort, key }, extra = {}) => {
   const env = {}
   for (const [k, v] of Object.entries(process.env)) {
-    if (/^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|WEBHOOK_|OTEL_|OLLAMA_|LIMITS_)|^(PORT|PORT_HEALTH|HOST|REDIS_URL)$/.test(k)) {
+    if (
+      /^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|USAGE_|WEBHOOK_|OTEL_|OLLAMA_|LIMITS_)|^(PORT|PORT_HEALTH|HOST|REDIS_URL)$/.test(
+        k
+      )
+    ) {
       continue
     }
     env[k] = v

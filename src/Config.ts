@@ -4,6 +4,7 @@
  */
 import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
+import { Webhook } from "standardwebhooks"
 import { type KeyLimits, parseLimits } from "./limits/Table.js"
 import { didYouMean } from "./NearMiss.js"
 import { type OllamaHost, parseOllamaHost } from "./OllamaHost.js"
@@ -90,6 +91,12 @@ export interface AppConfigShape {
   readonly webhookRetryDelay: Duration.Duration
   /** How long one POST may go unanswered before it counts as failed (and is retried). */
   readonly webhookTimeout: Duration.Duration
+  /** USER_MODEL_METRICS_WEBHOOK_SECRET: Standard Webhooks secrets (whsec_...), each signing every POST. */
+  readonly webhookSecrets: ReadonlyArray<Redacted.Redacted<string>>
+  /** USAGE_SPOOL_DIR: the usage outbox on disk, without Redis (or when Redis fails). */
+  readonly usageSpoolDir: Option.Option<string>
+  /** How long a record may wait in another worker's Redis pending list before this one delivers it. */
+  readonly usageOutboxClaimIdle: Duration.Duration
   readonly metricsPublic: boolean
   /** How long a request's head may take to arrive, from its first byte (or the connection's opening). */
   readonly requestHeadersTimeout: Duration.Duration
@@ -224,6 +231,20 @@ const parseRedisUrl: Parse<Redacted.Redacted<string>> = (raw) => {
     // reported below
   }
   return Either.left("not a redis:// or rediss:// URL (like redis://:password@redis:6379/0)")
+}
+
+/** Standard Webhooks secrets, separated by spaces (two while one is rotated); never echoed. */
+const parseWebhookSecrets: Parse<ReadonlyArray<Redacted.Redacted<string>>> = (raw) => {
+  const secrets = raw.split(/\s+/).filter((s) => s !== "")
+  for (const secret of secrets) {
+    if (!secret.startsWith("whsec_")) return Either.left("each secret starts with whsec_ (Standard Webhooks)")
+    try {
+      new Webhook(secret)
+    } catch {
+      return Either.left("a secret is whsec_ followed by base64")
+    }
+  }
+  return Either.right(secrets.map((s) => Redacted.make(s)))
 }
 
 const parseStoreFailure: Parse<"open" | "closed"> = (raw) => {
@@ -466,6 +487,9 @@ const fromConfig = Config.all({
   webhookMaxRetryTime: withDefault("WEBHOOK_MAX_RETRY_TIME", parseDuration, Duration.minutes(10)),
   webhookRetryDelay: withDefault("WEBHOOK_RETRY_DELAY", parseDuration, Duration.seconds(1)),
   webhookTimeout: withDefault("WEBHOOK_TIMEOUT", parsePositiveDuration, Duration.seconds(10)),
+  webhookSecrets: withDefault("USER_MODEL_METRICS_WEBHOOK_SECRET", parseWebhookSecrets, []),
+  usageSpoolDir: optional("USAGE_SPOOL_DIR", text),
+  usageOutboxClaimIdle: withDefault("USAGE_OUTBOX_CLAIM_IDLE", parsePositiveDuration, Duration.minutes(1)),
   metricsPublic: withDefault("METRICS_PUBLIC", parseBoolean, false),
   defaultScopes: withDefault("AUTHORIZATION_DEFAULT_SCOPES", parseScopes, new Set<Scope>(["inference", "read"])),
   keysFile: optional("AUTHORIZATION_KEYS_FILE", text),
@@ -608,6 +632,9 @@ export const loadAppConfig = Effect.gen(function*() {
     webhookMaxRetryTime: raw.webhookMaxRetryTime,
     webhookRetryDelay: raw.webhookRetryDelay,
     webhookTimeout: raw.webhookTimeout,
+    webhookSecrets: raw.webhookSecrets,
+    usageSpoolDir: raw.usageSpoolDir,
+    usageOutboxClaimIdle: raw.usageOutboxClaimIdle,
     metricsPublic: raw.metricsPublic,
     requestHeadersTimeout: raw.requestHeadersTimeout,
     requestBodyTimeout: raw.requestBodyTimeout,

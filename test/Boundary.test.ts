@@ -3,14 +3,15 @@
  * consumers are installed; a failure inside the reading or a consumer never breaks the response
  * and never goes unseen (a log line with the request id, a metric, a record that says so).
  */
-import { Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest"
 import { UsageReaders } from "../src/exchange/Boundary.js"
-import { type Exchange, type ExchangeConsumer, ExchangeConsumers } from "../src/exchange/Exchange.js"
+import { type Exchange, ExchangeAdmission, type ExchangeConsumer, ExchangeConsumers } from "../src/exchange/Exchange.js"
 import { UsageReader } from "../src/exchange/UsageReader.js"
+import { Limits } from "../src/limits/Limits.js"
 import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
 import type { UsageRecord } from "../src/usage/Record.js"
@@ -19,6 +20,7 @@ import { startFakeOllama } from "./fake-ollama/server.mjs"
 import { noLimitsAdmission } from "./support/layer.js"
 import { scrape } from "./support/metrics.js"
 import { startProxy, untilReady } from "./support/proxy.js"
+import { startRedis } from "./support/redis.js"
 import { makeSignal } from "./support/signal.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
@@ -175,6 +177,48 @@ describe("consumers, each on its own", () => {
       expect(await failures(proxy.url, "recorder")).toBe(0)
     } finally {
       await proxy.close()
+    }
+  })
+})
+
+describe("a record that waits for the charge", () => {
+  it("fails after Redis answered: counted and logged once, no unhandled rejection, the answer whole", async () => {
+    const logs = captureLogs()
+    const redis = await startRedis()
+    // With limits shared in Redis, the record is made once the charge is back: outside the
+    // boundary's try, where a throw used to become an unhandled rejection, seen by no one.
+    const records = makeUsageRecords((record: UsageRecord) => {
+      throw new Error(`cannot queue ${record.id}`)
+    })
+    const consumers = Layer.effectContext(
+      Effect.map(
+        Limits,
+        (limits) =>
+          Context.make(ExchangeConsumers, [limits.consumer, records]).pipe(
+            Context.add(ExchangeAdmission, { admit: limits.admit, ownUsage: limits.ownUsage })
+          )
+      )
+    ).pipe(Layer.provide(Limits.Default), Layer.orDie)
+    const proxy = await startProxy(
+      env({ REDIS_URL: redis.url, AUTHORIZATION_DEFAULT_LIMITS: "tokens_per_day=1000000" }),
+      undefined,
+      consumers
+    )
+    try {
+      await untilReady(proxy.url)
+      const before = await failures(proxy.url, "usage")
+      const id = randomUUID()
+      const answer = await new Ollama({ host: proxy.url, headers: { ...auth, "x-request-id": id } })
+        .generate({ model: "llama3.2", prompt: "Hi", stream: false })
+      expect(answer.done).toBe(true)
+      const usage = await logs.until((l) => l.request_id === id && l.part === "usage")
+      expect(usage).toMatchObject({ level: "error", path: "/api/generate", msg: "usage: the end of an exchange failed" })
+      expect(String(usage.error)).toMatch(/^cannot queue /)
+      expect(logs.lines.filter((l) => l.request_id === id && l.level === "error")).toHaveLength(1)
+      expect(await failures(proxy.url, "usage")).toBe(before + 1)
+    } finally {
+      await proxy.close()
+      await redis.close()
     }
   })
 })

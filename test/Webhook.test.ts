@@ -1,10 +1,15 @@
 import { afterEach, describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Layer, Logger, LogLevel, Schedule } from "effect"
-import { randomUUID } from "node:crypto"
+import { Chunk, Duration, Effect, Layer, Logger, LogLevel, Metric, Schedule } from "effect"
+import { randomBytes, randomUUID } from "node:crypto"
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Webhook } from "standardwebhooks"
 import { AppConfig } from "../src/Config.js"
 import { makeLogger } from "../src/telemetry/Logging.js"
 import type { UsageRecord } from "../src/usage/Record.js"
-import { parseRetryAfter, retrySchedule, UsageWebhook, WebhookRejected, WebhookUnreachable } from "../src/usage/Webhook.js"
+import { parseSegment } from "../src/usage/Spool.js"
+import { parseRetryAfter, retrySchedule, UsageWebhook, webhookDisabled, WebhookRejected, WebhookUnreachable } from "../src/usage/Webhook.js"
 import { freePort } from "./support/http.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
@@ -133,7 +138,7 @@ describe("UsageWebhook delivery", () => {
     expect(undelivered(logs)).toEqual([])
   })
 
-  it("cuts a POST left unanswered for WEBHOOK_TIMEOUT and sends the record again", async () => {
+  it("cuts a POST left unanswered for WEBHOOK_TIMEOUT (undici's headers timeout) and sends the record again", async () => {
     receiver = await startWebhook((n) => (n === 0 ? "hang" : { status: 200 }))
     const r = record()
     const started = performance.now()
@@ -145,7 +150,7 @@ describe("UsageWebhook delivery", () => {
     expect(receiver.received.map((g) => g.headers["idempotency-key"])).toEqual([r.id, r.id])
     expect(receiver.accepted()).toEqual([r])
     expect(logs.filter((l) => l.msg === "usage webhook attempt failed").map((l) => l.reason)).toEqual([
-      "the webhook did not answer: no answer within 300 ms"
+      "the webhook did not answer: UND_ERR_HEADERS_TIMEOUT: Headers Timeout Error"
     ])
     expect(undelivered(logs)).toEqual([])
   })
@@ -208,6 +213,21 @@ describe("UsageWebhook delivery", () => {
     expect(lost[0]!.reason).toBe("queue full (2 records)")
     expect(lost[0]!.record).toEqual(records[6])
     expect(receiver.accepted().map((r) => r.request_id).sort()).toEqual(["req-0", "req-1", "req-2", "req-3", "req-4", "req-5"])
+  })
+})
+
+describe("UsageWebhook queue bound", () => {
+  it("says once, at error level, when the queue is nearly full", async () => {
+    receiver = await startWebhook(() => ({ status: 204, delayMs: 300 }))
+    const records = Array.from({ length: 14 }, (_, i) => record(i))
+    const logs = await withWebhook(
+      { USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, WEBHOOK_QUEUE_SIZE: "10", WEBHOOK_CONCURRENCY: "1" },
+      (w) => {
+        for (const r of records) w.offer(r)
+      }
+    )
+    expect(logs.filter((l) => l.msg.startsWith("usage queue nearly full"))).toMatchObject([{ level: "error", queued: 9, capacity: 10 }])
+    expect(undelivered(logs).map((l) => l.reason)).toEqual(Array(3).fill("queue full (10 records)"))
   })
 })
 
@@ -442,5 +462,82 @@ describe("retrySchedule", () => {
     expect(parseRetryAfter("Thu, 20 Aug 2026 10:00:30 GMT", now)).toEqual(Duration.millis(30_000))
     expect(parseRetryAfter("soon", now)).toBeUndefined()
     expect(parseRetryAfter(undefined, now)).toBeUndefined()
+  })
+})
+
+describe("UsageWebhook signatures (USER_MODEL_METRICS_WEBHOOK_SECRET)", () => {
+  const secret = () => `whsec_${randomBytes(32).toString("base64")}`
+
+  it("signs every delivery, retries included, once per secret: each verifies with standardwebhooks", async () => {
+    receiver = await startWebhook((n) => (n % 2 === 0 ? { status: 503 } : { status: 200 }))
+    const [oldSecret, newSecret] = [secret(), secret()]
+    const records = [record(0), record(1), record(2)]
+    const logs = await withWebhook(
+      {
+        USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url,
+        USER_MODEL_METRICS_WEBHOOK_SECRET: ` ${oldSecret}  ${newSecret} `,
+        WEBHOOK_CONCURRENCY: "1"
+      },
+      async (w) => {
+        for (const r of records) w.offer(r)
+        await receiver!.until((got) => got.filter((g) => g.accepted).length === 3)
+      }
+    )
+    expect(receiver.received).toHaveLength(6)
+    for (const got of receiver.received) {
+      const headers = got.headers as Record<string, string>
+      expect(headers["webhook-signature"]!.split(" ")).toHaveLength(2)
+      // Each secret alone verifies: a receiver holding either one during a rotation accepts it.
+      for (const s of [oldSecret, newSecret]) expect(new Webhook(s).verify(got.body, headers)).toEqual(got.record)
+      expect(() => new Webhook(secret()).verify(got.body, headers)).toThrow()
+      expect(() => new Webhook(oldSecret).verify(got.body.replace("llama3.2", "llama3.3"), headers)).toThrow()
+      expect(headers["webhook-id"]).toBe(got.record.id)
+      expect(Math.abs(Number(headers["webhook-timestamp"]) - Date.now() / 1000)).toBeLessThan(30)
+    }
+    // A retry carries the same webhook-id: the receiver's deduplication key.
+    expect(receiver.received.map((g) => g.headers["webhook-id"])).toEqual(records.flatMap((r) => [r.id, r.id]))
+    expect(allLogs.join("\n")).not.toContain(oldSecret.slice(6))
+    expect(undelivered(logs)).toEqual([])
+  })
+
+  it("sends no signature without a secret, and refuses a secret that is not whsec_ base64, naming the variable only", async () => {
+    receiver = await startWebhook()
+    await withWebhook({ USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url }, async (w) => {
+      w.offer(record())
+      await receiver!.until((got) => got.length === 1)
+    })
+    expect(receiver.received[0]!.headers["webhook-signature"]).toBeUndefined()
+    expect(receiver.received[0]!.headers["webhook-id"]).toBe(receiver.received[0]!.record.id)
+    for (const bad of ["hunter2-not-a-secret", "whsec_!!!not base64"]) {
+      const error = await Effect.runPromise(
+        Effect.flip(AppConfig.pipe(Effect.provide(AppConfig.fromEnv({ USER_MODEL_METRICS_WEBHOOK_SECRET: bad }))))
+      )
+      expect(error.message).toMatch(/^invalid configuration: USER_MODEL_METRICS_WEBHOOK_SECRET: /)
+      expect(error.message).not.toContain("hunter2")
+      expect(error.message).not.toContain("!!!")
+    }
+  })
+
+  it("a 410 disables delivery to the URL, loudly, and leaves the records in the spool", async () => {
+    receiver = await startWebhook(() => ({ status: 410 }))
+    const dir = mkdtempSync(join(tmpdir(), "spool-"))
+    const records = Array.from({ length: 5 }, (_, i) => record(i))
+    const logs = await withWebhook(
+      { USER_MODEL_METRICS_WEBHOOK_URL: receiver!.url, USAGE_SPOOL_DIR: dir, WEBHOOK_CONCURRENCY: "1" },
+      async (w) => {
+        w.offer(records[0]!)
+        await receiver!.until((got) => got.length === 1)
+        for (const r of records.slice(1)) w.offer(r)
+      }
+    )
+    // One POST learnt that the URL is gone; nothing more was sent to it.
+    expect(receiver.received).toHaveLength(1)
+    expect(logs.filter((l) => l.level === "error" && /410 Gone/.test(l.msg))).toHaveLength(1)
+    expect(undelivered(logs)).toEqual([])
+    const [metrics] = await Effect.runPromise(Metric.value(webhookDisabled).pipe(Effect.map((s) => [s.value])))
+    expect(metrics).toBe(1)
+    // Every record is still in the spool, for the next start once the URL is fixed.
+    const left = readdirSync(dir).flatMap((name) => parseSegment(readFileSync(join(dir, name), "utf8")).records.map((r) => r.id))
+    expect(left.sort()).toEqual(records.map((r) => r.id).sort())
   })
 })

@@ -22,8 +22,11 @@ export type UpstreamHeaders = Record<string, string | Array<string>>
 export interface ExchangeWatch {
   /** The request is about to go to Ollama; a watch may add headers (`traceparent`). */
   readonly upstream?: (exchange: Exchange, headers: UpstreamHeaders) => void
-  /** The exchange is over and its reading final. */
-  readonly end: (exchange: Exchange) => void
+  /**
+   * The exchange is over and its reading final. A watch that finishes later (the usage record
+   * waits for the charge) returns a promise: its failure is counted and logged like a throw.
+   */
+  readonly end: (exchange: Exchange) => void | Promise<void>
 }
 
 /** What one consumer makes of an exchange that others read (see Consumers.ts). */
@@ -132,7 +135,8 @@ export const openWatches = (exchange: Exchange, consumers: ReadonlyArray<Exchang
 export const endWatches = (exchange: Exchange, failed: ConsumerFailed): void => {
   for (const { consumer, watch } of exchange.watches) {
     try {
-      watch.end(exchange)
+      const later = watch.end(exchange)
+      if (later !== undefined) later.then(undefined, (cause: unknown) => failed(exchange, consumer, "end", cause))
     } catch (cause) {
       failed(exchange, consumer, "end", cause)
     }

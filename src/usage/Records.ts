@@ -79,11 +79,12 @@ export const makeUsageRecords = (
     if (record !== undefined) deliver(record, exchange.parentSpan())
   }
   const watch: ExchangeWatch = {
-    // With shared limits the key's totals come after a round trip to Redis: the record waits for them.
+    // With shared limits the key's totals come after a round trip to Redis: the record waits for
+    // them, and a failure to make or hand it over then is the boundary's to count and log.
     end: (exchange) => {
       const charged = exchange.limits?.charged
-      if (charged === undefined) send(exchange)
-      else void charged.then(() => send(exchange))
+      if (charged === undefined) return send(exchange)
+      return charged.then(() => send(exchange))
     }
   }
   // The record carries the key's totals after the charge, and continues the exchange's trace.
