@@ -7,6 +7,8 @@ import { ExchangeAdmission, ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
 import { Limits } from "./limits/Limiter.js"
 import { OllamaProcess } from "./ollama/Process.js"
+import { ExchangeDispatch } from "./schedule/Dispatch.js"
+import { Scheduler } from "./schedule/Scheduler.js"
 import { LoggingLive } from "./telemetry/Logging.js"
 import { MetricsLive } from "./telemetry/MetricsExport.js"
 import { makeTelemetryConsumer } from "./telemetry/Telemetry.js"
@@ -34,7 +36,9 @@ export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers, E, R>) =
 /**
  * The consumers in force, in the order they see an exchange: telemetry, limits (the charge of
  * its tokens, which the record carries), then usage records (present only with a webhook URL:
- * nothing would receive them otherwise); and the admission of keys with limits. Limits are built
+ * nothing would receive them otherwise), then the schedule of Ollama's slots (last: the slot an
+ * exchange frees goes to the next at once); the admission of keys with limits, and the dispatch
+ * of inference requests to Ollama's slots. Limits are built
  * after the usage records, so at shutdown they finish their last charges while the webhook still
  * takes the records that wait for them.
  */
@@ -43,13 +47,14 @@ export const ConsumersLive = Layer.effectContext(
     const telemetry = yield* makeTelemetryConsumer
     const usage = yield* UsageRecords
     const limits = yield* Limits
-    return Context.make(
-      ExchangeConsumers,
-      usage.consumer === undefined ? [telemetry, limits.consumer] : [telemetry, limits.consumer, usage.consumer]
+    const schedule = yield* Scheduler
+    const consumers = [telemetry, limits.consumer, usage.consumer, schedule.consumer].filter((c) => c !== undefined)
+    return Context.make(ExchangeConsumers, consumers).pipe(
+      Context.add(ExchangeAdmission, limits.admit),
+      Context.add(ExchangeDispatch, schedule.dispatch)
     )
-      .pipe(Context.add(ExchangeAdmission, limits.admit))
   })
-).pipe(Layer.provide(Limits.Default), Layer.provide(UsageRecords.Default))
+).pipe(Layer.provide(Scheduler.Default), Layer.provide(Limits.Default), Layer.provide(UsageRecords.Default))
 
 export const AppLive = appWith(ConsumersLive)
 

@@ -38,7 +38,8 @@ const record = (n = 0): UsageRecord => ({
   usage_counted_by: "ollama",
   metering_error: null,
   time_to_first_chunk_ms: 12.5,
-  duration_ms: 4300.25
+  duration_ms: 4300.25,
+  queue_wait_ms: 0
 })
 
 /** Log lines of every webhook run in this file, to check the key never appears. */

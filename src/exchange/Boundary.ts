@@ -53,6 +53,7 @@
 import { Context, Effect, Metric, MetricLabel, Runtime } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { ApiKeys } from "../keys/ApiKeys.js"
+import { ExchangeDispatch } from "../schedule/Dispatch.js"
 import { callerOf } from "./Caller.js"
 import { asksForUsage, classify, unknownRoute } from "./Classify.js"
 import { badTarget, unauthorized } from "./Errors.js"
@@ -87,6 +88,9 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
     const consumers = yield* ExchangeConsumers
     const readers = yield* UsageReaders
     const admission = yield* ExchangeAdmission
+    const dispatch = yield* ExchangeDispatch
+    // Through the schedule of Ollama's slots (src/schedule/) when there is one.
+    const forward = dispatch === undefined ? relay.forward : (exchange: Exchange) => dispatch(exchange, relay.forward)
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const partLabels = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
@@ -153,8 +157,8 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         if (req.method === "GET" && listsModels(route)) exchange.rewrite = modelListFilter(key.models, route)
       }
       if (asksForUsage(route)) exchange.rewrite = includeUsageRewrite(route)
-      if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, relay.forward)
-      relay.forward(exchange)
+      if (key?.limits !== undefined && admission !== undefined) return admission(exchange, key.limits, forward)
+      forward(exchange)
     }
 
     return {

@@ -36,6 +36,8 @@ export interface KeyPolicy {
   readonly source: "environment" | "file"
   /** What the key may use (src/limits/); undefined = no limits. Counted per name. */
   readonly limits: KeyLimits | undefined
+  /** Its share of Ollama's slots when keys wait for them (src/schedule/); 1 unless the key file says. Per name. */
+  readonly weight: number
 }
 
 export type AuthResult =
@@ -82,7 +84,8 @@ const fromEnvironment = (keys: ReadonlyArray<ApiKeyConfig>, scopes: ReadonlySet<
       disabled: false,
       metadata: undefined,
       source: "environment",
-      limits
+      limits,
+      weight: 1
     } satisfies KeyPolicy
   }))
 
@@ -97,7 +100,8 @@ const fromFile = (entries: ReadonlyArray<KeyEntry>, defaultScopes: ReadonlySet<S
       disabled: e.disabled === true,
       metadata: e.metadata,
       source: "file",
-      limits: e.limits === undefined ? defaultLimits : someLimits(e.limits)
+      limits: e.limits === undefined ? defaultLimits : someLimits(e.limits),
+      weight: e.weight ?? 1
     } satisfies KeyPolicy
   }))
 
@@ -118,6 +122,12 @@ const keyringOf = (
     if (named !== undefined && !sameLimits(named.limits, policy.limits)) {
       return Either.left(
         `the keys named "${policy.name}" carry different limits: keys that share a name share their limits, give them the same`
+      )
+    }
+    // One queue per name (src/schedule/): it has one weight.
+    if (named !== undefined && named.weight !== policy.weight) {
+      return Either.left(
+        `the keys named "${policy.name}" carry different weights: keys that share a name share one queue, give them the same`
       )
     }
     byName.set(policy.name, policy)

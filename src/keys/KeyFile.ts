@@ -14,6 +14,7 @@
  *       limits:                            # default AUTHORIZATION_DEFAULT_LIMITS; {} = none
  *         requests_per_minute: 60          # every field optional (src/limits/Limits.ts)
  *         tokens_per_day: 200000
+ *       weight: 3                          # its share of Ollama's slots against other waiting keys (src/schedule/); default 1
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { parse as parseYaml } from "yaml"
@@ -62,7 +63,10 @@ export const KeyEntry = Schema.Struct({
   expires_at: Schema.optional(Rfc3339),
   disabled: Schema.optional(Schema.Boolean),
   metadata: Schema.optional(Schema.Record({ key: Schema.String, value: MetadataValue })),
-  limits: Schema.optional(KeyLimitsSchema)
+  limits: Schema.optional(KeyLimitsSchema),
+  weight: Schema.optional(
+    Schema.Number.pipe(Schema.filter((n) => Number.isFinite(n) && n > 0 && n <= 1000, { message: () => "a number above 0, at most 1000" }))
+  )
 })
 export type KeyEntry = typeof KeyEntry.Type
 

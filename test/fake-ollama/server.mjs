@@ -57,6 +57,7 @@ import {
   unixOf,
   waitForStream
 } from "./respond.mjs"
+import { makeSlots } from "./slots.mjs"
 import { float32Array, goJSON, nowNs, RawJSON, rfc3339Nano } from "./wire.mjs"
 
 export { DEFAULT_VRAM } from "./gpu.mjs"
@@ -95,6 +96,8 @@ export const PULL_MANIFEST_ERROR = "pull model manifest: file does not exist"
  * @property {number} defaultNumCtx the context a model is loaded with when the request sets none
  * @property {string[]} origins
  * @property {boolean} recordRequests
+ * @property {number | undefined} numParallel requests generating at once (OLLAMA_NUM_PARALLEL); undefined: no limit
+ * @property {number} maxQueue requests waiting for a slot at most (OLLAMA_MAX_QUEUE)
  * @property {Promise<unknown> | undefined} ready
  * @property {((level: "DEBUG" | "INFO" | "WARN" | "ERROR", msg: string, attrs?: Record<string, unknown>, source?: string) => void) | undefined} log
  * @property {((request: RecordedRequest) => void) | undefined} onRequest
@@ -135,6 +138,8 @@ const DEFAULTS = {
   defaultNumCtx: 4096,
   origins: [],
   recordRequests: true,
+  numParallel: undefined,
+  maxQueue: 512,
   ready: undefined,
   log: undefined,
   onRequest: undefined,
@@ -213,6 +218,7 @@ export async function startFakeOllama(options = {}) {
   /** @type {Set<string>} blob digests stored, `sha256:<hex>` */
   const blobs = new Set()
   let pullFailuresLeft = 0
+  const slots = makeSlots(() => opts.numParallel, () => opts.maxQueue)
   let nextId = 1
   /** @type {RecordedRequest[]} */
   const requests = []
@@ -274,6 +280,10 @@ export async function startFakeOllama(options = {}) {
     /** @type {Obj | undefined} */ reqOptions
   ) {
     if (ctx.o.busy) return { error: /** @type {[number, Obj]} */ ([503, { error: BUSY_ERROR }]) }
+    // A slot of the runner, held until the answer is over (slots.mjs).
+    const slot = await slots.acquire(ctx)
+    if (slot === "busy") return { error: /** @type {[number, Obj]} */ ([503, { error: BUSY_ERROR }]) }
+    if (slot === "closed") return { closed: true }
     const fresh = !loaded.has(model.key)
     if (!(await ctx.sleep(ctx.o.loadDelayMs))) return { closed: true }
     if (fresh) {
@@ -1187,6 +1197,10 @@ export async function startFakeOllama(options = {}) {
     models: () => listModels().map((m) => m.name),
     /** Names of the models loaded, as /api/ps lists them. */
     loaded: () => psModels().map((m) => m.name),
+    /** The runner's slots now: the limit, running, waiting, busy time (slots.mjs). */
+    slots: () => slots.stats(),
+    /** Starts the slots' counts again from now. */
+    resetSlots: () => slots.reset(),
     /** The figures this server will report for a request body, with its current knobs. */
     expected: (/** @type {string} */ path, /** @type {unknown} */ body) =>
       expectedFigures(path, body, { tokens: opts.tokens, loadDelayMs: opts.loadDelayMs }),
