@@ -285,12 +285,12 @@ describe("bounded waiting for one slot", () => {
       const [first, second] = await Promise.all(queued.map((q) => q.answer))
       for (const answer of [first!, second!]) {
         expect(answer.status).toBe(429)
-        expect(answer.headers["retry-after"]).toBe("1")
+        // An estimate, at most the longest wait.
+        expect(["1", "2"]).toContain(answer.headers["retry-after"])
+        expect(answer.headers["x-queue-position"]).toBe("1")
         expect(Number(answer.headers["x-queue-wait-ms"])).toBeGreaterThanOrEqual(2000)
         expect(JSON.parse(answer.text).error).toContain("hold its share")
       }
-      // Where each stood when its wait ran out: the first of the two at the head, the other behind or, once it left, at the head.
-      expect([first!, second!].map((a) => a.headers["x-queue-position"]).sort()[0]).toBe("1")
       const lightAnswer = await lightQueued.answer
       expect(lightAnswer.status).toBe(503)
       expect(Number(lightAnswer.headers["retry-after"])).toBeGreaterThanOrEqual(1)
