@@ -1,6 +1,6 @@
 // Fair shares of Ollama's slots under contention (issue 21): the fake Ollama with 2 parallel slots
-// and a FIFO line, requests of about 1 s of tokens; one key keeps 16 streams waiting while another
-// asks once a second. Printed: each key's time to first token (p50, p95) and the slots' busy share,
+// and a FIFO line, requests of about 1 s of tokens (0.9 s of generation); one key keeps 16 streams
+// waiting while another asks once a second. Printed: each key's time to first token (p50, p95) and the slots' busy share,
 // with dispatch on (QUEUE_SLOTS=2: the proxy queues per key) and off (QUEUE_SLOTS=0: Ollama's one
 // line), in paired rounds; then two saturating keys of weights 3 and 1 and the share of tokens each
 // got. Goals (dispatch on): the light key's p95 at most 1.5 s, the slots busy at least 90%, the
@@ -39,7 +39,10 @@ writeFileSync(
   }\n`
 )
 
-const fake = await startFakeOllama({ numParallel: SLOTS, tokens: TOKENS, tokenDelayMs: REQUEST_MS / TOKENS, recordRequests: false })
+// Generations of ~0.9 of the light key's period: it asks a little under its share of the slots. At
+// exactly its share (or over it, as a loaded machine makes a "1 s" request last longer), its waits
+// are those of a queue at full load and grow with the run, however the slots are shared.
+const fake = await startFakeOllama({ numParallel: SLOTS, tokens: TOKENS, tokenDelayMs: (0.9 * REQUEST_MS) / TOKENS, recordRequests: false })
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 })
 const body = JSON.stringify({ model: "llama3.2", messages: [{ role: "user", content: "Why is the sky blue?" }], stream: true })
 
