@@ -81,9 +81,10 @@ export const proxyEnv = ({ port, upstreamPort, key }, extra = {}) => {
   const env = {}
   for (const [k, v] of Object.entries(process.env)) {
     if (
-      /^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|USAGE_|WEBHOOK_|OTEL_|OLLAMA_|LIMITS_)|^(PORT|PORT_HEALTH|HOST|REDIS_URL)$/.test(
-        k
-      )
+      /^(AUTHORIZATION_|PRELOAD_MODEL|USER_MODEL_METRICS_|USAGE_|WEBHOOK_|OTEL_|OLLAMA_|LIMITS_|QUEUE_)|^(PORT|PORT_HEALTH|HOST|REDIS_URL)$/
+        .test(
+          k
+        )
     ) {
       continue
     }
@@ -97,6 +98,9 @@ export const proxyEnv = ({ port, upstreamPort, key }, extra = {}) => {
     OLLAMA_HOST: `127.0.0.1:${upstreamPort}`,
     AUTHORIZATION_APIKEY: key,
     AUTHORIZATION_LOG_LEVEL: "warn",
+    // No dispatch to Ollama's slots in the base: the bench upstream runs any number of requests at
+    // once, and the figures stay those of the relay; the `proxy + dispatch` variant measures it.
+    QUEUE_SLOTS: "0",
     ...extra
   }
 }

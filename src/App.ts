@@ -8,6 +8,8 @@ import { Server } from "./http/Server.js"
 import { ApiKeys } from "./keys/ApiKeys.js"
 import { Limits } from "./limits/Limits.js"
 import { OllamaProcess } from "./ollama/Process.js"
+import { ExchangeDispatch } from "./schedule/Dispatch.js"
+import { Scheduler } from "./schedule/Scheduler.js"
 import { LoggingLive } from "./telemetry/Logging.js"
 import { MetricsLive } from "./telemetry/MetricsExport.js"
 import { makeTelemetryConsumer } from "./telemetry/Telemetry.js"
@@ -38,8 +40,9 @@ export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers | Exchang
 
 /**
  * The consumers in force: usage records (present only with a webhook URL: nothing would receive
- * them otherwise), limits and telemetry, in any order (each declares what it provides and reads,
- * and the boundary derives the order from that); and the admission of keys with limits. Limits are built
+ * them otherwise), limits, telemetry and the schedule of Ollama's slots, in any order (each declares
+ * what it provides and reads, and the boundary derives the order from that); the admission of keys
+ * with limits, and the dispatch of inference requests to Ollama's slots. Limits are built
  * after the usage records, so at shutdown they finish their last charges while the webhook still
  * takes the records that wait for them.
  */
@@ -48,13 +51,14 @@ export const ConsumersLive = Layer.effectContext(
     const telemetry = yield* makeTelemetryConsumer
     const usage = yield* UsageRecords
     const limits = yield* Limits
-    return Context.make(
-      ExchangeConsumers,
-      usage.consumer === undefined ? [limits.consumer, telemetry] : [usage.consumer, limits.consumer, telemetry]
+    const schedule = yield* Scheduler
+    const consumers = [usage.consumer, limits.consumer, telemetry, schedule.consumer].filter((c) => c !== undefined)
+    return Context.make(ExchangeConsumers, consumers).pipe(
+      Context.add(ExchangeAdmission, { admit: limits.admit, ownUsage: limits.ownUsage }),
+      Context.add(ExchangeDispatch, schedule.dispatch)
     )
-      .pipe(Context.add(ExchangeAdmission, { admit: limits.admit, ownUsage: limits.ownUsage }))
   })
-).pipe(Layer.provide(Limits.Default), Layer.provide(UsageRecords.Default))
+).pipe(Layer.provide(Scheduler.Default), Layer.provide(Limits.Default), Layer.provide(UsageRecords.Default))
 
 export const AppLive = appWith(ConsumersLive)
 

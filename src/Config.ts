@@ -109,6 +109,21 @@ export interface AppConfigShape {
   /** Peers whose X-Forwarded-* headers are believed: addresses and CIDR blocks. */
   readonly trustedProxies: ReadonlyArray<AddressBlock>
   readonly otel: OtelConfig
+  readonly queue: QueueConfig
+}
+
+/** How inference requests wait for Ollama's slots (src/schedule/). */
+export interface QueueConfig {
+  /** Inference requests in flight to Ollama at once: QUEUE_SLOTS, else OLLAMA_NUM_PARALLEL, else 1; 0 = no dispatch. */
+  readonly slots: number
+  /** OLLAMA_NUM_PARALLEL as the proxy's environment gives it; a managed Ollama without it is given `slots`. */
+  readonly ollamaNumParallel: Option.Option<number>
+  /** How long a request may wait for a slot. */
+  readonly maxWait: Duration.Duration
+  /** Requests of one key waiting at once at most. */
+  readonly maxPerKey: number
+  /** Requests waiting at once at most, every key together. */
+  readonly maxWaiting: number
 }
 
 /** An address (prefix = its full length) or a CIDR block. */
@@ -202,6 +217,14 @@ export const parsePositiveInt: Parse<number> = (raw) => {
   const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
   return Number.isSafeInteger(n) && n > 0 ? Either.right(n) : Either.left(`${quoted(raw)} is not a positive integer`)
 }
+
+const parseCount: Parse<number> = (raw) => {
+  const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
+  return Number.isSafeInteger(n) ? Either.right(n) : Either.left(`${quoted(raw)} is not a whole number (0 or more)`)
+}
+
+/** OLLAMA_NUM_PARALLEL as Ollama reads it (envconfig.Uint, then max(n, 1) in server/sched.go). */
+const parseNumParallel: Parse<number> = (raw) => Either.map(parseCount(raw), (n) => Math.max(n, 1))
 
 /** Addresses and CIDR blocks, IPv4 or IPv6, separated by commas or spaces. */
 export const parseAddressBlocks: Parse<ReadonlyArray<AddressBlock>> = (raw) => {
@@ -503,6 +526,11 @@ const fromConfig = Config.all({
   redisUrl: optional("REDIS_URL", parseRedisUrl),
   limitsStoreTimeout: withDefault("LIMITS_STORE_TIMEOUT", parsePositiveDuration, Duration.millis(200)),
   limitsOnStoreFailure: withDefault<"open" | "closed">("LIMITS_ON_STORE_FAILURE", parseStoreFailure, "open"),
+  queueSlots: optional("QUEUE_SLOTS", parseCount),
+  ollamaNumParallel: optional("OLLAMA_NUM_PARALLEL", parseNumParallel),
+  queueMaxWait: withDefault("QUEUE_MAX_WAIT", parsePositiveDuration, Duration.seconds(60)),
+  queueMaxPerKey: withDefault("QUEUE_MAX_PER_KEY", parsePositiveInt, 100),
+  queueMax: withDefault("QUEUE_MAX", parsePositiveInt, 512),
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
   otelResourceAttributes: withDefault("OTEL_RESOURCE_ATTRIBUTES", parseKeyValues("attributes", true), {}),
@@ -641,7 +669,14 @@ export const loadAppConfig = Effect.gen(function*() {
     maxConnections: raw.maxConnections,
     maxConnectionsPerAddress: raw.maxConnectionsPerAddress,
     trustedProxies: raw.trustedProxies,
-    otel: otelConfig(raw)
+    otel: otelConfig(raw),
+    queue: {
+      slots: Option.getOrElse(raw.queueSlots, () => Option.getOrElse(raw.ollamaNumParallel, () => 1)),
+      ollamaNumParallel: raw.ollamaNumParallel,
+      maxWait: raw.queueMaxWait,
+      maxPerKey: raw.queueMaxPerKey,
+      maxWaiting: raw.queueMax
+    }
   }
   return config
 })

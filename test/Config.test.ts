@@ -103,7 +103,12 @@ describe("AppConfig", () => {
     [{ TRUSTED_PROXIES: "10.0.0.0/33" }, "TRUSTED_PROXIES: \"10.0.0.0/33\" is not an IP address or CIDR block"],
     [{ TRUSTED_PROXIES: "10.0.0.1, proxy.internal" }, "TRUSTED_PROXIES: \"proxy.internal\" is not"],
     [{ TRUSTED_PROXIES: "fe80::1%eth0" }, "TRUSTED_PROXIES:"],
-    [{ TRUSTED_PROXIES: "10.0.0.0/" }, "TRUSTED_PROXIES:"]
+    [{ TRUSTED_PROXIES: "10.0.0.0/" }, "TRUSTED_PROXIES:"],
+    [{ QUEUE_SLOTS: "two" }, "QUEUE_SLOTS: \"two\" is not a whole number"],
+    [{ OLLAMA_NUM_PARALLEL: "-1" }, "OLLAMA_NUM_PARALLEL:"],
+    [{ QUEUE_MAX_WAIT: "0" }, "QUEUE_MAX_WAIT: \"0\" must be longer than 0"],
+    [{ QUEUE_MAX_PER_KEY: "0" }, "QUEUE_MAX_PER_KEY:"],
+    [{ QUEUE_MAX: "lots" }, "QUEUE_MAX:"]
   ])("rejects %o with one line naming the variable", (env, expected) => {
     const message = failure(env)
     expect(message).toContain(expected)
@@ -147,6 +152,16 @@ describe("RunPod", () => {
       runpod_pod_id: "abc123xyz",
       runpod_endpoint_id: "ep42"
     })
+  })
+
+  it("takes Ollama's slots from QUEUE_SLOTS, else OLLAMA_NUM_PARALLEL (0 counting as Ollama's 1), else 1", () => {
+    const queue = (env: Record<string, string>) => Either.getOrThrow(load(env)).queue
+    expect(queue({})).toMatchObject({ slots: 1, maxPerKey: 100, maxWaiting: 512 })
+    expect(Duration.toMillis(queue({}).maxWait)).toBe(60_000)
+    expect(queue({ OLLAMA_NUM_PARALLEL: "4" }).slots).toBe(4)
+    expect(queue({ OLLAMA_NUM_PARALLEL: "0" }).slots).toBe(1)
+    expect(queue({ OLLAMA_NUM_PARALLEL: "4", QUEUE_SLOTS: "2" }).slots).toBe(2)
+    expect(queue({ OLLAMA_NUM_PARALLEL: "4", QUEUE_SLOTS: "0" }).slots).toBe(0)
   })
 
   it("gives Ollama an hour for a stalled load unless OLLAMA_LOAD_TIMEOUT says otherwise", () => {

@@ -130,7 +130,9 @@ describe("the key file", () => {
     ["keys: [\n", "not valid YAML"],
     ["", "the file is empty"],
     ["keys:\n  - name: a\n    name: b\n    key: k\n", "not valid YAML"],
-    ["users: []\n", "keys: is missing"]
+    ["users: []\n", "keys: is missing"],
+    ["keys:\n  - name: a\n    key: k\n    weight: 0\n", "keys[0].weight: a number above 0, at most 1000"],
+    ["keys:\n  - name: a\n    key: k\n    weight: heavy\n", "keys[0].weight:"]
   ])("refuses %j: %s", (text, reason) => {
     const parsed = parseKeyFile(text)
     expect(Either.isLeft(parsed) && parsed.left).toContain(reason)

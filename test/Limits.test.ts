@@ -51,7 +51,9 @@ beforeAll(async () => {
   stack = await startStack({
     AUTHORIZATION_KEYS_FILE: join(dir, "keys.yaml"),
     // File entries name their limits; this would apply to those that do not.
-    AUTHORIZATION_DEFAULT_LIMITS: "requests_per_minute=1"
+    AUTHORIZATION_DEFAULT_LIMITS: "requests_per_minute=1",
+    // Slots for every stream these tests hold open at once: they test the limits, not the schedule.
+    QUEUE_SLOTS: "4"
   })
   ;({ fake, proxy, webhook } = stack)
 })

@@ -22,7 +22,7 @@ const sources = (dir: string): Array<string> =>
 
 /** Our variables: the families the service reads, as string literals in src/. */
 const OURS =
-  /"((?:PORT|HOST)(?:_HEALTH)?|REQUIRE_GPU|HEALTH_CHECK_PATH|TRUSTED_PROXIES|MAX_CONNECTIONS|MAX_REQUEST_BODY|(?:OLLAMA|AUTHORIZATION|PRELOAD|USER_MODEL|USAGE|WEBHOOK|SHUTDOWN|METRICS|OTEL|RUNPOD|REQUEST|MAX_CONNECTIONS|REDIS|LIMITS)_[A-Z0-9_]+)"/g
+  /"((?:PORT|HOST)(?:_HEALTH)?|REQUIRE_GPU|HEALTH_CHECK_PATH|TRUSTED_PROXIES|MAX_CONNECTIONS|MAX_REQUEST_BODY|(?:OLLAMA|AUTHORIZATION|PRELOAD|USER_MODEL|USAGE|WEBHOOK|SHUTDOWN|METRICS|OTEL|RUNPOD|REQUEST|MAX_CONNECTIONS|REDIS|LIMITS|QUEUE)_[A-Z0-9_]+)"/g
 const readByCode = new Set(sources(join(ROOT, "src")).flatMap((file) => [...readFileSync(file, "utf8").matchAll(OURS)].map((m) => m[1]!)))
 
 /** The first column of every table row in the README, as variable names. */

@@ -30,6 +30,7 @@ const key = (scopes: ReadonlyArray<Scope>, models = ["*"], requestPolicy?: KeyPo
   metadata: undefined,
   source: "file",
   limits: undefined,
+  weight: 1,
   requestPolicy
 })
 

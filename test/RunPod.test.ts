@@ -109,4 +109,12 @@ describe("a RunPod worker", () => {
     const given = await start({ OLLAMA_LOAD_TIMEOUT: "10m" })
     expect(String((await serverConfig(given)).env)).toContain("OLLAMA_LOAD_TIMEOUT:10m0s")
   })
+
+  it("starts Ollama with as many parallel slots as it dispatches (QUEUE_SLOTS), unless OLLAMA_NUM_PARALLEL is set", async () => {
+    const serverConfig = (proxy: SpawnedProxy) => proxy.waitForLine((l) => l.source === "ollama" && l.msg === "server config")
+    const slots = await start({ QUEUE_SLOTS: "3" })
+    expect(String((await serverConfig(slots)).env)).toContain("OLLAMA_NUM_PARALLEL:3")
+    const given = await start({ OLLAMA_NUM_PARALLEL: "4", QUEUE_SLOTS: "2" })
+    expect(String((await serverConfig(given)).env)).toContain("OLLAMA_NUM_PARALLEL:4")
+  })
 })

@@ -44,7 +44,8 @@ const record = (n = 0): UsageRecord => ({
   web_searches: null,
   metering_error: null,
   time_to_first_chunk_ms: 12.5,
-  duration_ms: 4300.25
+  duration_ms: 4300.25,
+  queue_wait_ms: 0
 })
 
 /** Log lines of every webhook run in this file, to check the key never appears. */

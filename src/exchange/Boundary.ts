@@ -53,6 +53,7 @@
 import { Context, Effect, Metric, MetricLabel, Runtime } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { ApiKeys } from "../keys/ApiKeys.js"
+import { ExchangeDispatch } from "../schedule/Dispatch.js"
 import { callerOf } from "./Caller.js"
 import { asksForUsage, classify, unknownRoute } from "./Classify.js"
 import { orderConsumers } from "./Consumers.js"
@@ -97,6 +98,9 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
     const readers = yield* UsageReaders
     const admission = yield* ExchangeAdmission
     const remote = yield* RemoteModelList
+    const dispatch = yield* ExchangeDispatch
+    // Through the schedule of Ollama's slots (src/schedule/) when there is one.
+    const forward = dispatch === undefined ? relay.forward : (exchange: Exchange) => dispatch(exchange, relay.forward)
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const partLabels = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
@@ -168,8 +172,8 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
       // A key's rules and the request policy read the body whole; so does metering that must ask for usage.
       exchange.checked = readsModelInBody(route) && (key !== null || asksForUsage(route))
       if (asksForUsage(route)) exchange.rewrites.push(includeUsageRewrite(route, exchange.reading))
-      if (key?.limits !== undefined) return admission.admit(exchange, key.limits, relay.forward)
-      relay.forward(exchange)
+      if (key?.limits !== undefined) return admission.admit(exchange, key.limits, forward)
+      forward(exchange)
     }
 
     return {

@@ -225,6 +225,8 @@ export class Exchange {
   refusal: string | undefined = undefined
   /** What the key's limits did with this exchange (src/limits/); undefined for a key without limits. */
   limits: ExchangeLimits | undefined = undefined
+  /** How long it waited for a slot of Ollama's (src/schedule/); null when it did not ask for one. */
+  queueWaitMs: number | null = null
   /** Headers of the proxy's own for the answer from Ollama (a key's rate limits). */
   responseHeaders: OutgoingHttpHeaders | undefined = undefined
   private over = false

@@ -39,6 +39,8 @@ export interface KeyPolicy {
   readonly limits: KeyLimits | undefined
   /** The key's own rules for what its requests may ask of Ollama, over the operator's (src/policy/). */
   readonly requestPolicy?: KeyRequestPolicy | undefined
+  /** Its share of Ollama's slots when keys wait for them (src/schedule/); 1 unless the key file says. Per name. */
+  readonly weight: number
 }
 
 export type AuthResult =
@@ -86,7 +88,8 @@ const fromEnvironment = (keys: ReadonlyArray<ApiKeyConfig>, scopes: ReadonlySet<
       disabled: false,
       metadata: undefined,
       source: "environment",
-      limits
+      limits,
+      weight: 1
     } satisfies KeyPolicy
   }))
 
@@ -102,7 +105,8 @@ const fromFile = (entries: ReadonlyArray<KeyEntry>, defaultScopes: ReadonlySet<S
       metadata: e.metadata,
       source: "file",
       limits: e.limits === undefined ? defaultLimits : someLimits(e.limits),
-      requestPolicy: e.request_policy === undefined ? undefined : requestPolicyOf(e.request_policy)
+      requestPolicy: e.request_policy === undefined ? undefined : requestPolicyOf(e.request_policy),
+      weight: e.weight ?? 1
     } satisfies KeyPolicy
   }))
 
@@ -137,6 +141,12 @@ const keyringOf = (
     if (named !== undefined && !sameLimits(named.limits, policy.limits)) {
       return Either.left(
         `the keys named "${policy.name}" carry different limits: keys that share a name share their limits, give them the same`
+      )
+    }
+    // One queue per name (src/schedule/): it has one weight.
+    if (named !== undefined && named.weight !== policy.weight) {
+      return Either.left(
+        `the keys named "${policy.name}" carry different weights: keys that share a name share one queue, give them the same`
       )
     }
     byName.set(policy.name, policy)

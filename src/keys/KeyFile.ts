@@ -20,6 +20,7 @@
  *         keep_alive_unbounded: refuse     # keep_alive 0 or negative: rewrite (to min, max) or refuse
  *         num_ctx_max: 8192                # num_ctx up to this; without it num_ctx is dropped
  *         num_predict_max: 2048            # tokens a request may generate
+ *       weight: 3                          # its share of Ollama's slots against other waiting keys (src/schedule/); default 1
  */
 import { Data, Either, ParseResult, Schema } from "effect"
 import { parse as parseYaml } from "yaml"
@@ -100,7 +101,10 @@ export const KeyEntry = Schema.Struct({
   disabled: Schema.optional(Schema.Boolean),
   metadata: Schema.optional(Schema.Record({ key: Schema.String, value: MetadataValue })),
   limits: Schema.optional(KeyLimitsSchema),
-  request_policy: Schema.optional(RequestPolicySchema)
+  request_policy: Schema.optional(RequestPolicySchema),
+  weight: Schema.optional(
+    Schema.Number.pipe(Schema.filter((n) => Number.isFinite(n) && n > 0 && n <= 1000, { message: () => "a number above 0, at most 1000" }))
+  )
 })
 export type KeyEntry = typeof KeyEntry.Type
 

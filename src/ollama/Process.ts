@@ -6,7 +6,7 @@
  */
 import { Command, CommandExecutor } from "@effect/platform"
 import { NodeCommandExecutor, NodeFileSystem } from "@effect/platform-node"
-import { Clock, Data, Deferred, Duration, Effect, Fiber, Layer, LogLevel, Metric, Schedule, Stream, SubscriptionRef } from "effect"
+import { Clock, Data, Deferred, Duration, Effect, Fiber, Layer, LogLevel, Metric, Option, Schedule, Stream, SubscriptionRef } from "effect"
 import { AppConfig, DEFAULT_LOAD_TIMEOUT, Environment } from "../Config.js"
 import { ollamaRestarts } from "../telemetry/Metrics.js"
 
@@ -236,9 +236,16 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
     // The Environment overlays the process environment (they are the same object in production),
     // so OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_HOST... reach the child as the user set them.
     // Ollama's own load timeout (5 minutes without progress) is too short for a large model read
-    // from a cold network volume; unset, it gets what RunPod's own Ollama worker uses.
+    // from a cold network volume; unset, it gets what RunPod's own Ollama worker uses. Ollama must
+    // run as many requests at once as the proxy dispatches to it (src/schedule/): unset,
+    // OLLAMA_NUM_PARALLEL is the proxy's number of slots (QUEUE_SLOTS).
+    const { ollamaNumParallel, slots } = config.queue
     const command = Command.make(config.ollamaBin, "serve").pipe(
-      Command.env(config.ollamaLoadTimeout.fromUser ? environment : { ...environment, OLLAMA_LOAD_TIMEOUT: DEFAULT_LOAD_TIMEOUT })
+      Command.env({
+        ...environment,
+        ...(config.ollamaLoadTimeout.fromUser ? {} : { OLLAMA_LOAD_TIMEOUT: DEFAULT_LOAD_TIMEOUT }),
+        ...(Option.isNone(ollamaNumParallel) && slots > 0 ? { OLLAMA_NUM_PARALLEL: String(slots) } : {})
+      })
     )
 
     let current: ProcessState = ProcessState.Starting({ restarts: 0 })

@@ -199,6 +199,7 @@ export const makeExchangeTracer = (tracer: OtelTracer, ollamaHost: string, ollam
         server.setAttribute("ollama_proxy.outcome", summary.outcome)
         if (summary.refusal !== undefined) server.setAttribute("ollama_proxy.refusal", summary.refusal)
         if (summary.rateLimit !== undefined) server.setAttribute("ollama_proxy.rate_limit", summary.rateLimit)
+        if (summary.queueWaitMs !== null) server.setAttribute("ollama_proxy.queue_wait_ms", summary.queueWaitMs)
         // A server span is an error for 5xx only; a client's 4xx is the client's doing.
         if (summary.status >= 500 || summary.outcome === "upstream_error" || summary.outcome === "unavailable") {
           server.setAttribute("error.type", summary.status >= 500 ? String(summary.status) : summary.outcome)

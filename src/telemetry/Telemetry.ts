@@ -101,7 +101,8 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
       timeToFirstChunk: ttfc,
       errorType,
       refusal: exchange.refusal,
-      rateLimit: exchange.limits?.refused
+      rateLimit: exchange.limits?.refused,
+      queueWaitMs: exchange.queueWaitMs
     })
 
     if (accessLog) {

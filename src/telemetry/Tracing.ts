@@ -65,6 +65,8 @@ export interface ExchangeSummary {
   readonly refusal: string | undefined
   /** The key's limit that refused it (a 429): `requests_per_minute`, `tokens_per_day`, ... */
   readonly rateLimit: string | undefined
+  /** Milliseconds it waited for a slot of Ollama's (src/schedule/); null when it did not ask for one. */
+  readonly queueWaitMs: number | null
 }
 
 /** The spans of one exchange. */

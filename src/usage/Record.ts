@@ -80,6 +80,11 @@ export const UsageRecord = Schema.Struct({
   time_to_first_chunk_ms: Schema.NullOr(Schema.NonNegative),
   /** From the request's arrival to the end of the exchange. */
   duration_ms: Schema.NonNegative,
+  /**
+   * How long the request waited for a slot of Ollama's (src/schedule/), within duration_ms and
+   * time_to_first_chunk_ms; null when it did not wait for one (dispatch off).
+   */
+  queue_wait_ms: Schema.NullOr(Schema.NonNegative),
   /** The RunPod worker (pod) that served the request: RUNPOD_POD_ID; absent off RunPod. */
   runpod_pod_id: Schema.optional(Schema.String),
   /** The RunPod endpoint the worker belongs to: RUNPOD_ENDPOINT_ID. */

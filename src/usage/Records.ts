@@ -66,6 +66,7 @@ export const recordOf = (exchange: Exchange, worker: WorkerIdentity = {}): Usage
     metering_error: reading.meteringError,
     time_to_first_chunk_ms: reading.firstChunkAt === null ? null : millis(reading.firstChunkAt - exchange.startedAt),
     duration_ms: millis(reading.endedAt - exchange.startedAt),
+    queue_wait_ms: exchange.queueWaitMs,
     ...worker
   }
 }

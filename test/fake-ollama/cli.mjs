@@ -303,6 +303,9 @@ async function serve(env) {
       pullDelayMs: numberVar(env, "PULL_DELAY_MS"),
       loadDelayMs: numberVar(env, "LOAD_DELAY_MS"),
       keepAlive: env.OLLAMA_KEEP_ALIVE || undefined,
+      // Unset, no limit (Ollama's default is 1): tests that run the executable directly stay as they were.
+      numParallel: env.OLLAMA_NUM_PARALLEL ? Math.max(1, Number(env.OLLAMA_NUM_PARALLEL) || 1) : undefined,
+      maxQueue: env.OLLAMA_MAX_QUEUE ? Number(env.OLLAMA_MAX_QUEUE) || 512 : undefined,
       vram,
       defaultNumCtx: Number(env.OLLAMA_CONTEXT_LENGTH) || defaultNumCtx(vram),
       origins: (env.OLLAMA_ORIGINS ?? "").split(",").filter(Boolean),

@@ -77,6 +77,13 @@ export interface FakeOllamaOptions {
   webSearchCalls?: number | undefined
   /** Hosts a model's remote_host may name (OLLAMA_REMOTES). Default `["ollama.com"]`. */
   remotes?: Array<string> | undefined
+  /**
+   * Requests generating at once, as OLLAMA_NUM_PARALLEL (the executable reads that variable). The
+   * others wait in one FIFO line, as in Ollama, and leave it when their client goes. Default: no limit.
+   */
+  numParallel?: number | undefined
+  /** Requests waiting for a slot at most, as OLLAMA_MAX_QUEUE; past it 503 `server busy...`. Default 512. */
+  maxQueue?: number | undefined
   /** Keep requests in `requests`. Default true. */
   recordRequests?: boolean | undefined
   /** Requests wait for this before being answered (the CLI's start-up delay). */
@@ -157,6 +164,21 @@ export interface CloudRequest {
   remoteHost: string
 }
 
+export interface SlotStats {
+  /** `numParallel`; undefined: no limit. */
+  limit: number | undefined
+  /** Requests generating now. */
+  busy: number
+  /** Requests waiting for a slot now. */
+  waiting: number
+  /** The most generating at once since the start (or `resetSlots`). */
+  peak: number
+  /** Running requests summed over time, in ms: busyMs / (limit * elapsed ms) is the slots' busy share. */
+  busyMs: number
+  /** Requests answered 503 because the line was full. */
+  refused: number
+}
+
 export interface Figures {
   promptEvalCount: number
   evalCount: number
@@ -189,6 +211,10 @@ export interface FakeOllama {
   waitFor(predicate?: (request: RecordedRequest) => boolean, timeoutMs?: number): Promise<RecordedRequest>
   /** The first request matching that the client abandoned before the response ended. */
   waitForAbort(predicate?: (request: RecordedRequest) => boolean, timeoutMs?: number): Promise<RecordedRequest>
+  /** The slots now (`numParallel`): running, waiting, the most at once, busy time. */
+  slots(): SlotStats
+  /** Starts the slots' counts (busy time, peak, refusals) again from now. */
+  resetSlots(): void
   /** Models on disk, as /api/tags names them. */
   models(): Array<string>
   /** Models loaded, as /api/ps names them. */

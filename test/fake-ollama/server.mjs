@@ -64,6 +64,7 @@ import {
 } from "./respond.mjs"
 import { needsReload, runnerOptions } from "./runner.mjs"
 import * as shapes from "./shapes.mjs"
+import { makeSlots } from "./slots.mjs"
 import { float32Array, goJSON, nowNs, RawJSON, rfc3339Nano } from "./wire.mjs"
 import { decodeZstd, isZstd } from "./zstd.mjs"
 
@@ -108,6 +109,8 @@ export const CLOUD_URL = "https://ollama.com:443"
  * @property {number} webSearchCalls web_search calls the model makes in a row when it has the tool
  * @property {string[]} remotes hosts a model's remote_host may name (OLLAMA_REMOTES)
  * @property {boolean} recordRequests
+ * @property {number | undefined} numParallel requests generating at once (OLLAMA_NUM_PARALLEL); undefined: no limit
+ * @property {number} maxQueue requests waiting for a slot at most (OLLAMA_MAX_QUEUE)
  * @property {Promise<unknown> | undefined} ready
  * @property {((level: "DEBUG" | "INFO" | "WARN" | "ERROR", msg: string, attrs?: Record<string, unknown>, source?: string) => void) | undefined} log
  * @property {((request: RecordedRequest) => void) | undefined} onRequest
@@ -154,6 +157,8 @@ const DEFAULTS = {
   webSearchCalls: 1,
   remotes: ["ollama.com"],
   recordRequests: true,
+  numParallel: undefined,
+  maxQueue: 512,
   ready: undefined,
   log: undefined,
   onRequest: undefined,
@@ -244,6 +249,7 @@ export async function startFakeOllama(options = {}) {
   /** @type {Set<string>} blob digests stored, `sha256:<hex>` */
   const blobs = new Set()
   let pullFailuresLeft = 0
+  const slots = makeSlots(() => opts.numParallel, () => opts.maxQueue)
   let nextId = 1
   /** @type {RecordedRequest[]} */
   const requests = []
@@ -311,6 +317,10 @@ export async function startFakeOllama(options = {}) {
     /** @type {Obj | undefined} */ reqOptions
   ) {
     if (ctx.o.busy) return { error: /** @type {[number, Obj]} */ ([503, { error: BUSY_ERROR }]) }
+    // A slot of the runner, held until the answer is over (slots.mjs).
+    const slot = await slots.acquire(ctx)
+    if (slot === "busy") return { error: /** @type {[number, Obj]} */ ([503, { error: BUSY_ERROR }]) }
+    if (slot === "closed") return { closed: true }
     const runner = runnerOptions(reqOptions, Math.min(model.contextLength, ctx.o.defaultNumCtx))
     const existing = loaded.get(model.key)
     if (existing && needsReload(existing.runner, runner)) {
@@ -1453,6 +1463,10 @@ export async function startFakeOllama(options = {}) {
         options
       }
     },
+    /** The runner's slots now: the limit, running, waiting, busy time (slots.mjs). */
+    slots: () => slots.stats(),
+    /** Starts the slots' counts again from now. */
+    resetSlots: () => slots.reset(),
     /** The figures this server will report for a request body, with its current knobs. */
     expected: (/** @type {string} */ path, /** @type {unknown} */ body) =>
       expectedFigures(path, body, { tokens: opts.tokens, loadDelayMs: opts.loadDelayMs }),

@@ -38,7 +38,8 @@ const keyNamed = (name: string): KeyPolicy => ({
   disabled: false,
   metadata: undefined,
   source: "environment",
-  limits: undefined
+  limits: undefined,
+  weight: 1
 })
 
 const rethrow = (_exchange: Exchange, _consumer: ExchangeConsumer, _stage: string, cause: unknown) => {
