@@ -49,7 +49,7 @@ const VARIANTS = [
   // trips per request, for information (`info`: no verdict against the baseline either;
   // bench/limits-latency.mjs gives the latency they add).
   { name: "proxy + limits in Redis", env: { AUTHORIZATION_DEFAULT_LIMITS: "{LIMITS}", REDIS_URL: "{REDIS_URL}" }, vs: "proxy", info: true },
-  // Issue 21: dispatch to Ollama's slots with no contention (more slots than the bench's
+  // dispatch to Ollama's slots with no contention (more slots than the bench's
   // connections, so no request waits): at least 0.95 of dispatch off on both. What it does under
   // contention: bench/fairness.mjs.
   { name: "proxy + dispatch", env: { QUEUE_SLOTS: "64" }, vs: "proxy", goals: { tags: 0.95, stream: 0.95 } }

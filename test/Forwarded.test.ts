@@ -124,7 +124,9 @@ describe("MAX_CONNECTIONS_PER_ADDRESS behind a trusted proxy", () => {
       OLLAMA_HOST: slow.url,
       AUTHORIZATION_APIKEY: KEY,
       TRUSTED_PROXIES: "127.0.0.1",
-      MAX_CONNECTIONS_PER_ADDRESS: "2"
+      MAX_CONNECTIONS_PER_ADDRESS: "2",
+      // Every stream in flight at Ollama at once, none waiting for a slot (src/schedule/).
+      QUEUE_SLOTS: "0"
     })
     const port = Number(new URL(behind.url).port)
     const chat = (client: string) => {
