@@ -1,23 +1,52 @@
 /**
- * AppConfig: every environment variable the service reads, parsed and validated once at start.
- * A bad value fails start-up with an AppConfigError naming the variable; secrets stay Redacted.
+ * AppConfig: every environment variable the service reads, parsed and validated once at start,
+ * composed from the parts' own slices (OpenTelemetry's in src/telemetry/OtelConfig.ts, the request
+ * policy's in src/policy/PolicyConfig.ts) and the variables read here. The parsers and the reading
+ * helpers every slice uses are in src/config/Read.ts. A bad value fails start-up with an
+ * AppConfigError naming the variable; secrets stay Redacted.
  */
-import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { Config, Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
 import { Webhook } from "standardwebhooks"
+import {
+  AppConfigError,
+  Environment,
+  firstOf,
+  optional,
+  type Parse,
+  parseBoolean,
+  parseDuration,
+  parseHttpUrl,
+  parsePort,
+  parsePositiveDuration,
+  parsePositiveInt,
+  quoted,
+  readConfigSlice,
+  text,
+  withDefault
+} from "./config/Read.js"
 import { type KeyLimits, parseLimits } from "./limits/Table.js"
 import { didYouMean } from "./NearMiss.js"
 import { type OllamaHost, parseOllamaHost } from "./OllamaHost.js"
+import { type QueueConfig, readQueueConfig } from "./schedule/QueueConfig.js"
 import { type Scope, type ScopeName, SCOPES, scopesOf } from "./Scopes.js"
+import { type OtelConfig, readOtelConfig } from "./telemetry/OtelConfig.js"
 
-export class AppConfigError extends Data.TaggedError("AppConfigError")<{
-  readonly variable: string
-  readonly reason: string
-}> {
-  override get message() {
-    return `invalid configuration: ${this.variable}: ${this.reason}`
-  }
-}
+export {
+  AppConfigError,
+  Environment,
+  optional,
+  type Parse,
+  parseBoolean,
+  parseDuration,
+  parsePort,
+  parsePositiveInt,
+  quoted,
+  readConfigSlice,
+  withDefault
+} from "./config/Read.js"
+export type { QueueConfig } from "./schedule/QueueConfig.js"
+export type { OtelConfig, OtlpProtocol, OtlpTarget, SamplerConfig } from "./telemetry/OtelConfig.js"
 
 export type LogLevelName = "error" | "warn" | "info" | "debug"
 
@@ -112,20 +141,6 @@ export interface AppConfigShape {
   readonly queue: QueueConfig
 }
 
-/** How inference requests wait for Ollama's slots (src/schedule/). */
-export interface QueueConfig {
-  /** Inference requests in flight to Ollama at once: QUEUE_SLOTS, else OLLAMA_NUM_PARALLEL, else 1; 0 = no dispatch. */
-  readonly slots: number
-  /** OLLAMA_NUM_PARALLEL as the proxy's environment gives it; a managed Ollama without it is given `slots`. */
-  readonly ollamaNumParallel: Option.Option<number>
-  /** How long a request may wait for a slot. */
-  readonly maxWait: Duration.Duration
-  /** Requests of one key waiting at once at most. */
-  readonly maxPerKey: number
-  /** Requests waiting at once at most, every key together. */
-  readonly maxWaiting: number
-}
-
 /** An address (prefix = its full length) or a CIDR block. */
 export interface AddressBlock {
   readonly address: string
@@ -142,89 +157,8 @@ export interface LimitsStoreConfig {
   readonly onFailure: "open" | "closed"
 }
 
-export type OtlpProtocol = "http/protobuf" | "http/json"
-
-export type SamplerConfig =
-  | { readonly kind: "always_on" | "always_off" | "parentbased_always_on" | "parentbased_always_off" }
-  | { readonly kind: "traceidratio" | "parentbased_traceidratio"; readonly ratio: number }
-
-/** Where one signal (traces, metrics) is exported over OTLP/HTTP. */
-export interface OtlpTarget {
-  readonly url: URL
-  readonly protocol: OtlpProtocol
-  /** Often carries a collector's API key: Redacted until the exporter is built. */
-  readonly headers: Redacted.Redacted<Readonly<Record<string, string>>>
-}
-
-/** The standard OpenTelemetry variables the service honours. */
-export interface OtelConfig {
-  readonly serviceName: string
-  readonly resourceAttributes: Readonly<Record<string, string>>
-  /** None: no trace export, and no tracing cost on the hot path. */
-  readonly traces: Option.Option<OtlpTarget>
-  readonly metrics: Option.Option<OtlpTarget>
-  readonly metricExportInterval: Duration.Duration
-  readonly sampler: SamplerConfig
-}
-
-/** The raw environment the config is read from; tests supply their own. */
-export class Environment extends Context.Tag("app/Environment")<
-  Environment,
-  Readonly<Record<string, string | undefined>>
->() {
-  static readonly process = Layer.sync(Environment, () => ({ ...process.env }))
-  static readonly layer = (env: Record<string, string | undefined>) => Layer.succeed(Environment, env)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Value parsers: each returns the value or the reason it is wrong.
-
-export type Parse<A> = (raw: string) => Either.Either<A, string>
-
-export const quoted = (raw: string) => JSON.stringify(raw.length > 60 ? `${raw.slice(0, 60)}...` : raw)
-
-export const parsePort: Parse<number> = (raw) => {
-  const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
-  return Number.isInteger(n) && n >= 0 && n <= 65535
-    ? Either.right(n)
-    : Either.left(`${quoted(raw)} is not a port number (0-65535)`)
-}
-
-export const parseBoolean: Parse<boolean> = (raw) => {
-  const v = raw.trim().toLowerCase()
-  if (["true", "1", "yes", "on"].includes(v)) return Either.right(true)
-  if (["false", "0", "no", "off"].includes(v)) return Either.right(false)
-  return Either.left(`${quoted(raw)} is not a boolean (true or false)`)
-}
-
-const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
-
-/** `500ms`, `10s`, `2m`, `1h`, or a plain number of seconds. */
-export const parseDuration: Parse<Duration.Duration> = (raw) => {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/i.exec(raw)
-  if (!match) return Either.left(`${quoted(raw)} is not a duration (like 500ms, 10s, 2m, or seconds)`)
-  const unit = (match[2] ?? "s").toLowerCase()
-  return Either.right(Duration.millis(Number(match[1]) * durationUnits[unit]!))
-}
-
-const parsePositiveDuration: Parse<Duration.Duration> = (raw) =>
-  Either.flatMap(
-    parseDuration(raw),
-    (d) => Duration.toMillis(d) > 0 ? Either.right(d) : Either.left(`${quoted(raw)} must be longer than 0`)
-  )
-
-export const parsePositiveInt: Parse<number> = (raw) => {
-  const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
-  return Number.isSafeInteger(n) && n > 0 ? Either.right(n) : Either.left(`${quoted(raw)} is not a positive integer`)
-}
-
-const parseCount: Parse<number> = (raw) => {
-  const n = /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN
-  return Number.isSafeInteger(n) ? Either.right(n) : Either.left(`${quoted(raw)} is not a whole number (0 or more)`)
-}
-
-/** OLLAMA_NUM_PARALLEL as Ollama reads it (envconfig.Uint, then max(n, 1) in server/sched.go). */
-const parseNumParallel: Parse<number> = (raw) => Either.map(parseCount(raw), (n) => Math.max(n, 1))
 
 /** Addresses and CIDR blocks, IPv4 or IPv6, separated by commas or spaces. */
 export const parseAddressBlocks: Parse<ReadonlyArray<AddressBlock>> = (raw) => {
@@ -283,16 +217,6 @@ const parseLogLevel: Parse<LogLevelName> = (raw) => {
     : Either.left(`${quoted(raw)} is not a log level (error, warn, info, debug)`)
 }
 
-const parseHttpUrl: Parse<URL> = (raw) => {
-  try {
-    const url = new URL(raw.trim())
-    if (url.protocol === "http:" || url.protocol === "https:") return Either.right(url)
-  } catch {
-    // reported below
-  }
-  return Either.left(`${quoted(raw)} is not an http(s) URL`)
-}
-
 /**
  * HEALTH_CHECK_PATH, the path RunPod's load balancer polls instead of `/ping` when set (its
  * load-balancing overview, "Health checks": https://docs.runpod.io/serverless/load-balancing/overview).
@@ -340,97 +264,8 @@ const parseKeepAlive: Parse<string | number> = (raw) => {
   return Either.left(`${quoted(raw)} is not a keep-alive (seconds, -1, or a duration like 5m)`)
 }
 
-/** `key=value` pairs separated by commas, values percent-encoded (OTEL_RESOURCE_ATTRIBUTES, *_HEADERS). */
-const parseKeyValues = (what: string, echo: boolean): Parse<Record<string, string>> => (raw) => {
-  const out: Record<string, string> = {}
-  for (const item of raw.split(",")) {
-    if (item.trim() === "") continue
-    const eq = item.indexOf("=")
-    const key = eq > 0 ? item.slice(0, eq).trim() : ""
-    let value: string | undefined
-    try {
-      value = eq > 0 ? decodeURIComponent(item.slice(eq + 1).trim()) : undefined
-    } catch {
-      value = undefined
-    }
-    // Header values may be credentials: the reason names the shape, never the text.
-    if (key === "" || value === undefined) {
-      return Either.left(`${echo ? `${quoted(item)} in ` : ""}not a list of ${what} (key=value,key=value)`)
-    }
-    out[key] = value
-  }
-  return Either.right(out)
-}
-
-const OTLP_PROTOCOLS: ReadonlyArray<OtlpProtocol> = ["http/protobuf", "http/json"]
-
-const parseOtlpProtocol: Parse<OtlpProtocol> = (raw) => {
-  const v = raw.trim().toLowerCase()
-  return OTLP_PROTOCOLS.includes(v as OtlpProtocol)
-    ? Either.right(v as OtlpProtocol)
-    : Either.left(`${quoted(raw)} is not supported (http/protobuf or http/json; grpc is not built in)`)
-}
-
-/** OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER: OTLP, or none to switch one signal off. */
-const parseExporter: Parse<"otlp" | "none"> = (raw) => {
-  const v = raw.trim().toLowerCase()
-  return v === "otlp" || v === "none" ? Either.right(v) : Either.left(`${quoted(raw)} is not supported (otlp or none)`)
-}
-
-const SAMPLERS = [
-  "always_on",
-  "always_off",
-  "traceidratio",
-  "parentbased_always_on",
-  "parentbased_always_off",
-  "parentbased_traceidratio"
-] as const
-
-const parseSamplerName: Parse<(typeof SAMPLERS)[number]> = (raw) => {
-  const v = raw.trim().toLowerCase()
-  const found = SAMPLERS.find((s) => s === v)
-  return found ? Either.right(found) : Either.left(`${quoted(raw)} is not a sampler (${SAMPLERS.join(", ")})`)
-}
-
-const parseRatio: Parse<number> = (raw) => {
-  const n = raw.trim() === "" ? NaN : Number(raw)
-  return n >= 0 && n <= 1 ? Either.right(n) : Either.left(`${quoted(raw)} is not a ratio between 0 and 1`)
-}
-
-/** The OpenTelemetry spec gives export intervals in milliseconds; `10s` and the like are accepted too. */
-const parseMillis: Parse<Duration.Duration> = (raw) =>
-  /^\s*\d+\s*$/.test(raw)
-    ? Number(raw) > 0 ? Either.right(Duration.millis(Number(raw))) : Either.left(`${quoted(raw)} must be more than 0`)
-    : parseDuration(raw)
-
-/** A base endpoint gets the signal's path; a signal endpoint is used as given. */
-const signalUrl = (base: URL, path: string) => new URL(`${base.href.replace(/\/+$/, "")}/${path}`)
-
 // ---------------------------------------------------------------------------------------------
 // Reading variables through Effect Config, so the provider decides where values come from.
-
-const invalid = (variable: string, reason: string) => ConfigError.InvalidData([variable], reason)
-
-/** An optional variable; empty counts as unset (templates often set empty values). */
-export const optional = <A>(name: string, parse: Parse<A>): Config.Config<Option.Option<A>> =>
-  Config.option(Config.string(name)).pipe(
-    Config.mapOrFail((raw) => {
-      if (Option.isNone(raw) || raw.value.trim() === "") return Either.right(Option.none())
-      return Either.match(parse(raw.value), {
-        onLeft: (reason) => Either.left(invalid(name, reason)),
-        onRight: (a) => Either.right(Option.some(a))
-      })
-    })
-  )
-
-export const withDefault = <A>(name: string, parse: Parse<A>, fallback: A) =>
-  optional(name, parse).pipe(Config.map(Option.getOrElse(() => fallback)))
-
-/** The first of several names that is set (`PORT`, then the older `AUTHORIZATION_PORT`). */
-const firstOf = <A>(names: ReadonlyArray<string>, parse: Parse<A>) =>
-  Config.all(names.map((name) => optional(name, parse))).pipe(Config.map((values) => Option.firstSomeOf(values)))
-
-const text: Parse<string> = (raw) => Either.right(raw.trim())
 
 /** A comma-separated list of scopes; `all` is every scope. */
 const parseScopes: Parse<ReadonlySet<Scope>> = (raw) => {
@@ -525,86 +360,8 @@ const fromConfig = Config.all({
   defaultLimits: withDefault<KeyLimits | undefined>("AUTHORIZATION_DEFAULT_LIMITS", parseLimits, undefined),
   redisUrl: optional("REDIS_URL", parseRedisUrl),
   limitsStoreTimeout: withDefault("LIMITS_STORE_TIMEOUT", parsePositiveDuration, Duration.millis(200)),
-  limitsOnStoreFailure: withDefault<"open" | "closed">("LIMITS_ON_STORE_FAILURE", parseStoreFailure, "open"),
-  queueSlots: optional("QUEUE_SLOTS", parseCount),
-  ollamaNumParallel: optional("OLLAMA_NUM_PARALLEL", parseNumParallel),
-  queueMaxWait: withDefault("QUEUE_MAX_WAIT", parsePositiveDuration, Duration.seconds(60)),
-  queueMaxPerKey: withDefault("QUEUE_MAX_PER_KEY", parsePositiveInt, 100),
-  queueMax: withDefault("QUEUE_MAX", parsePositiveInt, 512),
-  otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
-  otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
-  otelResourceAttributes: withDefault("OTEL_RESOURCE_ATTRIBUTES", parseKeyValues("attributes", true), {}),
-  otelEndpoint: optional("OTEL_EXPORTER_OTLP_ENDPOINT", parseHttpUrl),
-  otelTracesEndpoint: optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", parseHttpUrl),
-  otelMetricsEndpoint: optional("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", parseHttpUrl),
-  otelHeaders: withDefault("OTEL_EXPORTER_OTLP_HEADERS", parseKeyValues("headers", false), {}),
-  otelTracesHeaders: withDefault("OTEL_EXPORTER_OTLP_TRACES_HEADERS", parseKeyValues("headers", false), {}),
-  otelMetricsHeaders: withDefault("OTEL_EXPORTER_OTLP_METRICS_HEADERS", parseKeyValues("headers", false), {}),
-  otelProtocol: withDefault<OtlpProtocol>("OTEL_EXPORTER_OTLP_PROTOCOL", parseOtlpProtocol, "http/protobuf"),
-  otelTracesProtocol: optional("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", parseOtlpProtocol),
-  otelMetricsProtocol: optional("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", parseOtlpProtocol),
-  otelTracesExporter: withDefault("OTEL_TRACES_EXPORTER", parseExporter, "otlp"),
-  otelMetricsExporter: withDefault("OTEL_METRICS_EXPORTER", parseExporter, "otlp"),
-  otelSampler: withDefault("OTEL_TRACES_SAMPLER", parseSamplerName, "parentbased_always_on"),
-  otelSamplerArg: optional("OTEL_TRACES_SAMPLER_ARG", parseRatio),
-  otelMetricExportInterval: withDefault("OTEL_METRIC_EXPORT_INTERVAL", parseMillis, Duration.seconds(60))
+  limitsOnStoreFailure: withDefault<"open" | "closed">("LIMITS_ON_STORE_FAILURE", parseStoreFailure, "open")
 })
-
-type RawConfig = Config.Config.Success<typeof fromConfig>
-
-const otelConfig = (raw: RawConfig): OtelConfig => {
-  const target = (
-    signal: "traces" | "metrics",
-    exporter: "otlp" | "none",
-    endpoint: Option.Option<URL>,
-    headers: Record<string, string>,
-    protocol: Option.Option<OtlpProtocol>
-  ): Option.Option<OtlpTarget> => {
-    if (raw.otelSdkDisabled || exporter === "none") return Option.none()
-    const url = Option.orElse(endpoint, () => Option.map(raw.otelEndpoint, (base) => signalUrl(base, `v1/${signal}`)))
-    return Option.map(url, (url) => ({
-      url,
-      protocol: Option.getOrElse(protocol, () => raw.otelProtocol),
-      headers: Redacted.make({ ...raw.otelHeaders, ...headers })
-    }))
-  }
-  const ratio = Option.getOrElse(raw.otelSamplerArg, () => 1)
-  return {
-    serviceName: raw.otelServiceName,
-    resourceAttributes: raw.otelResourceAttributes,
-    traces: target("traces", raw.otelTracesExporter, raw.otelTracesEndpoint, raw.otelTracesHeaders, raw.otelTracesProtocol),
-    metrics: target("metrics", raw.otelMetricsExporter, raw.otelMetricsEndpoint, raw.otelMetricsHeaders, raw.otelMetricsProtocol),
-    metricExportInterval: raw.otelMetricExportInterval,
-    sampler: raw.otelSampler === "traceidratio" || raw.otelSampler === "parentbased_traceidratio"
-      ? { kind: raw.otelSampler, ratio }
-      : { kind: raw.otelSampler }
-  }
-}
-
-/** The first invalid variable named in a ConfigError, as one line. */
-const toAppConfigError = (error: ConfigError.ConfigError): AppConfigError => {
-  const find = (e: ConfigError.ConfigError): AppConfigError | undefined => {
-    switch (e._op) {
-      case "And":
-      case "Or":
-        return find(e.left) ?? find(e.right)
-      case "InvalidData":
-      case "MissingData":
-      case "SourceUnavailable":
-      case "Unsupported":
-        return new AppConfigError({ variable: e.path.join("_") || "environment", reason: e.message })
-    }
-  }
-  return find(error) ?? new AppConfigError({ variable: "environment", reason: String(error) })
-}
-
-/** A part's own slice of the environment, read as AppConfig reads its own: a bad value fails with the variable's name. */
-export const readConfigSlice = <A>(config: Config.Config<A>) =>
-  Effect.gen(function*() {
-    const env = yield* Environment
-    const provider = ConfigProvider.fromMap(new Map(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)))
-    return yield* Effect.withConfigProvider(config, provider).pipe(Effect.mapError(toAppConfigError))
-  })
 
 export const loadAppConfig = Effect.gen(function*() {
   const env = yield* Environment
@@ -669,14 +426,8 @@ export const loadAppConfig = Effect.gen(function*() {
     maxConnections: raw.maxConnections,
     maxConnectionsPerAddress: raw.maxConnectionsPerAddress,
     trustedProxies: raw.trustedProxies,
-    otel: otelConfig(raw),
-    queue: {
-      slots: Option.getOrElse(raw.queueSlots, () => Option.getOrElse(raw.ollamaNumParallel, () => 1)),
-      ollamaNumParallel: raw.ollamaNumParallel,
-      maxWait: raw.queueMaxWait,
-      maxPerKey: raw.queueMaxPerKey,
-      maxWaiting: raw.queueMax
-    }
+    otel: yield* readOtelConfig,
+    queue: yield* readQueueConfig
   }
   return config
 })

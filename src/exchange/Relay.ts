@@ -249,14 +249,18 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
               ...clientResponseHeaders(whole.headers, requestId, exchange.responseHeaders),
               "content-length": out.length
             })
+            exchange.finish("completed")
             res.end(out)
-            return exchange.finish("completed")
+            return
           }
           flush()
           const held = filter?.end()
           if (held !== undefined && held.length > 0) res.write(held)
-          res.end()
+          // The exchange is over before the client can see its end: its usage record is in the
+          // outbox (a synchronous write) before the last bytes are written, so a worker killed in
+          // between never leaves a completed answer without its record.
           exchange.finish("completed")
+          res.end()
         },
         onResponseError(_c, error) {
           // What Ollama sent before failing still reaches the client, as it would unbatched.

@@ -329,7 +329,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
         }
         return
       }
-      state.charged = store.charge(request).then(
+      const charged = store.charge(request).then(
         (usage) => {
           answered()
           setGauges(name, plan, usage)
@@ -340,8 +340,11 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
           payLater(name, plan, model, tokens)
         }
       )
-      pending.add(state.charged)
-      void state.charged.then(() => pending.delete(state.charged!))
+      pending.add(charged)
+      void charged.then(() => pending.delete(charged))
+      // Only a key with limits has totals for its record to carry (key_period_totals): the record
+      // of any other key is written at once, not a Redis round trip after its answer ended.
+      if (exchange.caller.key?.limits !== undefined) state.charged = charged
     }
     const pending = new Set<Promise<void>>()
 
