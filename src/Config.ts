@@ -28,6 +28,7 @@ import {
 import { type KeyLimits, parseLimits } from "./limits/Table.js"
 import { didYouMean } from "./NearMiss.js"
 import { type OllamaHost, parseOllamaHost } from "./OllamaHost.js"
+import { parseGoDuration } from "./policy/GoDuration.js"
 import { type QueueConfig, readQueueConfig } from "./schedule/QueueConfig.js"
 import { type Scope, type ScopeName, SCOPES, scopesOf } from "./Scopes.js"
 import { type OtelConfig, readOtelConfig } from "./telemetry/OtelConfig.js"
@@ -235,25 +236,16 @@ export const parseHealthPath: Parse<`/${string}`> = (raw) => {
 /** What `ollama serve` is given for OLLAMA_LOAD_TIMEOUT when it is unset, as RunPod's own Ollama worker does. */
 export const DEFAULT_LOAD_TIMEOUT = "60m"
 
-const GO_UNITS: Record<string, number> = { ns: 1e-6, us: 1e-3, "µs": 1e-3, "μs": 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
-
 /**
- * OLLAMA_LOAD_TIMEOUT as Ollama reads it (envconfig.LoadTimeout): a Go duration (`10m`, `1h30m`)
- * or whole seconds; 0 or less means no limit.
+ * OLLAMA_LOAD_TIMEOUT as Ollama reads it (envconfig.LoadTimeout): a Go duration (`10m`, `1h30m`,
+ * time.ParseDuration's rules, as the request policy reads keep_alive) or whole seconds; 0 or less
+ * means no limit.
  */
 export const parseLoadTimeout: Parse<Duration.Duration> = (raw) => {
   const v = raw.trim()
-  let millis: number
-  if (/^[-+]?\d+$/.test(v)) {
-    millis = Number(v) * 1000
-  } else if (/^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$/.test(v)) {
-    const sign = v.startsWith("-") ? -1 : 1
-    millis = sign * [...v.matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/g)]
-      .reduce((sum, m) => sum + Number(m[1]) * GO_UNITS[m[2]!]!, 0)
-  } else {
-    return Either.left(`${quoted(raw)} is not a duration (like 10m, 1h30m, or seconds)`)
-  }
-  return Either.right(millis > 0 ? Duration.millis(millis) : Duration.infinity)
+  const ns = /^[-+]?\d+$/.test(v) ? Number(v) * 1e9 : parseGoDuration(v)
+  if (ns === undefined) return Either.left(`${quoted(raw)} is not a duration (like 10m, 1h30m, or seconds)`)
+  return Either.right(ns > 0 ? Duration.millis(ns / 1e6) : Duration.infinity)
 }
 
 /** Ollama's keep_alive: a number of seconds (negative = forever) or a duration string like `5m`. */
