@@ -383,9 +383,11 @@ describe("connection caps", () => {
       // was seen closing 0.5 ms past the timeout.
       const refusedAfter = refusedNow.map((s) => s.closedAfterMs).sort((a, b) => a - b)
       expect(refusedAfter[Math.floor(refusedAfter.length / 2)]).toBeLessThan(HEADERS_TIMEOUT_MS / 2)
+      // Held ones end at the headers timeout, not before; closing hundreds at once on a loaded
+      // 2-core machine was seen to take up to 1.1 s past it (a fresh CI run), so the bound is loose.
       for (const s of held) {
         expect(s.closedAfterMs).toBeGreaterThanOrEqual(HEADERS_TIMEOUT_MS - 20)
-        expect(s.closedAfterMs).toBeLessThan(HEADERS_TIMEOUT_MS + 1000)
+        expect(s.closedAfterMs).toBeLessThan(HEADERS_TIMEOUT_MS + 2500)
       }
 
       expect(stream.between(started, ended)).toBeGreaterThan(0)
