@@ -92,7 +92,7 @@ export type PolicyResult = { readonly refusal: Refusal } | PolicyOutcome
 const RUNNER_OPTIONS = ["num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict"] as const
 
 /** Fields read once each: a body that names one twice is refused rather than merged the way Go merges. */
-const GOVERNED = [
+const GOVERNED = new Set([
   "model",
   "name",
   "stream",
@@ -106,7 +106,7 @@ const GOVERNED = [
   "max_tokens",
   "max_output_tokens",
   "prompt"
-]
+])
 
 const bad = (message: string): Refusal => ({ status: 400, message })
 
@@ -145,14 +145,20 @@ export const evaluateRequest = (input: PolicyInput): PolicyResult => {
 
 const evaluate = ({ body, isRemote, key, operator, route }: PolicyInput): PolicyResult => {
   const object = readBodyObject(body)
-  for (const field of GOVERNED) {
-    if (membersNamed(object, field).length > 1) {
+  // One pass over the members: each governed field's members, in order.
+  const governed = new Map<string, Array<Member>>()
+  for (const m of object.members) {
+    if (!GOVERNED.has(m.key)) continue
+    const seen = governed.get(m.key)
+    if (seen === undefined) governed.set(m.key, [m])
+    else {
+      seen.push(m)
       throw new Refused(
-        bad(field === "model" ? "the request names its model more than once" : `the request names "${field}" more than once`)
+        bad(m.key === "model" ? "the request names its model more than once" : `the request names "${m.key}" more than once`)
       )
     }
   }
-  const one = (field: string): Member | undefined => membersNamed(object, field)[0]
+  const one = (field: string): Member | undefined => governed.get(field)?.[0]
   const value = (field: string): unknown => {
     const member = one(field)
     return member === undefined ? undefined : valueOf(body, member)
