@@ -5,6 +5,7 @@
  * every exchange whose response reached the client has exactly one record at the receiver once
  * deliveries are deduplicated by `webhook-id`, and every delivery verifies.
  */
+import { Redis } from "ioredis"
 import { randomBytes, randomUUID } from "node:crypto"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -183,4 +184,56 @@ describe("Redis stopped mid-run", () => {
       await redis.close()
     }
   }, 30_000)
+})
+
+describe("the Redis outbox of one worker", () => {
+  it("listens only once its Redis answers and the consumer group is made, so a first record's XADD is sent at once", async () => {
+    const redis = await startRedis()
+    const worker = await spawnProxy({ ...baseEnv(), REDIS_URL: redis.url })
+    const client = new Redis(redis.url)
+    try {
+      // Without the wait, the group was made by the first record (one round trip after the
+      // client's last bytes) or by the claim loop half a second later.
+      const groups = await client.xinfo("GROUPS", "ollama-proxy:usage-outbox") as Array<Array<unknown>>
+      expect(groups.map((g) => g[g.indexOf("name") + 1])).toEqual(["webhook"])
+      expect(worker.lines.some((l) => String(l.msg).startsWith("usage outbox: Redis"))).toBe(false)
+    } finally {
+      client.disconnect()
+      await worker.kill()
+      await redis.close()
+    }
+  }, 30_000)
+
+  it(
+    "sends again a record it gave up on (WEBHOOK_MAX_RETRY_TIME), once idle for USAGE_OUTBOX_CLAIM_IDLE, with no other worker",
+    async () => {
+      const redis = await startRedis()
+      let refusing = true
+      const flaky = await startWebhook(() => ({ status: refusing ? 503 : 204 }))
+      const worker = await spawnProxy({
+        ...baseEnv(),
+        REDIS_URL: redis.url,
+        USER_MODEL_METRICS_WEBHOOK_URL: flaky.url,
+        WEBHOOK_MAX_RETRY_TIME: "200ms"
+      })
+      try {
+        const res = await fetch(`${worker.url}/api/generate`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${KEY}`, "x-request-id": "kept-1", "content-type": "application/json" },
+          body: JSON.stringify({ model: "llama3.2", prompt: "Hi", stream: false })
+        })
+        expect(res.status).toBe(200)
+        await worker.waitForLine((l) => l.msg === "usage records left in the outbox")
+        refusing = false
+        // Before, the worker held the entry as its own, re-claimed it on every pass and never sent it.
+        await flaky.until(() => flaky.accepted().some((r) => r.request_id === "kept-1"), 15_000)
+        expect(flaky.accepted().filter((r) => r.request_id === "kept-1")).toHaveLength(1)
+      } finally {
+        await worker.kill()
+        await flaky.close()
+        await redis.close()
+      }
+    },
+    30_000
+  )
 })

@@ -19,6 +19,11 @@ export interface Outbox {
   readonly add: (item: Outgoing, ready: () => void) => void
   /** The webhook acknowledged these (or refused them, and they were logged): they go. */
   readonly ack: (items: ReadonlyArray<Outgoing>) => void
+  /**
+   * The webhook did not take these and this worker stops trying: they stay in the outbox for a
+   * later claim (this worker's or another's), not held as if still on their way.
+   */
+  readonly release: (items: ReadonlyArray<Outgoing>) => void
   /** Whether a record the webhook did not take stays here for later (else it is logged). */
   readonly durable: boolean
   /**
@@ -26,6 +31,12 @@ export interface Outbox {
    * Called at start and then periodically.
    */
   readonly claim: () => Promise<ReadonlyArray<Outgoing>>
+  /**
+   * Resolves true once the outbox can take records durably, false when `waitMs` passes first.
+   * Awaited before the server listens: a worker that took requests before its Redis answered
+   * would put their records in the fallback (memory, without a spool), lost if it is killed.
+   */
+  readonly ready: (waitMs: number) => Promise<boolean>
   readonly close: () => Promise<void>
 }
 
@@ -34,6 +45,8 @@ export const memoryOutbox: Outbox = {
   durable: false,
   add: (_item, ready) => ready(),
   ack: () => {},
+  release: () => {},
   claim: () => Promise.resolve([]),
+  ready: () => Promise.resolve(true),
   close: () => Promise.resolve()
 }

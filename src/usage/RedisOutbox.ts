@@ -146,6 +146,14 @@ export const redisOutbox = (options: RedisOutboxOptions): Outbox => {
       // again, and the receiver drops the duplicate by webhook-id.
       redis.multi().xack(stream, GROUP, ...ids).xdel(stream, ...ids).exec().then(succeeded, failed)
     },
+    release: (items) => {
+      const rest: Array<Outgoing> = []
+      // Forgotten here, the entry stays pending: once idle for the claim time, the next claim
+      // (this worker's too) delivers it again. Held, this worker would re-claim it for ever
+      // without sending it, and with one worker it would never go.
+      for (const item of items) if (!entries.delete(item.id)) rest.push(item)
+      if (rest.length > 0) options.fallback.release(rest)
+    },
     claim: async () => {
       const fromFallback = await options.fallback.claim()
       if (redis.status !== "ready") return fromFallback
@@ -165,6 +173,23 @@ export const redisOutbox = (options: RedisOutboxOptions): Outbox => {
         failed(error as Error)
         return fromFallback
       }
+    },
+    ready: async (waitMs) => {
+      const connected = redis.status === "ready" || await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => {
+          redis.off("ready", onReady)
+          resolve(false)
+        }, waitMs)
+        const onReady = () => {
+          clearTimeout(timer)
+          resolve(true)
+        }
+        redis.once("ready", onReady)
+      })
+      if (!connected) return false
+      // The group exists before the first record: else that record's XADD would wait a round
+      // trip for it and reach Redis after the client's last bytes.
+      return ensureGroup().then(() => true, () => false)
     },
     close: async () => {
       await options.fallback.close()

@@ -180,6 +180,9 @@ export const openSpool = (dir: string): SpoolOutbox => {
       replayed = undefined
       return Promise.resolve(out)
     },
+    // Kept in the file: the next start replays it.
+    release: () => {},
+    ready: () => Promise.resolve(true),
     close: () => {
       if (timer !== undefined) clearTimeout(timer)
       sync()

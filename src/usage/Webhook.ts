@@ -42,6 +42,9 @@ export const webhookDisabled = Metric.gauge("usage.webhook.disabled", {
 })
 
 /** What every later POST to a webhook that answered 410 comes to, without being sent. */
+/** How long start-up waits for the outbox's Redis, as the limits wait for theirs. */
+const OUTBOX_READY_WAIT_MS = 2000
+
 const GONE = new WebhookRejected({ status: 410, retryAfter: undefined })
 
 export interface UsageWebhookShape {
@@ -116,6 +119,11 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
       ),
       (outbox) => Effect.promise(() => outbox.close())
     )
+    // Bounded like the limits' wait: a Redis that is down at start leaves the worker serving,
+    // with records in the fallback until Redis answers (said once in the log above).
+    if (!(yield* Effect.promise(() => outbox.ready(OUTBOX_READY_WAIT_MS)))) {
+      yield* Effect.logWarning("usage outbox: Redis did not answer at start, records go to the " + fallback.mode)
+    }
 
     const logUndelivered = (records: ReadonlyArray<Outgoing | UsageRecord>, reason: string, outcome: "failed" | "dropped") =>
       Effect.forEach(records, (record) =>
@@ -128,6 +136,7 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     /** Not taken by the webhook: left in a durable outbox for later, else logged. */
     const keep = (batch: Batch, reason: string) => {
       if (!outbox.durable) return logUndelivered(batch.records, reason, "failed")
+      outbox.release(batch.records)
       webhookRecords.unsafeUpdate(batch.records.length, webhookRecordLabels("kept"))
       return Effect.logWarning("usage records left in the outbox").pipe(
         Effect.annotateLogs({ reason, records: batch.records.length, outbox: outbox.mode })
