@@ -4,7 +4,16 @@
  */
 import { describe, expect, it } from "vitest"
 import { ConsumerOrderError, orderConsumers } from "../src/exchange/Consumers.js"
-import { type ExchangeConsumer, type ExchangeRewrite, filterOf, type Provision, replacementOf } from "../src/exchange/Exchange.js"
+import {
+  type Exchange,
+  type ExchangeConsumer,
+  type ExchangeRewrite,
+  filterOf,
+  type Provision,
+  replacementOf,
+  writerOf,
+  type Written
+} from "../src/exchange/Exchange.js"
 
 const consumer = (
   name: string,
@@ -72,5 +81,39 @@ describe("rewrites of one answer", () => {
     const plain = filterOf([dropX, holding], 200, {})!
     expect(plain.push(Buffer.from("axb")).length).toBe(0)
     expect(plain.end().toString()).toBe("ab")
+  })
+})
+
+describe("the fields written as an exchange runs", () => {
+  it("have one writer each: the part that owns a field took it at load, and a second part cannot", async () => {
+    // Loading the parts takes their writers, as the service's start does.
+    await import("../src/exchange/Boundary.js")
+    await import("../src/limits/Limits.js")
+    await import("../src/schedule/Scheduler.js")
+    await import("../src/telemetry/Telemetry.js")
+    const fields: ReadonlyArray<[keyof Written, string]> = [
+      ["span", "telemetry"],
+      ["limits", "the limits"],
+      ["limitHeaders", "the limits"],
+      ["queueWaitMs", "the schedule"],
+      ["checked", "the boundary"]
+    ]
+    for (const [field, owner] of fields) {
+      expect(() => writerOf(field, "a usage consumer")).toThrow(
+        `Exchange.${field} is written by ${owner} only; a usage consumer cannot write it too`
+      )
+    }
+  })
+
+  it("are read-only on the exchange: writing one is a type error", () => {
+    const writeAround = (exchange: Exchange) => {
+      // @ts-expect-error only telemetry writes the span
+      exchange.span = undefined
+      // @ts-expect-error only the schedule writes the wait
+      exchange.queueWaitMs = 0
+      // @ts-expect-error only the limits write what they did
+      exchange.limits = undefined
+    }
+    expect(typeof writeAround).toBe("function")
   })
 })

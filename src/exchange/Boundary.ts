@@ -65,7 +65,8 @@ import {
   ExchangeAdmission,
   ExchangeConsumers,
   openWatches,
-  RemoteModelList
+  RemoteModelList,
+  writerOf
 } from "./Exchange.js"
 import { isPreflight, requestIdOf } from "./Headers.js"
 import { includeUsageRewrite } from "./IncludeUsage.js"
@@ -86,6 +87,9 @@ const exchangeFailures = Metric.counter("ollama_proxy.exchange.failures", {
 })
 
 /** A CORS preflight carries no key by design: Ollama's CORS layer answers it. */
+/** The boundary alone decides whether a body is read whole and checked. */
+const writeChecked = writerOf("checked", "the boundary")
+
 const PREFLIGHT = { ok: true, key: null } as const
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
@@ -170,7 +174,7 @@ export class ExchangeBoundary extends Effect.Service<ExchangeBoundary>()("app/Ex
         if (req.method === "GET" && listsModels(route)) exchange.rewrites.push(modelListFilter(key.models, route, remote.isRemote))
       }
       // A key's rules and the request policy read the body whole; so does metering that must ask for usage.
-      exchange.checked = readsModelInBody(route) && (key !== null || asksForUsage(route))
+      writeChecked(exchange, readsModelInBody(route) && (key !== null || asksForUsage(route)))
       if (asksForUsage(route)) exchange.rewrites.push(includeUsageRewrite(route, exchange.reading))
       if (key?.limits !== undefined) return admission.admit(exchange, key.limits, forward)
       forward(exchange)

@@ -128,7 +128,7 @@ export const openWatches = (exchange: Exchange, consumers: ReadonlyArray<Exchang
       failed(exchange, consumer, "start", cause)
     }
   }
-  exchange.watches = watches
+  exchange[OPENED] = watches
 }
 
 /** Ends every watch of a finished exchange, each on its own. */
@@ -205,30 +205,55 @@ const incomingTraceParent = (req: IncomingMessage): Tracer.ExternalSpan | undefi
 
 const NO_WATCHES: ReadonlyArray<OpenWatch> = []
 
+/**
+ * The fields of an exchange written as it runs, each by one part of the service. The part that
+ * owns a field takes its writer once, when its module loads (`writerOf`); every other part reads
+ * the field on the Exchange, where it is read-only. So no field has two writers whose order
+ * matters, and a part that reads a field declares, as a consumer, that it comes after the writer.
+ */
+export interface Written {
+  /** Telemetry (src/telemetry/Telemetry.ts): the span the exchange is traced under. */
+  span: Tracer.ExternalSpan | undefined
+  /** Limits (src/limits/Limits.ts): what the key's limits did with the exchange. */
+  limits: ExchangeLimits | undefined
+  /** Limits: the key's rate-limit headers, for the answer from Ollama. */
+  limitHeaders: OutgoingHttpHeaders | undefined
+  /** The schedule (src/schedule/Scheduler.ts): how long the request waited for a slot. */
+  queueWaitMs: number | null
+  /** The boundary (Boundary.ts): the body is read whole and checked before it goes on. */
+  checked: boolean
+}
+
+/** Where an exchange keeps its written fields: reachable only through this module's writers. */
+const WRITTEN = Symbol("written")
+/** Where it keeps its consumers' watches: written by openWatches only. */
+const OPENED = Symbol("opened")
+
+const writers = new Map<keyof Written, string>()
+
+/**
+ * The writer of one field, for the part that owns it: taken once per process, at module load. A
+ * second part asking for the same field fails at start, naming both.
+ */
+export const writerOf = <K extends keyof Written>(field: K, owner: string): (exchange: Exchange, value: Written[K]) => void => {
+  const taken = writers.get(field)
+  if (taken !== undefined) throw new Error(`Exchange.${field} is written by ${taken} only; ${owner} cannot write it too`)
+  writers.set(field, owner)
+  return (exchange, value) => {
+    exchange[WRITTEN][field] = value
+  }
+}
+
 export class Exchange {
-  readonly reading: Reading
-  /** The consumers watching this exchange; set by the boundary once they are open. */
-  watches: ReadonlyArray<OpenWatch> = NO_WATCHES
-  /**
-   * The span this exchange is traced under, set by the consumer that traces it. Work the exchange
-   * causes after it ends (the usage POST) continues it.
-   */
-  span: Tracer.ExternalSpan | undefined = undefined
+  readonly reading: Reading;
+  /** The consumers watching this exchange; set by openWatches once they are open. */
+  [OPENED]: ReadonlyArray<OpenWatch> = NO_WATCHES
   /** The changes the proxy makes to this exchange's answer, applied in the order they were added. */
   readonly rewrites: Array<ExchangeRewrite> = []
-  /**
-   * The body is read whole and checked before it goes on (src/policy/BodyCheck.ts): decoded and
-   * read as Ollama reads it, the key's model and the request policy applied, usage asked for.
-   */
-  checked = false
-  /** Why the proxy refused the request, when it did (for the access line and the span). */
-  refusal: string | undefined = undefined
-  /** What the key's limits did with this exchange (src/limits/); undefined for a key without limits. */
-  limits: ExchangeLimits | undefined = undefined
-  /** How long it waited for a slot of Ollama's (src/schedule/); null when it did not ask for one. */
-  queueWaitMs: number | null = null
-  /** Headers of the proxy's own for the answer from Ollama (a key's rate limits). */
-  responseHeaders: OutgoingHttpHeaders | undefined = undefined
+  /** Why the proxy refused the request, when it did (for the access line and the span); set by refuse. */
+  private refusedFor: string | undefined = undefined
+  /** The fields written as the exchange runs, each by its one writer (`writerOf`). */
+  readonly [WRITTEN]: Written = { span: undefined, limits: undefined, limitHeaders: undefined, queueWaitMs: null, checked: false }
   private over = false
 
   readonly requestId: string
@@ -271,10 +296,49 @@ export class Exchange {
     this.reading = new Reading(arrived.route, arrived.readers, arrived.caller.key !== null || asksForUsage(arrived.route))
   }
 
+  get watches(): ReadonlyArray<OpenWatch> {
+    return this[OPENED]
+  }
+
+  /**
+   * The span this exchange is traced under (telemetry's). Work the exchange causes after it ends
+   * (the usage POST) continues it.
+   */
+  get span(): Tracer.ExternalSpan | undefined {
+    return this[WRITTEN].span
+  }
+
+  /** What the key's limits did with this exchange; undefined for a key without limits. */
+  get limits(): ExchangeLimits | undefined {
+    return this[WRITTEN].limits
+  }
+
+  /** The key's rate-limit headers for the answer from Ollama. */
+  get limitHeaders(): OutgoingHttpHeaders | undefined {
+    return this[WRITTEN].limitHeaders
+  }
+
+  /** How long it waited for a slot of Ollama's; null when it did not ask for one. */
+  get queueWaitMs(): number | null {
+    return this[WRITTEN].queueWaitMs
+  }
+
+  /**
+   * The body is read whole and checked before it goes on (src/policy/BodyCheck.ts): decoded and
+   * read as Ollama reads it, the key's model and the request policy applied, usage asked for.
+   */
+  get checked(): boolean {
+    return this[WRITTEN].checked
+  }
+
+  get refusal(): string | undefined {
+    return this.refusedFor
+  }
+
   /** The request is about to go to Ollama with these headers. */
   upstream(headers: UpstreamHeaders): void {
     this.reading.upstreamAt = performance.now()
-    for (const { watch } of this.watches) watch.upstream?.(this, headers)
+    for (const { watch } of this[OPENED]) watch.upstream?.(this, headers)
   }
 
   /** Whether the exchange is over (its outcome is set). */
@@ -284,7 +348,7 @@ export class Exchange {
 
   /** The proxy answers for Ollama, which never sees the request, and the exchange is over. */
   refuse(refusal: Refusal, outcome: "rejected" | "forbidden" | "rate_limited"): void {
-    this.refusal = refusal.message
+    this.refusedFor = refusal.message
     writeRefusal(this.res, this.route.family, refusal, this.requestId)
     this.finish(outcome)
   }

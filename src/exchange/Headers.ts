@@ -116,7 +116,8 @@ const isStreaming = (headers: IncomingHttpHeaders) => {
 export const clientResponseHeaders = (
   headers: IncomingHttpHeaders,
   requestId: string,
-  extra?: OutgoingHttpHeaders
+  extra?: OutgoingHttpHeaders,
+  queueWaitMs: number | null = null
 ): OutgoingHttpHeaders => {
   const listed = connectionListed(headers)
   const out: OutgoingHttpHeaders = {}
@@ -126,6 +127,8 @@ export const clientResponseHeaders = (
   }
   out["x-request-id"] = requestId
   if (extra !== undefined) { for (const name in extra) out[name] = extra[name] }
+  // Set on every request that asked for one of Ollama's slots (src/schedule/), 0 when none waited.
+  if (queueWaitMs !== null) out["x-queue-wait-ms"] = String(queueWaitMs)
   // Tells nginx-like front proxies not to buffer token streams.
   if (isStreaming(headers)) out["x-accel-buffering"] = "no"
   return out

@@ -226,7 +226,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
             whole = { status, headers, replace, chunks: [] }
             return
           }
-          res.writeHead(status, clientResponseHeaders(headers, requestId, exchange.responseHeaders))
+          res.writeHead(status, clientResponseHeaders(headers, requestId, exchange.limitHeaders, exchange.queueWaitMs))
           // A filter may change the body's length: only a body without a declared one is filtered.
           if (rewrites.length > 0 && headers["content-length"] === undefined) filter = filterOf(rewrites, status, headers)
           reading.responseStart(status, headers)
@@ -246,7 +246,7 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
           if (whole !== undefined) {
             const out = whole.replace(Buffer.concat(whole.chunks))
             res.writeHead(whole.status, {
-              ...clientResponseHeaders(whole.headers, requestId, exchange.responseHeaders),
+              ...clientResponseHeaders(whole.headers, requestId, exchange.limitHeaders, exchange.queueWaitMs),
               "content-length": out.length
             })
             exchange.finish("completed")

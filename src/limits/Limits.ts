@@ -19,7 +19,7 @@ import { Duration, Effect, Metric, Option, Redacted, Runtime, Schedule } from "e
 import { randomBytes } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import type { Refusal } from "../exchange/Errors.js"
-import type { Admit, Exchange, ExchangeConsumer, ExchangeWatch, PeriodTotals } from "../exchange/Exchange.js"
+import { type Admit, type Exchange, type ExchangeConsumer, type ExchangeWatch, type PeriodTotals, writerOf } from "../exchange/Exchange.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { labelCache } from "../telemetry/Metrics.js"
 import { left, limitHeaders, refusalMessage } from "./Headers.js"
@@ -27,6 +27,10 @@ import { makeOwnUsage } from "./OwnUsage.js"
 import { redisStore } from "./RedisStore.js"
 import { type Admission, type AnyLimitStore, embeddedStore, type HeldSlot, LEASE_MS, periodsAt, type Usage } from "./Store.js"
 import { LIMITS, NO_LIMITS, type Plan, planner } from "./Table.js"
+
+// The limits are the one writer of what they did with an exchange, and of their headers on its answer.
+const writeLimits = writerOf("limits", "the limits")
+const writeLimitHeaders = writerOf("limitHeaders", "the limits")
 
 /** One gauge per limit, `ollama_proxy.key.remaining_<gauge>`; labels: api_key_name. Left out of public scrapes, like every per-key gauge. */
 const remaining = LIMITS.map((def) => Metric.gauge(`ollama_proxy.key.remaining_${def.gauge}`, { description: def.gaugeDescription }))
@@ -205,7 +209,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
       if (store.shared && state.slot !== "") held.set(state.slot, { name: exchange.caller.keyName!, slot: state.slot })
       // Given to the relay for the answer's head (res.setHeader would validate each, then make
       // writeHead merge every header of Ollama's answer the slow way: measured on the tags bench).
-      exchange.responseHeaders = limitHeaders(exchange.caller.keyName!, plan, admission.usage, now, exchange.route.inference)
+      writeLimitHeaders(exchange, limitHeaders(exchange.caller.keyName!, plan, admission.usage, now, exchange.route.inference))
     }
 
     const storeDown: Refusal = {
@@ -220,7 +224,7 @@ export class Limits extends Effect.Service<Limits>()("app/Limits", {
       const plan = planOf(limits)
       // Slots are named only where other workers see them (Redis); here any non-empty name holds one.
       const slot = !plan.entries.some((limit) => limit.def.window === "in_flight") ? "" : store.shared ? `${WORKER}:${++slots}` : HELD
-      exchange.limits = { admitted: false, slot, refused: undefined, totals: undefined, charged: undefined }
+      writeLimits(exchange, { admitted: false, slot, refused: undefined, totals: undefined, charged: undefined })
       const request = { name, plan, now, slot, tokens: exchange.route.inference }
       if (!store.shared) {
         const admission = store.admit(request)

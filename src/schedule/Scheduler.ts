@@ -18,9 +18,8 @@
  * Plain callbacks and one timer per waiting request, no fiber: see src/exchange/Boundary.ts.
  */
 import { Duration, Effect, Metric, MetricBoundaries, Runtime, type Scope } from "effect"
-import type { OutgoingHttpHeaders } from "node:http"
 import { AppConfig } from "../Config.js"
-import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
+import { type Exchange, type ExchangeConsumer, type ExchangeWatch, writerOf } from "../exchange/Exchange.js"
 import { labelCache, NO_LABELS } from "../telemetry/Metrics.js"
 import type { Dispatch } from "./Dispatch.js"
 import { Fair, type Ticket } from "./Fair.js"
@@ -57,7 +56,8 @@ class Waiter {
   constructor(readonly exchange: Exchange, readonly forward: (exchange: Exchange) => void) {}
 }
 
-const ZERO_WAIT: OutgoingHttpHeaders = { "x-queue-wait-ms": "0" }
+/** The schedule is the one writer of an exchange's wait (the relay turns it into x-queue-wait-ms). */
+const writeQueueWait = writerOf("queueWaitMs", "the schedule")
 
 export interface SchedulerShape {
   /** Undefined with QUEUE_SLOTS=0: inference requests go to Ollama as they come. */
@@ -93,25 +93,10 @@ export class Scheduler extends Effect.Service<Scheduler>()("app/Scheduler", {
       queueWaiting.unsafeUpdate(fair.waiting, NO_LABELS)
     }
 
-    // The limits' headers are one object while their figures hold: the zero wait is added to it
-    // once, not per request (see the rules in src/exchange/Boundary.ts).
-    let lastBase: OutgoingHttpHeaders | undefined
-    let lastWithZero: OutgoingHttpHeaders = ZERO_WAIT
-    const withWait = (base: OutgoingHttpHeaders | undefined, waitedMs: number): OutgoingHttpHeaders => {
-      if (waitedMs > 0) return { ...base, "x-queue-wait-ms": String(waitedMs) }
-      if (base === undefined) return ZERO_WAIT
-      if (base !== lastBase) {
-        lastBase = base
-        lastWithZero = { ...base, ...ZERO_WAIT }
-      }
-      return lastWithZero
-    }
-
     /** The request holds a slot: on to Ollama. */
     const go = (ticket: Ticket<Waiter>, waitedMs: number) => {
       const { exchange, forward } = ticket.item
-      exchange.queueWaitMs = waitedMs
-      exchange.responseHeaders = withWait(exchange.responseHeaders, waitedMs)
+      writeQueueWait(exchange, waitedMs)
       held.set(exchange, ticket)
       slotsBusy.unsafeUpdate(fair.busy, NO_LABELS)
       queueWait.unsafeUpdate(waitedMs / 1000, outcomeLabels("started"))
@@ -144,7 +129,7 @@ export class Scheduler extends Effect.Service<Scheduler>()("app/Scheduler", {
 
     const refuse = (exchange: Exchange, reason: QueueRefusalReason, position: number, waitedMs: number, ahead: number) => {
       const name = exchange.caller.keyName ?? ""
-      exchange.queueWaitMs = Math.round(waitedMs)
+      writeQueueWait(exchange, Math.round(waitedMs))
       queueRefusals.unsafeUpdate(1, reasonLabels(reason))
       const limit = reason === "key_queue_full" ? maxPerKey : reason === "worker_queue_full" ? maxWaiting : maxWaitMs
       const retryMs = retryAfterMs(ahead, meanHoldMs, slots, maxWaitMs)
@@ -158,8 +143,9 @@ export class Scheduler extends Effect.Service<Scheduler>()("app/Scheduler", {
       clearTimeout(timer)
       waiting.delete(ticket)
       setDepth(ticket)
-      exchange.queueWaitMs = Math.round(performance.now() - ticket.arrivedAt)
-      queueWait.unsafeUpdate(exchange.queueWaitMs / 1000, outcomeLabels("left"))
+      const waitedMs = Math.round(performance.now() - ticket.arrivedAt)
+      writeQueueWait(exchange, waitedMs)
+      queueWait.unsafeUpdate(waitedMs / 1000, outcomeLabels("left"))
       exchange.finish("client_aborted")
     }
 

@@ -5,7 +5,7 @@
  * the end.
  */
 import { Effect, LogLevel, Tracer as EffectTracer } from "effect"
-import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
+import { type Exchange, type ExchangeConsumer, type ExchangeWatch, writerOf } from "../exchange/Exchange.js"
 import { type Outcome, refusedByProxy } from "../exchange/Reading.js"
 import { type ResponseUsage, responseUsage } from "./GenAi.js"
 import { makeLineLogger } from "./Logging.js"
@@ -26,6 +26,9 @@ import {
   webSearchLabels
 } from "./Metrics.js"
 import { type ExchangeTrace, Tracing } from "./Tracing.js"
+
+/** Telemetry is the one writer of the span an exchange is traced under. */
+const writeSpan = writerOf("span", "telemetry")
 
 const PROVIDER = "ollama"
 
@@ -145,7 +148,7 @@ export const makeTelemetryConsumer: Effect.Effect<ExchangeConsumer, never, Traci
       if (exchanges === undefined) return untraced
       const { route } = exchange
       const trace = exchanges.start(exchange)
-      exchange.span = EffectTracer.externalSpan({ traceId: trace.traceId, spanId: trace.spanId, sampled: trace.sampled })
+      writeSpan(exchange, EffectTracer.externalSpan({ traceId: trace.traceId, spanId: trace.spanId, sampled: trace.sampled }))
       return {
         upstream: (_exchange, headers) => trace.upstream(headers, route.genAi),
         end: (exchange) => end(exchange, trace)
