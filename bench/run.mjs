@@ -3,7 +3,7 @@
 //
 //   node bench/run.mjs [--quick] [--rounds N] [--duration S] [--warmup S] [--initial-warmup S]
 //                      [--stat best|median] [--only name,name] [--no-nginx] [--pin target|split|off]
-//                      [--retries N] [--strict] [--same-process]
+//                      [--retries N] [--strict] [--same-process] [--against path/to/other/dist/main.js]
 //
 // Env: BENCH_DURATION, BENCH_ROUNDS, BENCH_WARMUP, BENCH_INITIAL_WARMUP, BENCH_PIN, BENCH_RETRIES (same as
 // the flags), BENCH_MAX_FOREIGN (cores other processes may use during a measurement before a retry),
@@ -94,7 +94,8 @@ const parseArgs = (argv) => {
     pin: undefined,
     retries: undefined,
     strict: false,
-    fresh: true
+    fresh: true,
+    against: undefined
   }
   for (let i = 0; i < argv.length; i++) {
     const [flag, value] = argv[i].split(/=(.*)/s, 2)
@@ -117,6 +118,9 @@ const parseArgs = (argv) => {
         break
       case "--stat":
         opts.stat = take()
+        break
+      case "--against":
+        opts.against = take()
         break
       case "--only":
         opts.only = take().split(",").map((s) => s.trim()).filter(Boolean)
@@ -474,7 +478,9 @@ const otlpSinkStats = async (sink) => {
 
 const startVariant = async (variant, upstreamPort, sink) => {
   const port = await freePort()
-  const { cmd, args } = proxyCommand(port, upstreamPort)
+  const { cmd, args } = variant.script === undefined
+    ? proxyCommand(port, upstreamPort)
+    : { cmd: process.execPath, args: [...NODE_FLAGS, variant.script] }
   const env = Object.fromEntries(Object.entries(variant.env).map(([k, v]) => [k, sink ? v.replaceAll("{OTLP_SINK}", sink.url) : v]))
   for (const [k, v] of Object.entries(env)) {
     if (v.includes("{WEBHOOK_URL}")) env[k] = v.replaceAll("{WEBHOOK_URL}", (await startWebhook()).url)
@@ -727,7 +733,7 @@ const measurementGroups = (targets) => {
   const byName = new Map(targets.map((t) => [t.name, t]))
   const root = (t) => {
     const seen = new Set([t])
-    for (let next; (next = byName.get(VARIANTS.find((v) => v.name === t.name)?.vs)) && !seen.has(next);) seen.add(t = next)
+    for (let next; (next = byName.get(t.variant?.vs)) && !seen.has(next);) seen.add(t = next)
     return t
   }
   const groups = []
@@ -772,7 +778,18 @@ const main = async () => {
       `${path.join(ROOT, "dist", "main.js")} not found: build first (\`npm run build\`; \`npm run bench\` does it), or set BENCH_PROXY_CMD`
     )
   }
-  const variants = VARIANTS.filter((v) => !opts.only || opts.only.includes(v.name))
+  let variants = VARIANTS.filter((v) => !opts.only || opts.only.includes(v.name))
+  if (opts.against !== undefined) {
+    // Another build (an earlier commit's dist/main.js) as the reference of a paired A/B: `proxy`
+    // is measured back to back with it every round, and a change that is meant to cost nothing
+    // (a restructuring) should keep 0.97 of it.
+    const script = path.resolve(opts.against)
+    if (!existsSync(script)) throw new Fatal(`--against: ${script} not found`)
+    variants = [
+      { name: "other build", env: {}, script },
+      ...variants.map((v) => v.name === "proxy" ? { ...v, vs: "other build", goals: { tags: 0.97, stream: 0.97 } } : v)
+    ]
+  }
   const unknown = (opts.only ?? []).filter((n) => n !== "nginx" && !VARIANTS.some((v) => v.name === n))
   if (unknown.length) {
     throw new Fatal(`--only: no variant named ${unknown.join(", ")} (variants: ${VARIANTS.map((v) => v.name).join(", ")}, nginx)`)
@@ -971,7 +988,7 @@ const main = async () => {
   // of the bests and the paired ratio of CPU time per response are printed next to it.
   const versus = []
   for (const row of rows) {
-    const variant = VARIANTS.find((v) => v.name === row.target.name)
+    const variant = row.target.variant
     const other = variant?.vs && rows.find((r) => r.target.name === variant.vs)
     if (!other) continue
     const entry = {
@@ -1094,7 +1111,7 @@ const main = async () => {
       kind: row.target.kind,
       note: row.target.note,
       checksApiKey: row.target.kind === "limit" ? null : row.target.auth,
-      env: row.target.kind === "proxy" ? VARIANTS.find((v) => v.name === row.target.name)?.env : undefined,
+      env: row.target.kind === "proxy" ? row.target.variant?.env : undefined,
       tags: { ...row.s.tags, ratioToBaseline: row.ratio.tags, verdict: row.verdict?.tags },
       stream: { ...row.s.stream, ratioToBaseline: row.ratio.stream, verdict: row.verdict?.stream },
       ratioToLimit: { tags: row.s.tags.rps / summary(limit, "tags").rps, stream: row.s.stream.rps / summary(limit, "stream").rps },
