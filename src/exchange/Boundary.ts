@@ -86,10 +86,10 @@ const exchangeFailures = Metric.counter("ollama_proxy.exchange.failures", {
   incremental: true
 })
 
-/** A CORS preflight carries no key by design: Ollama's CORS layer answers it. */
 /** The boundary alone decides whether a body is read whole and checked. */
 const writeChecked = writerOf("checked", "the boundary")
 
+/** A CORS preflight carries no key by design: Ollama's CORS layer answers it. */
 const PREFLIGHT = { ok: true, key: null } as const
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
