@@ -5,12 +5,14 @@
  * helpers every slice uses are in src/config/Read.ts. A bad value fails start-up with an
  * AppConfigError naming the variable; secrets stay Redacted.
  */
-import { Config, Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { isIP } from "node:net"
 import { Webhook } from "standardwebhooks"
 import {
+  all,
   AppConfigError,
   Environment,
+  family,
   firstOf,
   optional,
   type Parse,
@@ -21,7 +23,7 @@ import {
   parsePositiveDuration,
   parsePositiveInt,
   quoted,
-  readConfigSlice,
+  readSlice,
   text,
   withDefault
 } from "./config/Read.js"
@@ -33,19 +35,7 @@ import { type QueueConfig, readQueueConfig } from "./schedule/QueueConfig.js"
 import { type Scope, type ScopeName, SCOPES, scopesOf } from "./Scopes.js"
 import { type OtelConfig, readOtelConfig } from "./telemetry/OtelConfig.js"
 
-export {
-  AppConfigError,
-  Environment,
-  optional,
-  type Parse,
-  parseBoolean,
-  parseDuration,
-  parsePort,
-  parsePositiveInt,
-  quoted,
-  readConfigSlice,
-  withDefault
-} from "./config/Read.js"
+export { AppConfigError, Environment, type Parse, parseBoolean, parseDuration, parsePort, parsePositiveInt } from "./config/Read.js"
 export type { QueueConfig } from "./schedule/QueueConfig.js"
 export type { OtelConfig, OtlpProtocol, OtlpTarget, SamplerConfig } from "./telemetry/OtelConfig.js"
 
@@ -273,13 +263,10 @@ const parseScopes: Parse<ReadonlySet<Scope>> = (raw) => {
 const KEY_PREFIX = "AUTHORIZATION_APIKEY"
 const MODEL_PREFIX = "PRELOAD_MODEL"
 
-/** Natural order for suffixes, so PRELOAD_MODEL_2 comes before PRELOAD_MODEL_10. */
-const byName = (a: string, b: string) => a.localeCompare(b, "en", { numeric: true })
-
-const readApiKeys = (env: Readonly<Record<string, string | undefined>>) => {
+const readApiKeys = family(KEY_PREFIX, (variables) => {
   const keys: Array<ApiKeyConfig> = []
-  for (const variable of Object.keys(env).filter((k) => k.startsWith(KEY_PREFIX)).sort(byName)) {
-    const value = (env[variable] ?? "").trim()
+  for (const [variable, raw] of variables) {
+    const value = (raw ?? "").trim()
     const suffix = variable.slice(KEY_PREFIX.length).replace(/^_+/, "").toLowerCase()
     const name = suffix === "" ? "default" : suffix
     if (value === "") return Either.left(new AppConfigError({ variable, reason: "the API key is empty" }))
@@ -294,27 +281,27 @@ const readApiKeys = (env: Readonly<Record<string, string | undefined>>) => {
     keys.push({ name, variable, hashed, secret: Redacted.make(hashed ? value.slice(7).toLowerCase() : value) })
   }
   return Either.right(keys)
-}
+})
 
-const readPreloadModels = (env: Readonly<Record<string, string | undefined>>) => {
+const readPreloadModels = family(MODEL_PREFIX, (variables) => {
   const models: Array<string> = []
-  for (const variable of Object.keys(env).filter((k) => k.startsWith(MODEL_PREFIX)).sort(byName)) {
+  for (const [variable, value] of variables) {
     if (variable !== MODEL_PREFIX && !variable.startsWith(`${MODEL_PREFIX}_`) && !/^\d/.test(variable.slice(MODEL_PREFIX.length))) {
       continue // PRELOAD_MODELS_DIR and the like are not model names
     }
-    for (const model of (env[variable] ?? "").split(/[\s,]+/)) {
+    for (const model of (value ?? "").split(/[\s,]+/)) {
       if (model !== "" && !models.includes(model)) models.push(model)
     }
   }
-  return models
-}
+  return Either.right(models)
+})
 
-const fromConfig = Config.all({
+const fromEnvironment = all({
   port: firstOf(["PORT", "AUTHORIZATION_PORT"], parsePort),
   healthPort: optional("PORT_HEALTH", parsePort),
   healthPath: optional("HEALTH_CHECK_PATH", parseHealthPath),
   host: firstOf(["HOST", "AUTHORIZATION_HOST"], text),
-  ollamaHost: Config.option(Config.string("OLLAMA_HOST")),
+  ollamaHost: optional("OLLAMA_HOST", text),
   ollamaBin: withDefault("OLLAMA_BIN", text, "ollama"),
   ollamaManaged: withDefault("OLLAMA_MANAGED", parseBoolean, true),
   ollamaStopTimeout: withDefault("OLLAMA_STOP_TIMEOUT", parseDuration, Duration.seconds(10)),
@@ -356,9 +343,8 @@ const fromConfig = Config.all({
 })
 
 export const loadAppConfig = Effect.gen(function*() {
-  const env = yield* Environment
-  const raw = yield* readConfigSlice(fromConfig)
-  const apiKeys = yield* readApiKeys(env)
+  const raw = yield* readSlice(fromEnvironment)
+  const apiKeys = yield* readSlice(readApiKeys)
   if (raw.webhookBatchSize > raw.webhookQueueSize) {
     return yield* new AppConfigError({
       variable: "USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE",
@@ -395,7 +381,7 @@ export const loadAppConfig = Effect.gen(function*() {
     keysFilePoll: raw.keysFilePoll,
     defaultLimits: raw.defaultLimits,
     limitsStore: { redisUrl: raw.redisUrl, timeout: raw.limitsStoreTimeout, onFailure: raw.limitsOnStoreFailure },
-    preloadModels: readPreloadModels(env),
+    preloadModels: yield* readSlice(readPreloadModels),
     preloadKeepAlive: raw.preloadKeepAlive,
     preloadConcurrency: raw.preloadConcurrency,
     logLevel: raw.logLevel,

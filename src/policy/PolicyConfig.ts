@@ -3,8 +3,9 @@
  * the operator's rules for tenants (keys without `manage`), and the preloaded models whose
  * keep_alive the policy holds at PRELOAD_KEEP_ALIVE.
  */
-import { Config, Context, Effect, Either, Layer, Option } from "effect"
-import { AppConfig, optional, type Parse, parsePositiveInt, quoted, readConfigSlice, withDefault } from "../Config.js"
+import { Context, Effect, Either, Layer, Option } from "effect"
+import { AppConfig } from "../Config.js"
+import { all, optional, type Parse, parsePositiveInt, quoted, readSlice, withDefault } from "../config/Read.js"
 import { normalizeModel } from "../keys/Models.js"
 import { parseKeepAliveBound, readKeepAlive } from "./GoDuration.js"
 import type { OperatorPolicy } from "./RequestPolicy.js"
@@ -23,7 +24,7 @@ export const parseSize: Parse<number> = (raw) => {
   return bytes > 0 ? Either.right(bytes) : Either.left(`${quoted(raw)} must be more than 0`)
 }
 
-const fromEnvironment = Config.all({
+const fromEnvironment = all({
   maxRequestBody: withDefault("MAX_REQUEST_BODY", parseSize, 32 * 1024 * 1024),
   keepAliveMin: withDefault("REQUEST_POLICY_KEEP_ALIVE_MIN", parseKeepAliveBound, 1e9),
   keepAliveMax: withDefault("REQUEST_POLICY_KEEP_ALIVE_MAX", parseKeepAliveBound, 30 * 60e9),
@@ -37,7 +38,7 @@ export class RequestPolicyConfig extends Context.Tag("app/RequestPolicyConfig")<
     RequestPolicyConfig,
     Effect.gen(function*() {
       const { preloadKeepAlive, preloadModels } = yield* AppConfig
-      const raw = yield* readConfigSlice(fromEnvironment)
+      const raw = yield* readSlice(fromEnvironment)
       const preload = readKeepAlive(preloadKeepAlive)
       const preloadNs = "ns" in preload ? preload.ns : Infinity
       return {

@@ -2,8 +2,8 @@
  * The schedule's own slice of the environment (QUEUE_*, and OLLAMA_NUM_PARALLEL as Ollama reads
  * it): how many inference requests go to Ollama at once, and how long and how many may wait.
  */
-import { Config, Duration, Effect, Either, Option } from "effect"
-import { optional, type Parse, parsePositiveDuration, parsePositiveInt, quoted, readConfigSlice, withDefault } from "../config/Read.js"
+import { Duration, Effect, Either, Option } from "effect"
+import { all, optional, type Parse, parsePositiveDuration, parsePositiveInt, quoted, readSlice, withDefault } from "../config/Read.js"
 
 /** How inference requests wait for Ollama's slots (src/schedule/). */
 export interface QueueConfig {
@@ -27,7 +27,7 @@ const parseCount: Parse<number> = (raw) => {
 /** OLLAMA_NUM_PARALLEL as Ollama reads it (envconfig.Uint, then max(n, 1) in server/sched.go). */
 const parseNumParallel: Parse<number> = (raw) => Either.map(parseCount(raw), (n) => Math.max(n, 1))
 
-const fromEnvironment = Config.all({
+const fromEnvironment = all({
   queueSlots: optional("QUEUE_SLOTS", parseCount),
   ollamaNumParallel: optional("OLLAMA_NUM_PARALLEL", parseNumParallel),
   queueMaxWait: withDefault("QUEUE_MAX_WAIT", parsePositiveDuration, Duration.seconds(60)),
@@ -36,7 +36,7 @@ const fromEnvironment = Config.all({
 })
 
 /** The QUEUE_* variables, read and checked. */
-export const readQueueConfig = readConfigSlice(fromEnvironment).pipe(
+export const readQueueConfig = readSlice(fromEnvironment).pipe(
   Effect.map((raw): QueueConfig => ({
     slots: Option.getOrElse(raw.queueSlots, () => Option.getOrElse(raw.ollamaNumParallel, () => 1)),
     ollamaNumParallel: raw.ollamaNumParallel,
