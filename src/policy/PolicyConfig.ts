@@ -1,12 +1,13 @@
 /**
- * The request policy's own slice of the environment (REQUEST_POLICY_*), read by this part alone:
- * the operator's rules for tenants (keys without `manage`), and the preloaded models whose
- * keep_alive the policy holds at PRELOAD_KEEP_ALIVE.
+ * The request policy's own slice of the environment (REQUEST_POLICY_*, MAX_REQUEST_BODY), read by
+ * this part alone: the operator's rules for tenants (keys without `manage`), with the preloaded
+ * models whose keep_alive the policy holds at PRELOAD_KEEP_ALIVE (taken from the preload slice,
+ * src/ollama/OllamaConfig.ts, not read again).
  */
 import { Context, Effect, Either, Layer, Option } from "effect"
-import { AppConfig } from "../Config.js"
 import { all, optional, type Parse, parsePositiveInt, quoted, readSlice, withDefault } from "../config/Read.js"
 import { normalizeModel } from "../keys/Models.js"
+import { PreloadConfig } from "../ollama/OllamaConfig.js"
 import { parseKeepAliveBound, readKeepAlive } from "./GoDuration.js"
 import type { OperatorPolicy } from "./RequestPolicy.js"
 
@@ -34,10 +35,11 @@ const fromEnvironment = all({
 })
 
 export class RequestPolicyConfig extends Context.Tag("app/RequestPolicyConfig")<RequestPolicyConfig, OperatorPolicy>() {
+  static readonly variables = fromEnvironment.variables
   static readonly layer = Layer.effect(
     RequestPolicyConfig,
     Effect.gen(function*() {
-      const { preloadKeepAlive, preloadModels } = yield* AppConfig
+      const { preloadKeepAlive, preloadModels } = yield* PreloadConfig
       const raw = yield* readSlice(fromEnvironment)
       const preload = readKeepAlive(preloadKeepAlive)
       const preloadNs = "ns" in preload ? preload.ns : Infinity

@@ -2,7 +2,7 @@
  * OpenTelemetry's own slice of the environment (OTEL_*), read by the standard variables' rules:
  * where traces and metrics go, how, and how they are sampled.
  */
-import { Duration, Effect, Either, Option, Redacted } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import {
   all,
   optional,
@@ -32,7 +32,7 @@ export interface OtlpTarget {
 }
 
 /** The standard OpenTelemetry variables the service honours. */
-export interface OtelConfig {
+export interface OtelConfigShape {
   readonly serviceName: string
   readonly resourceAttributes: Readonly<Record<string, string>>
   /** None: no trace export, and no tracing cost on the hot path. */
@@ -128,7 +128,7 @@ const fromEnvironment = all({
   otelMetricExportInterval: withDefault("OTEL_METRIC_EXPORT_INTERVAL", parseMillis, Duration.seconds(60))
 })
 
-const otelConfigOf = (raw: Read.Success<typeof fromEnvironment>): OtelConfig => {
+const otelConfigOf = (raw: Read.Success<typeof fromEnvironment>): OtelConfigShape => {
   const target = (
     signal: "traces" | "metrics",
     exporter: "otlp" | "none",
@@ -157,5 +157,8 @@ const otelConfigOf = (raw: Read.Success<typeof fromEnvironment>): OtelConfig => 
   }
 }
 
-/** The OTEL_* variables, read and checked. */
-export const readOtelConfig = readSlice(fromEnvironment).pipe(Effect.map(otelConfigOf))
+/** The OTEL_* variables, read and checked: the traces' and metrics' export (Tracing), the resource (Tracing, /metrics). */
+export class OtelConfig extends Context.Tag("app/OtelConfig")<OtelConfig, OtelConfigShape>() {
+  static readonly variables = fromEnvironment.variables
+  static readonly layer = Layer.effect(OtelConfig, readSlice(fromEnvironment).pipe(Effect.map(otelConfigOf)))
+}
