@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either, Option, Redacted } from "effect"
-import { configFromEnv } from "../src/Config.js"
+import { Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { type AppConfigError, CONFIG_SLICES, CONFIG_VARIABLES, configFromEnv, Environment } from "../src/Config.js"
 import { parseDuration } from "../src/config/Read.js"
 import { ShutdownConfig, WorkerConfig } from "../src/config/Shared.js"
 import { RelayConfig, TrustedProxiesConfig } from "../src/exchange/ExchangeConfig.js"
@@ -134,6 +134,42 @@ describe("the configuration", () => {
       const config = yield* ServerConfig
       expect(config.port).toBe(1234)
     }).pipe(Effect.provide(configFromEnv({ PORT: "1234" }))))
+})
+
+describe("each slice", () => {
+  // One member of every family a slice declares (AUTHORIZATION_APIKEY_PROBE...), with a value each accepts.
+  const probeOf = (family: string) => `${family.slice(0, -1)}_PROBE`
+  const probes = Object.fromEntries(CONFIG_VARIABLES.filter((v) => v.endsWith("*")).map((v) => [probeOf(v), "probe-0123"]))
+
+  it.each(CONFIG_SLICES.map((slice) => [slice.key, slice] as const))("%s reads exactly the variables it declares", (_, slice) => {
+    const looked = new Set<string>()
+    let listed = false
+    const env = new Proxy(probes, {
+      get: (target, name) => {
+        if (typeof name === "string") looked.add(name)
+        return Reflect.get(target, name)
+      },
+      ownKeys: (target) => {
+        listed = true
+        return Reflect.ownKeys(target)
+      }
+    })
+    // Built afresh (not the instance the others' build shares), on the recording environment; the
+    // slices it derives from (the request policy takes the preloaded models) on another.
+    const own: Layer.Layer<never, AppConfigError, Environment | PreloadConfig> = slice.layer
+    const layer = Layer.fresh(own).pipe(Layer.provide(configFromEnv({})), Layer.provide(Environment.layer(env)))
+    Layer.build(layer).pipe(Effect.scoped, Effect.runSync)
+    const families = slice.variables.filter((v) => v.endsWith("*"))
+    expect([...looked].sort()).toEqual([...slice.variables.filter((v) => !v.endsWith("*")), ...families.map(probeOf)].sort())
+    // Only a slice with a family lists the environment's names.
+    expect(listed).toBe(families.length > 0)
+  })
+
+  it("is the only one to read its variables", () => {
+    const names = CONFIG_SLICES.flatMap((slice) => slice.variables)
+    expect(names.filter((name, i) => names.indexOf(name) !== i)).toEqual([])
+    expect(names).toEqual(CONFIG_VARIABLES)
+  })
 })
 
 describe("RunPod", () => {
