@@ -2,7 +2,7 @@
  * The whole service as one layer, from an environment: what main runs and what tests start.
  */
 import { Context, Effect, Layer } from "effect"
-import { AppConfig, Environment } from "./Config.js"
+import { ConfigLive, Environment } from "./Config.js"
 import { ExchangeAdmission, ExchangeConsumers } from "./exchange/Exchange.js"
 import { Server } from "./http/Server.js"
 import { ApiKeys } from "./keys/ApiKeys.js"
@@ -24,9 +24,10 @@ import { UsageRecords } from "./usage/Records.js"
  * sequence: the Server drains first, then the consumers flush (the usage webhook delivers the
  * records of the exchanges just drained), and Ollama, built before them all (the Server's own
  * dependency on it reuses this instance), is stopped last. Tracing is built before Ollama, so the
- * process's spans are exported, and flushed after it stopped. The keys (environment and key file)
- * are read and checked before Ollama is started: a key file error is then the one line start-up
- * ends with, not a line after Ollama's start and stop.
+ * process's spans are exported, and flushed after it stopped. The configuration (every slice,
+ * ConfigLive) is read first, and the keys (environment and key file) are checked before Ollama is
+ * started: a bad variable or key file is then the one line start-up ends with, not a line after
+ * Ollama's start and stop.
  */
 export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers | ExchangeAdmission, E, R>) =>
   Layer.merge(Server.Default, MetricsLive).pipe(
@@ -35,7 +36,7 @@ export const appWith = <E, R>(consumers: Layer.Layer<ExchangeConsumers | Exchang
     Layer.provide(ApiKeys.Default),
     Layer.provide(Tracing.layer),
     Layer.provide(LoggingLive),
-    Layer.provide(AppConfig.layer)
+    Layer.provide(ConfigLive)
   )
 
 /**

@@ -1,6 +1,11 @@
 /**
- * OLLAMA_HOST, read by Ollama's own rules, so the proxy connects where `ollama serve` listens.
+ * OLLAMA_HOST, read by Ollama's own rules, so the proxy connects where `ollama serve` listens. Its
+ * slice is one of its own: the listeners, the relay, the client and the traces all need where
+ * Ollama is, and nothing else of how it is run.
  */
+import { Context, Effect, Layer, Option } from "effect"
+import { all, optional, readSlice, text } from "./config/Read.js"
+
 export interface OllamaHost {
   /** Address `ollama serve` binds ("" = all interfaces). */
   readonly bindHost: string
@@ -69,4 +74,14 @@ export const parseOllamaHost = (raw: string | undefined): OllamaHost => {
     origin: `${scheme}://${authority}`,
     hostHeader: authority
   }
+}
+
+const ollamaHost = all({ raw: optional("OLLAMA_HOST", text) })
+
+export class OllamaHostConfig extends Context.Tag("app/OllamaHostConfig")<OllamaHostConfig, OllamaHost>() {
+  static readonly variables = ollamaHost.variables
+  static readonly layer = Layer.effect(
+    OllamaHostConfig,
+    readSlice(ollamaHost).pipe(Effect.map(({ raw }) => parseOllamaHost(Option.getOrUndefined(raw))))
+  )
 }

@@ -3,7 +3,7 @@
  * the server's state (`read`), change it (`manage`), scrape the proxy's own `metrics`, or search the
  * web on the operator's account (`web`). The
  * classification of a request (src/exchange/Classify.ts) gives its scope; a key (src/keys/) holds
- * a set of them. A leaf both import, and AppConfig too, for AUTHORIZATION_DEFAULT_SCOPES.
+ * a set of them. A leaf both import (the keys' slice of the environment too, for AUTHORIZATION_DEFAULT_SCOPES).
  */
 export type Scope = "inference" | "read" | "manage" | "metrics" | "web"
 

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Stream } from "effect"
-import { AppConfig } from "../src/Config.js"
+import { configFromEnv } from "../src/Config.js"
 import { OllamaClient } from "../src/ollama/Client.js"
 import { type FakeOllama, startFakeOllama } from "./fake-ollama/server.mjs"
 
@@ -17,7 +17,7 @@ afterAll(() => fake.close())
 const withClient = <A, E>(f: (client: OllamaClient) => Effect.Effect<A, E>) =>
   Effect.flatMap(OllamaClient, f).pipe(
     Effect.provide(OllamaClient.Default),
-    Effect.provide(AppConfig.fromEnv({ OLLAMA_HOST: fake.url.replace("http://", "") }))
+    Effect.provide(configFromEnv({ OLLAMA_HOST: fake.url.replace("http://", "") }))
   )
 
 const bodyOf = (path: string) => fake.requests.filter((r) => r.path === path).map((r) => JSON.parse(r.body.toString("utf8")))

@@ -1,40 +1,44 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either, Option, Redacted } from "effect"
-import { AppConfig, Environment, loadAppConfig, parseDuration, parseLoadTimeout } from "../src/Config.js"
-import { parseOllamaHost } from "../src/OllamaHost.js"
+import { Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { type AppConfigError, CONFIG_SLICES, CONFIG_VARIABLES, configFromEnv, Environment } from "../src/Config.js"
+import { parseDuration } from "../src/config/Read.js"
+import { ShutdownConfig, WorkerConfig } from "../src/config/Shared.js"
+import { RelayConfig, TrustedProxiesConfig } from "../src/exchange/ExchangeConfig.js"
+import { ServerConfig } from "../src/http/ServerConfig.js"
+import { KeysConfig } from "../src/keys/KeysConfig.js"
+import { OllamaConfig, parseLoadTimeout, PreloadConfig } from "../src/ollama/OllamaConfig.js"
+import { OllamaHostConfig, parseOllamaHost } from "../src/OllamaHost.js"
+import { QueueConfig } from "../src/schedule/QueueConfig.js"
+import { OtelConfig } from "../src/telemetry/OtelConfig.js"
+import { LoggingConfig } from "../src/telemetry/TelemetryConfig.js"
+import { WebhookConfig } from "../src/usage/WebhookConfig.js"
+import { configFailure as failure, loadConfig as load, sliceOf } from "./support/config.js"
 
-const load = (env: Record<string, string>) => loadAppConfig.pipe(Effect.provide(Environment.layer(env)), Effect.either, Effect.runSync)
-
-const failure = (env: Record<string, string>) => {
-  const result = load(env)
-  if (Either.isRight(result)) throw new Error("expected a configuration error")
-  return result.left.message
-}
-
-describe("AppConfig", () => {
+describe("the configuration", () => {
   it("has the documented defaults", () => {
-    const config = Either.getOrThrow(load({}))
-    expect(config.port).toBe(80)
-    expect(config.healthPort).toBe(80)
-    expect(config.host).toBe("0.0.0.0")
-    expect(config.ollama.origin).toBe("http://127.0.0.1:11434")
-    expect(config.ollamaBin).toBe("ollama")
-    expect(config.ollamaManaged).toBe(true)
-    expect(config.apiKeys).toEqual([])
-    expect(config.logLevel).toBe("info")
-    expect(Option.isNone(config.webhookUrl)).toBe(true)
-    expect(Duration.toMillis(config.shutdownTimeout)).toBe(25_000)
-    expect(Duration.toMillis(config.webhookTimeout)).toBe(10_000)
-    expect(config.webhookConcurrency).toBe(4)
-    expect(config.preloadKeepAlive).toBe(-1)
-    expect(Duration.toMillis(config.requestHeadersTimeout)).toBe(10_000)
-    expect(Duration.toMillis(config.requestBodyTimeout)).toBe(60_000)
-    expect([config.maxConnections, config.maxConnectionsPerAddress]).toEqual([4096, 512])
-    expect(config.trustedProxies).toEqual([])
+    const server = sliceOf(ServerConfig)
+    expect(server.port).toBe(80)
+    expect(server.healthPort).toBe(80)
+    expect(server.host).toBe("0.0.0.0")
+    expect(sliceOf(OllamaHostConfig).origin).toBe("http://127.0.0.1:11434")
+    expect(sliceOf(OllamaConfig).ollamaBin).toBe("ollama")
+    expect(sliceOf(OllamaConfig).ollamaManaged).toBe(true)
+    expect(sliceOf(KeysConfig).apiKeys).toEqual([])
+    expect(sliceOf(LoggingConfig).logLevel).toBe("info")
+    const webhook = sliceOf(WebhookConfig)
+    expect(Option.isNone(webhook.webhookUrl)).toBe(true)
+    expect(Duration.toMillis(sliceOf(ShutdownConfig).shutdownTimeout)).toBe(25_000)
+    expect(Duration.toMillis(webhook.webhookTimeout)).toBe(10_000)
+    expect(webhook.webhookConcurrency).toBe(4)
+    expect(sliceOf(PreloadConfig).preloadKeepAlive).toBe(-1)
+    expect(Duration.toMillis(server.requestHeadersTimeout)).toBe(10_000)
+    expect(Duration.toMillis(sliceOf(RelayConfig).requestBodyTimeout)).toBe(60_000)
+    expect([server.maxConnections, server.maxConnectionsPerAddress]).toEqual([4096, 512])
+    expect(sliceOf(TrustedProxiesConfig).trustedProxies).toEqual([])
   })
 
   it("reads TRUSTED_PROXIES as addresses and CIDR blocks of both families", () => {
-    const config = Either.getOrThrow(load({ TRUSTED_PROXIES: " 10.0.0.0/8, 192.168.1.7 ,fd00::/8\n::1" }))
+    const config = sliceOf(TrustedProxiesConfig, { TRUSTED_PROXIES: " 10.0.0.0/8, 192.168.1.7 ,fd00::/8\n::1" })
     expect(config.trustedProxies).toEqual([
       { address: "10.0.0.0", prefix: 8, family: "ipv4" },
       { address: "192.168.1.7", prefix: 32, family: "ipv4" },
@@ -44,19 +48,19 @@ describe("AppConfig", () => {
   })
 
   it("reads the older variable names and PORT_HEALTH", () => {
-    const config = Either.getOrThrow(load({ AUTHORIZATION_PORT: "8080", AUTHORIZATION_HOST: "127.0.0.1", PORT_HEALTH: "8081" }))
+    const config = sliceOf(ServerConfig, { AUTHORIZATION_PORT: "8080", AUTHORIZATION_HOST: "127.0.0.1", PORT_HEALTH: "8081" })
     expect([config.port, config.healthPort, config.host]).toEqual([8080, 8081, "127.0.0.1"])
-    expect(Either.getOrThrow(load({ PORT: "9000", AUTHORIZATION_PORT: "8080" })).port).toBe(9000)
+    expect(sliceOf(ServerConfig, { PORT: "9000", AUTHORIZATION_PORT: "8080" }).port).toBe(9000)
   })
 
   it("takes every AUTHORIZATION_APIKEY* as a key, named by its suffix", () => {
     const hash = "a".repeat(64)
-    const config = Either.getOrThrow(load({
+    const config = sliceOf(KeysConfig, {
       AUTHORIZATION_APIKEY: "k0",
       AUTHORIZATION_APIKEY_BOB: "k1",
       AUTHORIZATION_APIKEY_TEAM_A: "k2",
       AUTHORIZATION_APIKEY_1: `sha256:${hash.toUpperCase()}`
-    }))
+    })
     expect(config.apiKeys.map((k) => [k.name, k.hashed])).toEqual([
       ["default", false],
       ["1", true],
@@ -68,12 +72,12 @@ describe("AppConfig", () => {
   })
 
   it("lists PRELOAD_MODEL* once each, in a stable order", () => {
-    const config = Either.getOrThrow(load({
+    const config = sliceOf(PreloadConfig, {
       PRELOAD_MODEL_10: "c",
       PRELOAD_MODEL: "a",
       PRELOAD_MODEL_2: "b, a",
       PRELOAD_MODELS_DIR: "/x"
-    }))
+    })
     expect(config.preloadModels).toEqual(["a", "b", "c"])
   })
 
@@ -127,35 +131,71 @@ describe("AppConfig", () => {
 
   it.effect("is a layer reading the given environment", () =>
     Effect.gen(function*() {
-      const config = yield* AppConfig
+      const config = yield* ServerConfig
       expect(config.port).toBe(1234)
-    }).pipe(Effect.provide(AppConfig.fromEnv({ PORT: "1234" }))))
+    }).pipe(Effect.provide(configFromEnv({ PORT: "1234" }))))
+})
+
+describe("each slice", () => {
+  // One member of every family a slice declares (AUTHORIZATION_APIKEY_PROBE...), with a value each accepts.
+  const probeOf = (family: string) => `${family.slice(0, -1)}_PROBE`
+  const probes = Object.fromEntries(CONFIG_VARIABLES.filter((v) => v.endsWith("*")).map((v) => [probeOf(v), "probe-0123"]))
+
+  it.each(CONFIG_SLICES.map((slice) => [slice.key, slice] as const))("%s reads exactly the variables it declares", (_, slice) => {
+    const looked = new Set<string>()
+    let listed = false
+    const env = new Proxy(probes, {
+      get: (target, name) => {
+        if (typeof name === "string") looked.add(name)
+        return Reflect.get(target, name)
+      },
+      ownKeys: (target) => {
+        listed = true
+        return Reflect.ownKeys(target)
+      }
+    })
+    // Built afresh (not the instance the others' build shares), on the recording environment; the
+    // slices it derives from (the request policy takes the preloaded models) on another.
+    const own: Layer.Layer<never, AppConfigError, Environment | PreloadConfig> = slice.layer
+    const layer = Layer.fresh(own).pipe(Layer.provide(configFromEnv({})), Layer.provide(Environment.layer(env)))
+    Layer.build(layer).pipe(Effect.scoped, Effect.runSync)
+    const families = slice.variables.filter((v) => v.endsWith("*"))
+    expect([...looked].sort()).toEqual([...slice.variables.filter((v) => !v.endsWith("*")), ...families.map(probeOf)].sort())
+    // Only a slice with a family lists the environment's names.
+    expect(listed).toBe(families.length > 0)
+  })
+
+  it("is the only one to read its variables", () => {
+    const names = CONFIG_SLICES.flatMap((slice) => slice.variables)
+    expect(names.filter((name, i) => names.indexOf(name) !== i)).toEqual([])
+    expect(names).toEqual(CONFIG_VARIABLES)
+  })
 })
 
 describe("RunPod", () => {
   it("answers the health check on /ping, and on HEALTH_CHECK_PATH too", () => {
-    expect(Either.getOrThrow(load({})).healthPaths).toEqual(["/ping"])
-    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: " /health/ " })).healthPaths).toEqual(["/ping", "/health"])
-    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: "/ping" })).healthPaths).toEqual(["/ping"])
-    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: "/" })).healthPaths).toEqual(["/ping", "/"])
-    expect(Either.getOrThrow(load({ HEALTH_CHECK_PATH: "/healthz/ready" })).healthPaths).toEqual(["/ping", "/healthz/ready"])
+    expect(sliceOf(ServerConfig).healthPaths).toEqual(["/ping"])
+    expect(sliceOf(ServerConfig, { HEALTH_CHECK_PATH: " /health/ " }).healthPaths).toEqual(["/ping", "/health"])
+    expect(sliceOf(ServerConfig, { HEALTH_CHECK_PATH: "/ping" }).healthPaths).toEqual(["/ping"])
+    expect(sliceOf(ServerConfig, { HEALTH_CHECK_PATH: "/" }).healthPaths).toEqual(["/ping", "/"])
+    expect(sliceOf(ServerConfig, { HEALTH_CHECK_PATH: "/healthz/ready" }).healthPaths).toEqual(["/ping", "/healthz/ready"])
   })
 
   it("requires no GPU unless REQUIRE_GPU says so", () => {
-    expect(Either.getOrThrow(load({})).requireGpu).toBe(false)
-    expect(Either.getOrThrow(load({ REQUIRE_GPU: "true" })).requireGpu).toBe(true)
+    expect(sliceOf(PreloadConfig).requireGpu).toBe(false)
+    expect(sliceOf(PreloadConfig, { REQUIRE_GPU: "true" }).requireGpu).toBe(true)
   })
 
   it("reads the worker's identity once, leaving out what is not set", () => {
-    expect(Either.getOrThrow(load({})).worker).toEqual({})
-    expect(Either.getOrThrow(load({ RUNPOD_POD_ID: "abc123xyz", RUNPOD_ENDPOINT_ID: "ep42", RUNPOD_DC_ID: "" })).worker).toEqual({
+    expect(sliceOf(WorkerConfig)).toEqual({})
+    expect(sliceOf(WorkerConfig, { RUNPOD_POD_ID: "abc123xyz", RUNPOD_ENDPOINT_ID: "ep42", RUNPOD_DC_ID: "" })).toEqual({
       runpod_pod_id: "abc123xyz",
       runpod_endpoint_id: "ep42"
     })
   })
 
   it("takes Ollama's slots from QUEUE_SLOTS, else OLLAMA_NUM_PARALLEL (0 counting as Ollama's 1), else 1", () => {
-    const queue = (env: Record<string, string>) => Either.getOrThrow(load(env)).queue
+    const queue = (env: Record<string, string>) => sliceOf(QueueConfig, env)
     expect(queue({})).toMatchObject({ slots: 1, maxPerKey: 100, maxWaiting: 512 })
     expect(Duration.toMillis(queue({}).maxWait)).toBe(60_000)
     expect(queue({ OLLAMA_NUM_PARALLEL: "4" }).slots).toBe(4)
@@ -165,9 +205,9 @@ describe("RunPod", () => {
   })
 
   it("gives Ollama an hour for a stalled load unless OLLAMA_LOAD_TIMEOUT says otherwise", () => {
-    const byDefault = Either.getOrThrow(load({})).ollamaLoadTimeout
+    const byDefault = sliceOf(OllamaConfig).ollamaLoadTimeout
     expect([Duration.toMillis(byDefault.duration), byDefault.fromUser]).toEqual([3_600_000, false])
-    const given = Either.getOrThrow(load({ OLLAMA_LOAD_TIMEOUT: "10m" })).ollamaLoadTimeout
+    const given = sliceOf(OllamaConfig, { OLLAMA_LOAD_TIMEOUT: "10m" }).ollamaLoadTimeout
     expect([Duration.toMillis(given.duration), given.fromUser]).toEqual([600_000, true])
   })
 
@@ -207,14 +247,14 @@ describe("OLLAMA_HOST, by Ollama's rules", () => {
 
 describe("OpenTelemetry variables", () => {
   it("exports nothing by default; the service name defaults to the project's", () => {
-    const otel = Either.getOrThrow(load({})).otel
+    const otel = sliceOf(OtelConfig)
     expect(Option.isNone(otel.traces) && Option.isNone(otel.metrics)).toBe(true)
     expect(otel.serviceName).toBe("ollama-authentication-proxy")
     expect(otel.sampler).toEqual({ kind: "parentbased_always_on" })
   })
 
   it("derives signal URLs from the base endpoint, signal endpoints win, headers stay redacted", () => {
-    const otel = Either.getOrThrow(load({
+    const otel = sliceOf(OtelConfig, {
       OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/",
       OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: "http://metrics:9000/custom",
       OTEL_EXPORTER_OTLP_HEADERS: "api-key=s%3Dcret,x-team = a ",
@@ -223,7 +263,7 @@ describe("OpenTelemetry variables", () => {
       OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod,region=eu%2Dwest",
       OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
       OTEL_TRACES_SAMPLER_ARG: "0.25"
-    })).otel
+    })
     const traces = Option.getOrThrow(otel.traces)
     expect(traces.url.href).toBe("http://collector:4318/v1/traces")
     expect(traces.protocol).toBe("http/json")
@@ -237,8 +277,8 @@ describe("OpenTelemetry variables", () => {
 
   it("OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER=none switch export off", () => {
     const base = { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318" }
-    expect(Option.isNone(Either.getOrThrow(load({ ...base, OTEL_SDK_DISABLED: "true" })).otel.traces)).toBe(true)
-    const tracesOff = Either.getOrThrow(load({ ...base, OTEL_TRACES_EXPORTER: "none" })).otel
+    expect(Option.isNone(sliceOf(OtelConfig, { ...base, OTEL_SDK_DISABLED: "true" }).traces)).toBe(true)
+    const tracesOff = sliceOf(OtelConfig, { ...base, OTEL_TRACES_EXPORTER: "none" })
     expect([Option.isNone(tracesOff.traces), Option.isSome(tracesOff.metrics)]).toEqual([true, true])
   })
 

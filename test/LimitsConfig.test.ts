@@ -2,44 +2,41 @@
  * How limits are written: AUTHORIZATION_DEFAULT_LIMITS, the key file's `limits`, the Redis
  * variables; every mistake stops start-up (or a reload) with one line that names it.
  */
-import { Duration, Effect, Either, Option, Redacted } from "effect"
+import { Duration, Either, Option, Redacted } from "effect"
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
-import { Environment, loadAppConfig } from "../src/Config.js"
+import { RedisConfig } from "../src/config/Shared.js"
 import { parseKeyFile } from "../src/keys/KeyFile.js"
+import { KeysConfig } from "../src/keys/KeysConfig.js"
+import { LimitsConfig } from "../src/limits/LimitsConfig.js"
+import { configFailure as failure, sliceOf } from "./support/config.js"
 import { spawnProxy } from "./support/proxy.js"
-
-const load = (env: Record<string, string>) => loadAppConfig.pipe(Effect.provide(Environment.layer(env)), Effect.either, Effect.runSync)
-const failure = (env: Record<string, string>) => {
-  const result = load(env)
-  if (Either.isRight(result)) throw new Error("expected a configuration error")
-  return result.left.message
-}
 
 const LIMIT_LIST = "requests_per_minute, tokens_per_minute, concurrent_requests, tokens_per_day, tokens_per_month"
 
 describe("AUTHORIZATION_DEFAULT_LIMITS and the Redis variables", () => {
   it("no limits and the counters in memory by default", () => {
-    const config = Either.getOrThrow(load({}))
-    expect(config.defaultLimits).toBeUndefined()
-    expect(Option.isNone(config.limitsStore.redisUrl)).toBe(true)
-    expect(Duration.toMillis(config.limitsStore.timeout)).toBe(200)
-    expect(config.limitsStore.onFailure).toBe("open")
+    expect(sliceOf(KeysConfig).defaultLimits).toBeUndefined()
+    expect(Option.isNone(sliceOf(RedisConfig).redisUrl)).toBe(true)
+    const store = sliceOf(LimitsConfig)
+    expect(Duration.toMillis(store.timeout)).toBe(200)
+    expect(store.onFailure).toBe("open")
   })
 
   it("reads name=value pairs", () => {
-    const config = Either.getOrThrow(load({
+    const env = {
       AUTHORIZATION_DEFAULT_LIMITS: " requests_per_minute=60, tokens_per_day=200000,concurrent_requests=4 ",
       REDIS_URL: "rediss://:s3cret@redis.example.com:6380/2",
       LIMITS_STORE_TIMEOUT: "50ms",
       LIMITS_ON_STORE_FAILURE: "closed"
-    }))
-    expect(config.defaultLimits).toEqual({ requests_per_minute: 60, tokens_per_day: 200000, concurrent_requests: 4 })
-    expect(Redacted.value(Option.getOrThrow(config.limitsStore.redisUrl))).toBe("rediss://:s3cret@redis.example.com:6380/2")
-    expect(Duration.toMillis(config.limitsStore.timeout)).toBe(50)
-    expect(config.limitsStore.onFailure).toBe("closed")
+    }
+    expect(sliceOf(KeysConfig, env).defaultLimits).toEqual({ requests_per_minute: 60, tokens_per_day: 200000, concurrent_requests: 4 })
+    expect(Redacted.value(Option.getOrThrow(sliceOf(RedisConfig, env).redisUrl))).toBe("rediss://:s3cret@redis.example.com:6380/2")
+    const store = sliceOf(LimitsConfig, env)
+    expect(Duration.toMillis(store.timeout)).toBe(50)
+    expect(store.onFailure).toBe("closed")
   })
 
   it.each([

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Tracer } from "effect"
 import { createServer } from "node:net"
 import type { AddressInfo } from "node:net"
-import { AppConfig } from "../src/Config.js"
+import { configFromEnv } from "../src/Config.js"
 import type { ExchangeConsumer } from "../src/exchange/Exchange.js"
 import { makeLineLogger, makeLogger } from "../src/telemetry/Logging.js"
 import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
@@ -19,7 +19,7 @@ const capture = (json = true) => {
 }
 
 const tracingWith = (recorder: ReturnType<typeof spanRecorder>) =>
-  Tracing.layer.pipe(Layer.provide(AppConfig.fromEnv({})), Layer.provide(recorder.layer), Layer.orDie)
+  Tracing.layer.pipe(Layer.provide(configFromEnv({})), Layer.provide(recorder.layer), Layer.orDie)
 
 describe("log lines", () => {
   it.live("JSON: time, level, msg, request_id first, then the fields; nothing undefined", () => {

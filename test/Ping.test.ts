@@ -1,7 +1,7 @@
 import { HttpServerRequest } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { AppConfig } from "../src/Config.js"
+import { configFromEnv } from "../src/Config.js"
 import { ping } from "../src/http/Ping.js"
 import { ApiKeys } from "../src/keys/ApiKeys.js"
 import { GpuCheck, type GpuSnapshot, holdsBack, keepsOut } from "../src/ollama/Gpu.js"
@@ -44,7 +44,7 @@ const answer = (
         )
       ),
       Layer.succeed(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request("http://worker/ping", { headers }))),
-      ApiKeys.Default.pipe(Layer.provide(AppConfig.fromEnv(env)))
+      ApiKeys.Default.pipe(Layer.provide(configFromEnv(env)))
     ))
   )
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Layer, Logger, Schedule, Stream, SubscriptionRef, TestClock } from "effect"
-import { AppConfig } from "../src/Config.js"
+import { configFromEnv } from "../src/Config.js"
 import {
   type LocalModel,
   ModelNotFound,
@@ -72,7 +72,7 @@ const setup = (env: Record<string, string>, fake: FakeOllama = {}, initial: Olla
       Preloader.DefaultWithoutDependencies.pipe(
         Layer.provide(client),
         Layer.provide(health),
-        Layer.provide(AppConfig.fromEnv(env))
+        Layer.provide(configFromEnv(env))
       )
     ).pipe(
       Effect.map((context) => Context.get(context, Preloader)),

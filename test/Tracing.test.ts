@@ -8,7 +8,7 @@ import { createServer } from "node:net"
 import type { AddressInfo } from "node:net"
 import { Ollama } from "ollama"
 import OpenAI from "openai"
-import { AppConfig } from "../src/Config.js"
+import { configFromEnv } from "../src/Config.js"
 import type { ExchangeConsumer } from "../src/exchange/Exchange.js"
 import { makeTelemetryConsumer } from "../src/telemetry/Telemetry.js"
 import { Tracing } from "../src/telemetry/Tracing.js"
@@ -26,7 +26,7 @@ const TRACEPARENT = `00-${TRACE_ID}-${CLIENT_SPAN}-01`
 /** A telemetry tap with tracing on, exporting to memory; `run` plays exchanges through it. */
 const withTap = async <A>(env: Record<string, string>, run: (tap: ExchangeConsumer) => A) => {
   const recorder = spanRecorder()
-  const tracing = Tracing.layer.pipe(Layer.provide(AppConfig.fromEnv(env)), Layer.provide(recorder.layer), Layer.orDie)
+  const tracing = Tracing.layer.pipe(Layer.provide(configFromEnv(env)), Layer.provide(recorder.layer), Layer.orDie)
   const result = await Effect.runPromise(Effect.map(makeTelemetryConsumer, run).pipe(Effect.provide(Layer.merge(tracing, quiet))))
   return { result, recorder }
 }
@@ -205,7 +205,7 @@ describe("work that outlives the request (the usage webhook)", () => {
 
   it.live("carries the trace of the request that produced the record, tracing on", () => {
     const recorder = spanRecorder()
-    const tracing = Tracing.layer.pipe(Layer.provide(AppConfig.fromEnv({})), Layer.provide(recorder.layer), Layer.orDie)
+    const tracing = Tracing.layer.pipe(Layer.provide(configFromEnv({})), Layer.provide(recorder.layer), Layer.orDie)
     return Effect.gen(function*() {
       const tap = yield* makeTelemetryConsumer
       const { exchange } = play(tap, { method: "GET", url: "/api/ps", headers: { traceparent: TRACEPARENT } })

@@ -5,11 +5,12 @@ import { mkdtempSync, readdirSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Webhook } from "standardwebhooks"
-import { AppConfig } from "../src/Config.js"
+import { configFromEnv } from "../src/Config.js"
 import { makeLogger } from "../src/telemetry/Logging.js"
 import type { UsageRecord } from "../src/usage/Record.js"
 import { parseSegment } from "../src/usage/Spool.js"
 import { parseRetryAfter, retrySchedule, UsageWebhook, webhookDisabled, WebhookRejected, WebhookUnreachable } from "../src/usage/Webhook.js"
+import { WebhookConfig } from "../src/usage/WebhookConfig.js"
 import { freePort } from "./support/http.js"
 import { startWebhook, type WebhookReceiver } from "./support/webhook.js"
 
@@ -68,7 +69,7 @@ const withWebhook = async (
     })
   )
   const layer = UsageWebhook.Default.pipe(
-    Layer.provide(AppConfig.fromEnv({ AUTHORIZATION_LOG_LEVEL: "debug", WEBHOOK_RETRY_DELAY: "10ms", ...env })),
+    Layer.provide(configFromEnv({ AUTHORIZATION_LOG_LEVEL: "debug", WEBHOOK_RETRY_DELAY: "10ms", ...env })),
     Layer.provide(Layer.merge(logger, Logger.minimumLogLevel(LogLevel.Debug)))
   )
   await Effect.gen(function*() {
@@ -407,12 +408,12 @@ describe("UsageWebhook batches (USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE)", () => {
 
   it("refuses a batch size the queue cannot hold, naming the variable", async () => {
     const env = { USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: "200", WEBHOOK_QUEUE_SIZE: "100" }
-    const error = await Effect.runPromise(Effect.flip(AppConfig.pipe(Effect.provide(AppConfig.fromEnv(env)))))
+    const error = await Effect.runPromise(Effect.flip(WebhookConfig.pipe(Effect.provide(configFromEnv(env)))))
     expect(error.message).toBe(
       "invalid configuration: USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE: 200 is more than WEBHOOK_QUEUE_SIZE (100): a batch could never fill"
     )
     for (const [variable, value] of [["USER_MODEL_METRICS_WEBHOOK_BATCH_SIZE", "0"], ["USER_MODEL_METRICS_WEBHOOK_BATCH_WAIT", "soon"]]) {
-      const bad = await Effect.runPromise(Effect.flip(AppConfig.pipe(Effect.provide(AppConfig.fromEnv({ [variable!]: value! })))))
+      const bad = await Effect.runPromise(Effect.flip(WebhookConfig.pipe(Effect.provide(configFromEnv({ [variable!]: value! })))))
       expect(bad.message).toContain(variable)
     }
   })
@@ -511,7 +512,7 @@ describe("UsageWebhook signatures (USER_MODEL_METRICS_WEBHOOK_SECRET)", () => {
     expect(receiver.received[0]!.headers["webhook-id"]).toBe(receiver.received[0]!.record.id)
     for (const bad of ["hunter2-not-a-secret", "whsec_!!!not base64"]) {
       const error = await Effect.runPromise(
-        Effect.flip(AppConfig.pipe(Effect.provide(AppConfig.fromEnv({ USER_MODEL_METRICS_WEBHOOK_SECRET: bad }))))
+        Effect.flip(WebhookConfig.pipe(Effect.provide(configFromEnv({ USER_MODEL_METRICS_WEBHOOK_SECRET: bad }))))
       )
       expect(error.message).toMatch(/^invalid configuration: USER_MODEL_METRICS_WEBHOOK_SECRET: /)
       expect(error.message).not.toContain("hunter2")

@@ -1,9 +1,9 @@
 /**
- * Reading the environment: the value parsers and the Effect Config helpers every part's slice of
- * the configuration uses (src/Config.ts composes the slices). A bad value fails start-up with an
+ * Reading the environment: the value parsers and the readers every part's slice of the
+ * configuration is made of (src/Config.ts composes the slices). A bad value fails start-up with an
  * AppConfigError naming the variable, as one line.
  */
-import { Config, ConfigError, ConfigProvider, Context, Data, Duration, Effect, Either, Layer, Option } from "effect"
+import { Context, Data, Duration, Effect, Either, Layer, Option } from "effect"
 
 export class AppConfigError extends Data.TaggedError("AppConfigError")<{
   readonly variable: string
@@ -76,52 +76,83 @@ export const parseHttpUrl: Parse<URL> = (raw) => {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading variables through Effect Config, so the provider decides where values come from.
+// Readers: each looks its variables up in the environment, and names them. A slice is made of
+// readers, so the list of variables it reads is made from its reads and cannot drift from them
+// (the README's table is checked against these lists, test/Readme.test.ts).
 
-const invalid = (variable: string, reason: string) => ConfigError.InvalidData([variable], reason)
+type Env = Readonly<Record<string, string | undefined>>
 
-/** An optional variable; empty counts as unset (templates often set empty values). */
-export const optional = <A>(name: string, parse: Parse<A>): Config.Config<Option.Option<A>> =>
-  Config.option(Config.string(name)).pipe(
-    Config.mapOrFail((raw) => {
-      if (Option.isNone(raw) || raw.value.trim() === "") return Either.right(Option.none())
-      return Either.match(parse(raw.value), {
-        onLeft: (reason) => Either.left(invalid(name, reason)),
-        onRight: (a) => Either.right(Option.some(a))
-      })
-    })
-  )
-
-export const withDefault = <A>(name: string, parse: Parse<A>, fallback: A) =>
-  optional(name, parse).pipe(Config.map(Option.getOrElse(() => fallback)))
-
-/** The first of several names that is set (`PORT`, then the older `AUTHORIZATION_PORT`). */
-export const firstOf = <A>(names: ReadonlyArray<string>, parse: Parse<A>) =>
-  Config.all(names.map((name) => optional(name, parse))).pipe(Config.map((values) => Option.firstSomeOf(values)))
-
-export const text: Parse<string> = (raw) => Either.right(raw.trim())
-
-/** The first invalid variable named in a ConfigError, as one line. */
-export const toAppConfigError = (error: ConfigError.ConfigError): AppConfigError => {
-  const find = (e: ConfigError.ConfigError): AppConfigError | undefined => {
-    switch (e._op) {
-      case "And":
-      case "Or":
-        return find(e.left) ?? find(e.right)
-      case "InvalidData":
-      case "MissingData":
-      case "SourceUnavailable":
-      case "Unsupported":
-        return new AppConfigError({ variable: e.path.join("_") || "environment", reason: e.message })
-    }
-  }
-  return find(error) ?? new AppConfigError({ variable: "environment", reason: String(error) })
+/** Values read from the environment, and the variables looked up for them: a family read by prefix as `PREFIX*`. */
+export interface Read<A> {
+  readonly variables: ReadonlyArray<string>
+  readonly read: (env: Env) => Either.Either<A, AppConfigError>
 }
 
-/** A part's own slice of the environment, read as AppConfig reads its own: a bad value fails with the variable's name. */
-export const readConfigSlice = <A>(config: Config.Config<A>) =>
-  Effect.gen(function*() {
-    const env = yield* Environment
-    const provider = ConfigProvider.fromMap(new Map(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)))
-    return yield* Effect.withConfigProvider(config, provider).pipe(Effect.mapError(toAppConfigError))
-  })
+export declare namespace Read {
+  /** What a reader reads: `Read.Success<typeof table>`. */
+  export type Success<R> = R extends Read<infer A> ? A : never
+}
+
+/** An optional variable; empty counts as unset (templates often set empty values). */
+export const optional = <A>(name: string, parse: Parse<A>): Read<Option.Option<A>> => ({
+  variables: [name],
+  read: (env) => {
+    const raw = env[name]
+    if (raw === undefined || raw.trim() === "") return Either.right(Option.none())
+    return Either.match(parse(raw), {
+      onLeft: (reason) => Either.left(new AppConfigError({ variable: name, reason })),
+      onRight: (a) => Either.right(Option.some(a))
+    })
+  }
+})
+
+export const withDefault = <A>(name: string, parse: Parse<A>, fallback: A): Read<A> => {
+  const { read, variables } = optional(name, parse)
+  return { variables, read: (env) => Either.map(read(env), Option.getOrElse(() => fallback)) }
+}
+
+/** The first of several names that is set (`PORT`, then the older `AUTHORIZATION_PORT`); each is checked. */
+export const firstOf = <A>(names: ReadonlyArray<string>, parse: Parse<A>): Read<Option.Option<A>> => {
+  const reads = names.map((name) => optional(name, parse))
+  return {
+    variables: names,
+    read: (env) => Either.map(Either.all(reads.map((r) => r.read(env))), Option.firstSomeOf)
+  }
+}
+
+/** Natural order for suffixes, so PRELOAD_MODEL_2 comes before PRELOAD_MODEL_10. */
+const byName = (a: string, b: string) => a.localeCompare(b, "en", { numeric: true })
+
+/**
+ * Every variable whose name starts with `prefix` (AUTHORIZATION_APIKEY, AUTHORIZATION_APIKEY_BOB...),
+ * in natural order, read together.
+ */
+export const family = <A>(
+  prefix: string,
+  read: (variables: ReadonlyArray<readonly [name: string, value: string | undefined]>) => Either.Either<A, AppConfigError>
+): Read<A> => ({
+  variables: [`${prefix}*`],
+  read: (env) => read(Object.keys(env).filter((name) => name.startsWith(prefix)).sort(byName).map((name) => [name, env[name]] as const))
+})
+
+type Values<T extends Record<string, Read<any>>> = { readonly [K in keyof T]: T[K] extends Read<infer A> ? A : never }
+
+/** A table of readers read as one: the first error in the table's order, else every value. */
+export const all = <T extends Record<string, Read<any>>>(table: T): Read<Values<T>> => ({
+  variables: Object.values(table).flatMap((r) => r.variables),
+  read: (env) => {
+    const values: Record<string, unknown> = {}
+    for (const [key, r] of Object.entries(table)) {
+      const value = r.read(env)
+      if (Either.isLeft(value)) return value
+      values[key] = value.right
+    }
+    return Either.right(values as Values<T>)
+  }
+})
+
+/** A part's own slice of the environment, from the Environment in context. */
+export const readSlice = <A>(slice: Read<A>): Effect.Effect<A, AppConfigError, Environment> =>
+  Effect.flatMap(Environment, (env) => slice.read(env))
+
+export const text: Parse<string> = (raw) => Either.right(raw.trim())

@@ -5,7 +5,7 @@
 import { randomUUID } from "node:crypto"
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http"
 import { BlockList, isIP } from "node:net"
-import type { AddressBlock } from "../Config.js"
+import type { AddressBlock } from "./ExchangeConfig.js"
 
 const HOP_BY_HOP = new Set([
   "connection",

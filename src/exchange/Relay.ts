@@ -8,11 +8,12 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "node:
 import type { Socket } from "node:net"
 import { type Readable } from "node:stream"
 import { type Dispatcher, Pool } from "undici"
-import { AppConfig } from "../Config.js"
+import { OllamaHostConfig } from "../OllamaHost.js"
 import { type BodyChecks, checkBody } from "../policy/BodyCheck.js"
 import { RequestPolicyConfig } from "../policy/PolicyConfig.js"
 import { badGateway, bodyTimeout as bodyTimedOut, ollamaUnavailable, writeRefusal } from "./Errors.js"
 import { type ChunkFilter, type Exchange, filterOf, RemoteModelList, replacementOf } from "./Exchange.js"
+import { RelayConfig, TrustedProxiesConfig } from "./ExchangeConfig.js"
 import { clientResponseHeaders, hasBody, trustedPeers, upstreamRequestHeaders } from "./Headers.js"
 
 /**
@@ -105,13 +106,15 @@ const readBody = (
 
 export class Relay extends Effect.Service<Relay>()("app/Relay", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const ollama = yield* OllamaHostConfig
+    const { trustedProxies } = yield* TrustedProxiesConfig
+    const { requestBodyTimeout } = yield* RelayConfig
     const health = yield* UpstreamHealth
     const remote = yield* RemoteModelList
     const checks: BodyChecks = { operator: yield* RequestPolicyConfig, isRemote: remote.isRemote }
     const pool = yield* Effect.acquireRelease(
       Effect.sync(() =>
-        new Pool(config.ollama.origin, {
+        new Pool(ollama.origin, {
           // A model load can hold the first byte for minutes; the client decides when to give up.
           headersTimeout: 0,
           bodyTimeout: 0,
@@ -121,9 +124,9 @@ export class Relay extends Effect.Service<Relay>()("app/Relay", {
       ),
       (pool) => Effect.promise(() => pool.destroy())
     )
-    const ollamaHost = config.ollama.hostHeader
-    const trusted = trustedPeers(config.trustedProxies)
-    const bodyTimeout = Duration.toMillis(config.requestBodyTimeout)
+    const ollamaHost = ollama.hostHeader
+    const trusted = trustedPeers(trustedProxies)
+    const bodyTimeout = Duration.toMillis(requestBodyTimeout)
 
     const forward = (exchange: Exchange): void => {
       const { checked, reading, req, requestId, res, rewrites, route } = exchange

@@ -8,8 +8,9 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { Data, Duration, Effect, Layer } from "effect"
 import { createServer, type IncomingMessage, type Server as NodeServer, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
-import { AppConfig, type AppConfigShape } from "../Config.js"
+import { ShutdownConfig } from "../config/Shared.js"
 import { ExchangeBoundary } from "../exchange/Boundary.js"
+import { TrustedProxiesConfig } from "../exchange/ExchangeConfig.js"
 import { hasBody } from "../exchange/Headers.js"
 import { trustedPeers } from "../exchange/Headers.js"
 import { UpstreamHealth } from "../exchange/Relay.js"
@@ -19,10 +20,12 @@ import { OllamaHealth } from "../ollama/Health.js"
 import { Preloader } from "../ollama/Preloader.js"
 import { OllamaProcess } from "../ollama/Process.js"
 import { RemoteModelsLive } from "../ollama/RemoteModels.js"
+import { OllamaHostConfig } from "../OllamaHost.js"
 import { RequestPolicyConfig } from "../policy/PolicyConfig.js"
 import { metricsRoute, PrometheusMetrics } from "../telemetry/MetricsExport.js"
 import { capConnections, forwardedClientCap } from "./Connections.js"
 import { ping } from "./Ping.js"
+import { ServerConfig, type ServerConfigShape } from "./ServerConfig.js"
 
 export class ListenError extends Data.TaggedError("ListenError")<{
   readonly address: string
@@ -91,9 +94,8 @@ const closingOnBody = (control: Handler): Handler => (req, res) => {
   control(req, res)
 }
 
-const makeServer = (handler: Handler, config: AppConfigShape) => {
+const makeServer = (handler: Handler, config: ServerConfigShape, trusted: (address: string | undefined) => boolean) => {
   const headersTimeout = Duration.toMillis(config.requestHeadersTimeout)
-  const trusted = trustedPeers(config.trustedProxies)
   const capped = forwardedClientCap(config.maxConnectionsPerAddress, trusted, handler)
   const server = createServer({
     keepAliveTimeout: 65_000,
@@ -118,7 +120,10 @@ const makeServer = (handler: Handler, config: AppConfigShape) => {
 
 export class Server extends Effect.Service<Server>()("app/Server", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const config = yield* ServerConfig
+    const trusted = trustedPeers((yield* TrustedProxiesConfig).trustedProxies)
+    const { shutdownTimeout } = yield* ShutdownConfig
+    const ollama = yield* OllamaHostConfig
     const boundary = yield* ExchangeBoundary
     // No span per health check or scrape: the handler's runtime has the tracer middleware off.
     const control = yield* NodeHttpServer.makeHandler(
@@ -127,24 +132,24 @@ export class Server extends Effect.Service<Server>()("app/Server", {
       )
     ).pipe(HttpMiddleware.withTracerDisabledWhenEffect(() => true))
 
-    const main = makeServer(boundary.handler(controlPaths(config.healthPaths), closingOnBody(control)), config)
+    const main = makeServer(boundary.handler(controlPaths(config.healthPaths), closingOnBody(control)), config, trusted)
     const port = yield* listen(main, config.port, config.host)
     yield* Effect.addFinalizer(() =>
       Effect.logInfo("shutting down: no new connections, finishing the requests in flight").pipe(
-        Effect.annotateLogs({ timeout_ms: Duration.toMillis(config.shutdownTimeout) }),
-        Effect.zipRight(close(main, config.shutdownTimeout))
+        Effect.annotateLogs({ timeout_ms: Duration.toMillis(shutdownTimeout) }),
+        Effect.zipRight(close(main, shutdownTimeout))
       )
     )
 
     let healthPort = port
     if (config.healthPort !== config.port) {
-      const health = makeServer(closingOnBody(control), config)
+      const health = makeServer(closingOnBody(control), config, trusted)
       healthPort = yield* listen(health, config.healthPort, config.host)
-      yield* Effect.addFinalizer(() => close(health, config.shutdownTimeout))
+      yield* Effect.addFinalizer(() => close(health, shutdownTimeout))
     }
 
     yield* Effect.logInfo("listening").pipe(
-      Effect.annotateLogs({ host: config.host, port, health_port: healthPort, ollama: config.ollama.origin })
+      Effect.annotateLogs({ host: config.host, port, health_port: healthPort, ollama: ollama.origin })
     )
     return { port, healthPort } as const
   }),

@@ -15,11 +15,12 @@ import { watch } from "node:fs"
 import { readFile } from "node:fs/promises"
 import type { IncomingHttpHeaders } from "node:http"
 import { dirname } from "node:path"
-import { type ApiKeyConfig, AppConfig, AppConfigError } from "../Config.js"
+import { AppConfigError } from "../config/Read.js"
 import { type KeyLimits, sameLimits, someLimits } from "../limits/Table.js"
 import type { KeyRequestPolicy } from "../policy/RequestPolicy.js"
 import { type Scope, scopesOf } from "../Scopes.js"
 import { type KeyEntry, KeyFileError, parseKeyFile, requestPolicyOf } from "./KeyFile.js"
+import { type ApiKeyConfig, KeysConfig } from "./KeysConfig.js"
 import { ModelRule } from "./Models.js"
 
 export type KeyMetadata = Readonly<Record<string, string | number | boolean | null>>
@@ -171,7 +172,7 @@ const reloadLabels = {
 
 export class ApiKeys extends Effect.Service<ApiKeys>()("app/ApiKeys", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const config = yield* KeysConfig
     const env = fromEnvironment(config.apiKeys, config.defaultScopes, config.defaultLimits)
     const file = Option.getOrUndefined(config.keysFile)
     /** No key anywhere: every caller is let in (a warning says so at start). */

@@ -17,12 +17,13 @@
  */
 import { Duration, Effect, Metric, Option, Redacted, Runtime, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
-import { AppConfig } from "../Config.js"
+import { RedisConfig } from "../config/Shared.js"
 import type { Refusal } from "../exchange/Errors.js"
 import { type Admit, type Exchange, type ExchangeConsumer, type ExchangeWatch, type PeriodTotals, writerOf } from "../exchange/Exchange.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { labelCache } from "../telemetry/Metrics.js"
 import { left, limitHeaders, refusalMessage } from "./Headers.js"
+import { LimitsConfig } from "./LimitsConfig.js"
 import { makeOwnUsage } from "./OwnUsage.js"
 import { redisStore } from "./RedisStore.js"
 import { type Admission, type AnyLimitStore, embeddedStore, type HeldSlot, LEASE_MS, periodsAt, type Usage } from "./Store.js"
@@ -82,10 +83,10 @@ const describe = (error: unknown) => (error instanceof Error ? error.message : S
 
 export class Limits extends Effect.Service<Limits>()("app/Limits", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const { onFailure, timeout } = yield* LimitsConfig
+    const { redisUrl } = yield* RedisConfig
     const keys = yield* ApiKeys
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-    const { onFailure, redisUrl, timeout } = config.limitsStore
     const timeoutMs = Duration.toMillis(timeout)
 
     // Failures are counted at once and logged at most once per LOG_EVERY, with what was decided.

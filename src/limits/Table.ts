@@ -8,8 +8,8 @@
  * To add a limit, add an entry (and its row in the README's table of limits). A new kind of
  * window is the one change that reaches the stores.
  *
- * This file imports nothing of the proxy: keys/, Config.ts and the exchange read it, as they
- * read Scopes.ts.
+ * This file imports nothing of the proxy: keys/ (its slice of the environment too) and the
+ * exchange read it, as they read Scopes.ts.
  */
 import { Either, Schema } from "effect"
 import { didYouMean } from "../NearMiss.js"

@@ -5,7 +5,8 @@
 import { HttpClient, HttpClientRequest, HttpClientResponse } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
 import { Data, Duration, Effect, Option, Schema, Stream } from "effect"
-import { AppConfig } from "../Config.js"
+import { OllamaHostConfig } from "../OllamaHost.js"
+import { OllamaConfig } from "./OllamaConfig.js"
 
 /** Ollama did not answer, or the connection broke: worth trying again later. */
 export class OllamaUnavailable extends Data.TaggedError("OllamaUnavailable")<{
@@ -99,13 +100,14 @@ const PULL_IDLE_TIMEOUT = Duration.minutes(5)
 
 export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClient", {
   effect: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const ollama = yield* OllamaHostConfig
+    const { ollamaLoadTimeout } = yield* OllamaConfig
     const http = (yield* HttpClient.HttpClient).pipe(
-      HttpClient.mapRequest(HttpClientRequest.prependUrl(config.ollama.origin)),
-      HttpClient.mapRequest(HttpClientRequest.setHeader("host", config.ollama.hostHeader))
+      HttpClient.mapRequest(HttpClientRequest.prependUrl(ollama.origin)),
+      HttpClient.mapRequest(HttpClientRequest.setHeader("host", ollama.hostHeader))
     )
 
-    const warmTimeout = Duration.sum(config.ollamaLoadTimeout.duration, WARM_GRACE)
+    const warmTimeout = Duration.sum(ollamaLoadTimeout.duration, WARM_GRACE)
 
     /** `GET /` answers 200 once `ollama serve` can take requests (it logs "Listening" earlier). */
     const ping = (timeout: Duration.DurationInput) =>
@@ -232,7 +234,7 @@ export class OllamaClient extends Effect.Service<OllamaClient>()("app/OllamaClie
 
     return {
       /** Where Ollama is looked for: OLLAMA_HOST's origin, as Ollama's own rules read it. */
-      origin: config.ollama.origin,
+      origin: ollama.origin,
       ping,
       version,
       pull,

@@ -11,10 +11,10 @@
  * routing), else as a warning.
  */
 import { Clock, Effect, Stream } from "effect"
-import { AppConfig } from "../Config.js"
 import { setModelVramRatio } from "../telemetry/Metrics.js"
 import { OllamaClient, type RunningModel } from "./Client.js"
 import { OllamaHealth } from "./Health.js"
+import { PreloadConfig } from "./OllamaConfig.js"
 import { Preloader, retrySchedule } from "./Preloader.js"
 import { type ComputeDevice, OllamaProcess } from "./Process.js"
 
@@ -75,7 +75,7 @@ const devicesForLog = (devices: ReadonlyArray<ComputeDevice> | undefined): Reado
 
 export class GpuCheck extends Effect.Service<GpuCheck>()("app/GpuCheck", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const config = yield* PreloadConfig
     const client = yield* OllamaClient
     const health = yield* OllamaHealth
     const preloader = yield* Preloader

@@ -4,10 +4,10 @@
  * (a plain snapshot) is what /ping reports; after an Ollama restart the models are warmed again.
  */
 import { Clock, Duration, Effect, LogLevel, Option, Schedule, Stream, SubscriptionRef } from "effect"
-import { AppConfig } from "../Config.js"
 import { setPreloadState } from "../telemetry/Metrics.js"
 import { type ModelNotFound, OllamaClient, type OllamaError, type OllamaUnavailable, type PullProgress, type WarmedWith } from "./Client.js"
 import { OllamaHealth } from "./Health.js"
+import { PreloadConfig } from "./OllamaConfig.js"
 
 export type ModelState = "pending" | "pulling" | "warming" | "ready" | "failed"
 
@@ -102,7 +102,7 @@ export const humanBytes = (bytes: number): string => {
 
 export class Preloader extends Effect.Service<Preloader>()("app/Preloader", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const config = yield* PreloadConfig
     const client = yield* OllamaClient
     const health = yield* OllamaHealth
     const models = config.preloadModels

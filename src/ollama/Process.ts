@@ -7,8 +7,10 @@
 import { Command, CommandExecutor } from "@effect/platform"
 import { NodeCommandExecutor, NodeFileSystem } from "@effect/platform-node"
 import { Clock, Data, Deferred, Duration, Effect, Fiber, Layer, LogLevel, Metric, Option, Schedule, Stream, SubscriptionRef } from "effect"
-import { AppConfig, DEFAULT_LOAD_TIMEOUT, Environment } from "../Config.js"
+import { Environment } from "../config/Read.js"
+import { QueueConfig } from "../schedule/QueueConfig.js"
 import { ollamaRestarts } from "../telemetry/Metrics.js"
+import { DEFAULT_LOAD_TIMEOUT, OllamaConfig } from "./OllamaConfig.js"
 
 /** `OLLAMA_BIN serve` could not be started at all (missing, not executable). */
 export class OllamaSpawnError extends Data.TaggedError("OllamaSpawnError")<{
@@ -219,7 +221,7 @@ export interface OllamaProcessShape {
 
 export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaProcess", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const config = yield* OllamaConfig
     if (!config.ollamaManaged) {
       const unmanaged = ProcessState.Unmanaged()
       const shape: OllamaProcessShape = {
@@ -239,7 +241,7 @@ export class OllamaProcess extends Effect.Service<OllamaProcess>()("app/OllamaPr
     // from a cold network volume; unset, it gets what RunPod's own Ollama worker uses. Ollama must
     // run as many requests at once as the proxy dispatches to it (src/schedule/): unset,
     // OLLAMA_NUM_PARALLEL is the proxy's number of slots (QUEUE_SLOTS).
-    const { ollamaNumParallel, slots } = config.queue
+    const { ollamaNumParallel, slots } = yield* QueueConfig
     const command = Command.make(config.ollamaBin, "serve").pipe(
       Command.env({
         ...environment,

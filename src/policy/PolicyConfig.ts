@@ -1,11 +1,13 @@
 /**
- * The request policy's own slice of the environment (REQUEST_POLICY_*), read by this part alone:
- * the operator's rules for tenants (keys without `manage`), and the preloaded models whose
- * keep_alive the policy holds at PRELOAD_KEEP_ALIVE.
+ * The request policy's own slice of the environment (REQUEST_POLICY_*, MAX_REQUEST_BODY), read by
+ * this part alone: the operator's rules for tenants (keys without `manage`), with the preloaded
+ * models whose keep_alive the policy holds at PRELOAD_KEEP_ALIVE (taken from the preload slice,
+ * src/ollama/OllamaConfig.ts, not read again).
  */
-import { Config, Context, Effect, Either, Layer, Option } from "effect"
-import { AppConfig, optional, type Parse, parsePositiveInt, quoted, readConfigSlice, withDefault } from "../Config.js"
+import { Context, Effect, Either, Layer, Option } from "effect"
+import { all, optional, type Parse, parsePositiveInt, quoted, readSlice, withDefault } from "../config/Read.js"
 import { normalizeModel } from "../keys/Models.js"
+import { PreloadConfig } from "../ollama/OllamaConfig.js"
 import { parseKeepAliveBound, readKeepAlive } from "./GoDuration.js"
 import type { OperatorPolicy } from "./RequestPolicy.js"
 
@@ -23,7 +25,7 @@ export const parseSize: Parse<number> = (raw) => {
   return bytes > 0 ? Either.right(bytes) : Either.left(`${quoted(raw)} must be more than 0`)
 }
 
-const fromEnvironment = Config.all({
+const fromEnvironment = all({
   maxRequestBody: withDefault("MAX_REQUEST_BODY", parseSize, 32 * 1024 * 1024),
   keepAliveMin: withDefault("REQUEST_POLICY_KEEP_ALIVE_MIN", parseKeepAliveBound, 1e9),
   keepAliveMax: withDefault("REQUEST_POLICY_KEEP_ALIVE_MAX", parseKeepAliveBound, 30 * 60e9),
@@ -33,11 +35,12 @@ const fromEnvironment = Config.all({
 })
 
 export class RequestPolicyConfig extends Context.Tag("app/RequestPolicyConfig")<RequestPolicyConfig, OperatorPolicy>() {
+  static readonly variables = fromEnvironment.variables
   static readonly layer = Layer.effect(
     RequestPolicyConfig,
     Effect.gen(function*() {
-      const { preloadKeepAlive, preloadModels } = yield* AppConfig
-      const raw = yield* readConfigSlice(fromEnvironment)
+      const { preloadKeepAlive, preloadModels } = yield* PreloadConfig
+      const raw = yield* readSlice(fromEnvironment)
       const preload = readKeepAlive(preloadKeepAlive)
       const preloadNs = "ns" in preload ? preload.ns : Infinity
       return {

@@ -2,11 +2,11 @@
  * The schedule's own slice of the environment (QUEUE_*, and OLLAMA_NUM_PARALLEL as Ollama reads
  * it): how many inference requests go to Ollama at once, and how long and how many may wait.
  */
-import { Config, Duration, Effect, Either, Option } from "effect"
-import { optional, type Parse, parsePositiveDuration, parsePositiveInt, quoted, readConfigSlice, withDefault } from "../config/Read.js"
+import { Context, Duration, Effect, Either, Layer, Option } from "effect"
+import { all, optional, type Parse, parsePositiveDuration, parsePositiveInt, quoted, readSlice, withDefault } from "../config/Read.js"
 
 /** How inference requests wait for Ollama's slots (src/schedule/). */
-export interface QueueConfig {
+export interface QueueConfigShape {
   /** Inference requests in flight to Ollama at once: QUEUE_SLOTS, else OLLAMA_NUM_PARALLEL, else 1; 0 = no dispatch. */
   readonly slots: number
   /** OLLAMA_NUM_PARALLEL as the proxy's environment gives it; a managed Ollama without it is given `slots`. */
@@ -27,7 +27,7 @@ const parseCount: Parse<number> = (raw) => {
 /** OLLAMA_NUM_PARALLEL as Ollama reads it (envconfig.Uint, then max(n, 1) in server/sched.go). */
 const parseNumParallel: Parse<number> = (raw) => Either.map(parseCount(raw), (n) => Math.max(n, 1))
 
-const fromEnvironment = Config.all({
+const fromEnvironment = all({
   queueSlots: optional("QUEUE_SLOTS", parseCount),
   ollamaNumParallel: optional("OLLAMA_NUM_PARALLEL", parseNumParallel),
   queueMaxWait: withDefault("QUEUE_MAX_WAIT", parsePositiveDuration, Duration.seconds(60)),
@@ -35,13 +35,22 @@ const fromEnvironment = Config.all({
   queueMax: withDefault("QUEUE_MAX", parsePositiveInt, 512)
 })
 
-/** The QUEUE_* variables, read and checked. */
-export const readQueueConfig = readConfigSlice(fromEnvironment).pipe(
-  Effect.map((raw): QueueConfig => ({
-    slots: Option.getOrElse(raw.queueSlots, () => Option.getOrElse(raw.ollamaNumParallel, () => 1)),
-    ollamaNumParallel: raw.ollamaNumParallel,
-    maxWait: raw.queueMaxWait,
-    maxPerKey: raw.queueMaxPerKey,
-    maxWaiting: raw.queueMax
-  }))
-)
+/**
+ * The QUEUE_* variables, read and checked: the scheduler's, and the process supervisor's, which
+ * gives a managed Ollama as many parallel requests as there are slots.
+ */
+export class QueueConfig extends Context.Tag("app/QueueConfig")<QueueConfig, QueueConfigShape>() {
+  static readonly variables = fromEnvironment.variables
+  static readonly layer = Layer.effect(
+    QueueConfig,
+    readSlice(fromEnvironment).pipe(
+      Effect.map((raw): QueueConfigShape => ({
+        slots: Option.getOrElse(raw.queueSlots, () => Option.getOrElse(raw.ollamaNumParallel, () => 1)),
+        ollamaNumParallel: raw.ollamaNumParallel,
+        maxWait: raw.queueMaxWait,
+        maxPerKey: raw.queueMaxPerKey,
+        maxWaiting: raw.queueMax
+      }))
+    )
+  )
+}

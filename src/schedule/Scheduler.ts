@@ -18,11 +18,11 @@
  * Plain callbacks and one timer per waiting request, no fiber: see src/exchange/Boundary.ts.
  */
 import { Duration, Effect, Metric, MetricBoundaries, Runtime, type Scope } from "effect"
-import { AppConfig } from "../Config.js"
 import { type Exchange, type ExchangeConsumer, type ExchangeWatch, writerOf } from "../exchange/Exchange.js"
 import { labelCache, NO_LABELS } from "../telemetry/Metrics.js"
 import type { Dispatch } from "./Dispatch.js"
 import { Fair, type Ticket } from "./Fair.js"
+import { QueueConfig } from "./QueueConfig.js"
 import { queueRefusal, type QueueRefusalReason, retryAfterMs } from "./Refusals.js"
 
 /** Labels: api_key_name. Left out of public scrapes, like every per-key gauge. */
@@ -67,10 +67,10 @@ export interface SchedulerShape {
 }
 
 export class Scheduler extends Effect.Service<Scheduler>()("app/Scheduler", {
-  scoped: Effect.gen(function*(): Effect.fn.Return<SchedulerShape, never, AppConfig | Scope.Scope> {
-    const config = yield* AppConfig
-    const { maxPerKey, maxWaiting, slots } = config.queue
-    const maxWaitMs = Duration.toMillis(config.queue.maxWait)
+  scoped: Effect.gen(function*(): Effect.fn.Return<SchedulerShape, never, QueueConfig | Scope.Scope> {
+    const queue = yield* QueueConfig
+    const { maxPerKey, maxWaiting, slots } = queue
+    const maxWaitMs = Duration.toMillis(queue.maxWait)
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     slotsTotal.unsafeUpdate(slots, NO_LABELS)
     slotsBusy.unsafeUpdate(0, NO_LABELS)

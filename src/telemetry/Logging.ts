@@ -7,7 +7,8 @@
  * (prompts). Callers pass names and figures only.
  */
 import { Cause, Context, Effect, FiberId, FiberRef, FiberRefs, HashMap, Layer, List, Logger, LogLevel, Option, Tracer } from "effect"
-import { AppConfig, type LogLevelName } from "../Config.js"
+import { WorkerConfig } from "../config/Shared.js"
+import { LoggingConfig, type LogLevelName } from "./TelemetryConfig.js"
 
 export const levels: Record<LogLevelName, LogLevel.LogLevel> = {
   error: LogLevel.Error,
@@ -96,11 +97,14 @@ const stdout = (line: string) => {
 }
 
 export const LoggingLive = Layer.unwrapEffect(
-  Effect.map(AppConfig, (config) =>
-    Layer.merge(
-      Logger.replace(Logger.defaultLogger, makeLogger(config.logJson, stdout, config.worker)),
+  Effect.gen(function*() {
+    const config = yield* LoggingConfig
+    const worker = yield* WorkerConfig
+    return Layer.merge(
+      Logger.replace(Logger.defaultLogger, makeLogger(config.logJson, stdout, worker)),
       Logger.minimumLogLevel(levels[config.logLevel])
-    ))
+    )
+  })
 )
 
 /**

@@ -5,10 +5,12 @@
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import type { IncomingHttpHeaders } from "node:http"
-import { AppConfig, type AppConfigShape } from "../Config.js"
+import { WorkerConfig, type WorkerIdentity } from "../config/Shared.js"
 import { forbidden, refusalBody, unauthorized } from "../exchange/Errors.js"
 import { ApiKeys } from "../keys/ApiKeys.js"
 import { NO_LABELS, preregistered } from "./Metrics.js"
+import { OtelConfig, type OtelConfigShape } from "./OtelConfig.js"
+import { MetricsConfig } from "./TelemetryConfig.js"
 import { resourceOf } from "./Tracing.js"
 
 /** The unlabelled series a scrape shows from the start, at 0, before anything has set them. */
@@ -28,13 +30,13 @@ interface Scraper {
 }
 
 /** Loaded on the first scrape: nothing of the exporter runs at start-up. */
-const loadScraper = async (config: AppConfigShape): Promise<Scraper> => {
+const loadScraper = async (otel: OtelConfigShape, worker: WorkerIdentity): Promise<Scraper> => {
   const [{ PrometheusExporter, PrometheusSerializer }, Bridge] = await Promise.all([
     import("@opentelemetry/exporter-prometheus"),
     import("./MetricsBridge.js")
   ])
   const reader = new PrometheusExporter({ preventServerStart: true })
-  reader.setMetricProducer(Bridge.makeProducer(resourceOf(config)))
+  reader.setMetricProducer(Bridge.makeProducer(resourceOf(otel, worker)))
   // No otel_scope_name on every series: all of them come from the one Effect bridge.
   const serializer = new PrometheusSerializer(undefined, false, undefined, false, true)
   return {
@@ -50,14 +52,15 @@ export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8
 
 export class PrometheusMetrics extends Effect.Service<PrometheusMetrics>()("app/PrometheusMetrics", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const otel = yield* OtelConfig
+    const worker = yield* WorkerConfig
     let scraper: Promise<Scraper> | undefined
     yield* Effect.addFinalizer(() => scraper === undefined ? Effect.void : Effect.promise(() => scraper!.then((s) => s.shutdown())))
     return {
       /** The Prometheus text exposition of every metric now; per-key series only with `perKey`. */
       scrape: (perKey: boolean) =>
         Effect.promise(() => {
-          scraper ??= loadScraper(config)
+          scraper ??= loadScraper(otel, worker)
           return scraper.then((s) => s.scrape(perKey))
         })
     } as const
@@ -71,12 +74,12 @@ export class PrometheusMetrics extends Effect.Service<PrometheusMetrics>()("app/
  * (no keys at all) shows everything.
  */
 export const metricsRoute = Effect.gen(function*() {
-  const config = yield* AppConfig
+  const { metricsPublic } = yield* MetricsConfig
   const keys = yield* ApiKeys
   const request = yield* HttpServerRequest.HttpServerRequest
   const auth = keys.open ? undefined : keys.authenticate(request.headers as IncomingHttpHeaders)
   const perKey = auth === undefined || (auth.ok && auth.key?.scopes.has("metrics") === true)
-  if (!perKey && !config.metricsPublic) {
+  if (!perKey && !metricsPublic) {
     const refusal = auth?.ok === false ? unauthorized(auth.reason) : forbidden("this API key lacks the metrics scope")
     return HttpServerResponse.text(refusalBody("native", refusal), {
       status: refusal.status,

@@ -2,15 +2,17 @@
  * OpenTelemetry's own slice of the environment (OTEL_*), read by the standard variables' rules:
  * where traces and metrics go, how, and how they are sampled.
  */
-import { Config, Duration, Effect, Either, Option, Redacted } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import {
+  all,
   optional,
   type Parse,
   parseBoolean,
   parseDuration,
   parseHttpUrl,
   quoted,
-  readConfigSlice,
+  type Read,
+  readSlice,
   text,
   withDefault
 } from "../config/Read.js"
@@ -30,7 +32,7 @@ export interface OtlpTarget {
 }
 
 /** The standard OpenTelemetry variables the service honours. */
-export interface OtelConfig {
+export interface OtelConfigShape {
   readonly serviceName: string
   readonly resourceAttributes: Readonly<Record<string, string>>
   /** None: no trace export, and no tracing cost on the hot path. */
@@ -106,7 +108,7 @@ const parseMillis: Parse<Duration.Duration> = (raw) =>
 /** A base endpoint gets the signal's path; a signal endpoint is used as given. */
 const signalUrl = (base: URL, path: string) => new URL(`${base.href.replace(/\/+$/, "")}/${path}`)
 
-const fromEnvironment = Config.all({
+const fromEnvironment = all({
   otelSdkDisabled: withDefault("OTEL_SDK_DISABLED", parseBoolean, false),
   otelServiceName: withDefault("OTEL_SERVICE_NAME", text, "ollama-authentication-proxy"),
   otelResourceAttributes: withDefault("OTEL_RESOURCE_ATTRIBUTES", parseKeyValues("attributes", true), {}),
@@ -126,7 +128,7 @@ const fromEnvironment = Config.all({
   otelMetricExportInterval: withDefault("OTEL_METRIC_EXPORT_INTERVAL", parseMillis, Duration.seconds(60))
 })
 
-const otelConfigOf = (raw: Config.Config.Success<typeof fromEnvironment>): OtelConfig => {
+const otelConfigOf = (raw: Read.Success<typeof fromEnvironment>): OtelConfigShape => {
   const target = (
     signal: "traces" | "metrics",
     exporter: "otlp" | "none",
@@ -155,5 +157,8 @@ const otelConfigOf = (raw: Config.Config.Success<typeof fromEnvironment>): OtelC
   }
 }
 
-/** The OTEL_* variables, read and checked. */
-export const readOtelConfig = readConfigSlice(fromEnvironment).pipe(Effect.map(otelConfigOf))
+/** The OTEL_* variables, read and checked: the traces' and metrics' export (Tracing), the resource (Tracing, /metrics). */
+export class OtelConfig extends Context.Tag("app/OtelConfig")<OtelConfig, OtelConfigShape>() {
+  static readonly variables = fromEnvironment.variables
+  static readonly layer = Layer.effect(OtelConfig, readSlice(fromEnvironment).pipe(Effect.map(otelConfigOf)))
+}

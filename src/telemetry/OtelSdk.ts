@@ -44,10 +44,11 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import type { AppConfigShape, OtlpTarget, SamplerConfig } from "../Config.js"
 import type { Caller } from "../exchange/Caller.js"
 import type { Exchange } from "../exchange/Exchange.js"
+import type { OllamaHost } from "../OllamaHost.js"
 import { makeProducer } from "./MetricsBridge.js"
+import type { OtelConfigShape, OtlpTarget, SamplerConfig } from "./OtelConfig.js"
 import type { ExchangeSummary, ExchangeTrace, ExchangeTracer, Tracing, TracingShape } from "./Tracing.js"
 
 const samplerOf = (config: SamplerConfig): Sampler => {
@@ -84,13 +85,13 @@ const SHUTDOWN_TIMEOUT = Duration.seconds(3)
 export interface SdkOptions {
   readonly tag: typeof Tracing
   readonly off: TracingShape
-  readonly config: AppConfigShape
+  readonly otel: OtelConfigShape
+  readonly ollama: OllamaHost
   readonly resource: Parameters<typeof Resource.layer>[0]
   readonly extraProcessors: ReadonlyArray<SpanProcessor>
 }
 
-export const layer = ({ config, extraProcessors, off, resource, tag }: SdkOptions): Layer.Layer<Tracing> => {
-  const otel = config.otel
+export const layer = ({ extraProcessors, off, ollama, otel, resource, tag }: SdkOptions): Layer.Layer<Tracing> => {
   const processors: Array<SpanProcessor> = [...extraProcessors]
   if (Option.isSome(otel.traces)) processors.push(new BatchSpanProcessor(traceExporter(otel.traces.value)))
 
@@ -114,7 +115,7 @@ export const layer = ({ config, extraProcessors, off, resource, tag }: SdkOption
     : Layer.effect(
       tag,
       Effect.map(EffectOtelTracer.OtelTracer, (tracer) => ({
-        exchanges: makeExchangeTracer(tracer, config.ollama.connectHost, config.ollama.port)
+        exchanges: makeExchangeTracer(tracer, ollama.connectHost, ollama.port)
       }))
     ).pipe(
       Layer.provideMerge(EffectOtelTracer.layer),

@@ -15,11 +15,13 @@
  */
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Context, Effect, Layer, Option } from "effect"
-import { AppConfig, type AppConfigShape } from "../Config.js"
+import { WorkerConfig, type WorkerIdentity } from "../config/Shared.js"
 import type { GenAiOperation } from "../exchange/Classify.js"
 import type { Exchange } from "../exchange/Exchange.js"
 import type { Outcome } from "../exchange/Reading.js"
+import { OllamaHostConfig } from "../OllamaHost.js"
 import type { ResponseUsage } from "./GenAi.js"
+import { OtelConfig, type OtelConfigShape } from "./OtelConfig.js"
 
 /** Extra span processors, beside the OTLP exporter; tests add an in-memory one. */
 export class SpanProcessors extends Context.Reference<SpanProcessors>()("app/SpanProcessors", {
@@ -33,16 +35,16 @@ declare const __APP_VERSION__: string | undefined
  * so each worker's telemetry stands apart) and OTEL_RESOURCE_ATTRIBUTES, which win, for traces
  * and metrics alike.
  */
-export const resourceOf = (config: AppConfigShape) => {
-  const { runpod_dc_id, runpod_endpoint_id, runpod_pod_id } = config.worker
+export const resourceOf = (otel: OtelConfigShape, worker: WorkerIdentity) => {
+  const { runpod_dc_id, runpod_endpoint_id, runpod_pod_id } = worker
   return {
-    serviceName: config.otel.serviceName,
+    serviceName: otel.serviceName,
     ...(typeof __APP_VERSION__ === "string" ? { serviceVersion: __APP_VERSION__ } : {}),
     attributes: {
       ...(runpod_pod_id === undefined ? {} : { "service.instance.id": runpod_pod_id, "runpod.pod_id": runpod_pod_id }),
       ...(runpod_endpoint_id === undefined ? {} : { "runpod.endpoint_id": runpod_endpoint_id }),
       ...(runpod_dc_id === undefined ? {} : { "runpod.dc_id": runpod_dc_id }),
-      ...config.otel.resourceAttributes
+      ...otel.resourceAttributes
     }
   }
 }
@@ -93,19 +95,25 @@ export class Tracing extends Context.Tag("app/Tracing")<Tracing, TracingShape>()
   static readonly off: TracingShape = { exchanges: undefined }
 
   /**
-   * From AppConfig. The OpenTelemetry SDK is imported only when something is exported, so an
+   * From the OTEL_* variables. The OpenTelemetry SDK is imported only when something is exported, so an
    * unconfigured service neither loads nor initialises it.
    */
   static readonly layer = Layer.unwrapEffect(
     Effect.gen(function*() {
-      const config = yield* AppConfig
+      const otel = yield* OtelConfig
       const processors = yield* SpanProcessors
-      const otel = config.otel
       if (Option.isNone(otel.traces) && Option.isNone(otel.metrics) && processors.length === 0) {
         return Layer.succeed(Tracing, Tracing.off)
       }
       const sdk = yield* Effect.promise(() => import("./OtelSdk.js"))
-      return sdk.layer({ tag: Tracing, off: Tracing.off, config, resource: resourceOf(config), extraProcessors: processors })
+      return sdk.layer({
+        tag: Tracing,
+        off: Tracing.off,
+        otel,
+        ollama: yield* OllamaHostConfig,
+        resource: resourceOf(otel, yield* WorkerConfig),
+        extraProcessors: processors
+      })
     })
   )
 }

@@ -4,7 +4,7 @@
  */
 import { Effect, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
-import { AppConfig, type WorkerIdentity } from "../Config.js"
+import { WorkerConfig, type WorkerIdentity } from "../config/Shared.js"
 import { asksForUsage } from "../exchange/Classify.js"
 import type { Exchange, ExchangeConsumer, ExchangeWatch } from "../exchange/Exchange.js"
 import { refusedByProxy } from "../exchange/Reading.js"
@@ -95,7 +95,7 @@ export const makeUsageRecords = (
 export class UsageRecords extends Effect.Service<UsageRecords>()("app/UsageRecords", {
   effect: Effect.gen(function*() {
     const webhook = yield* UsageWebhook
-    const { worker } = yield* AppConfig
+    const worker = yield* WorkerConfig
     // Without a webhook no record has anywhere to go: none is made.
     const consumer: ExchangeConsumer | undefined = webhook.enabled ? makeUsageRecords(webhook.offer, worker) : undefined
     return { consumer } as const

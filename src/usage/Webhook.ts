@@ -13,7 +13,7 @@
  */
 import { Duration, Effect, FiberSet, Metric, Option, Redacted, Runtime, Schedule, type Tracer } from "effect"
 import { randomUUID } from "node:crypto"
-import { AppConfig } from "../Config.js"
+import { RedisConfig, ShutdownConfig } from "../config/Shared.js"
 import { labelCache, NO_LABELS } from "../telemetry/Metrics.js"
 import { type Attempt, type DeliveryError, isGone, isRetryable, makePoster, retrySchedule, WebhookRejected } from "./Delivery.js"
 import { memoryOutbox, type Outbox } from "./Outbox.js"
@@ -21,6 +21,7 @@ import { type Batch, DeliveryQueue, type Outgoing } from "./Queue.js"
 import type { UsageRecord } from "./Record.js"
 import { redisOutbox } from "./RedisOutbox.js"
 import { openSpool } from "./Spool.js"
+import { WebhookConfig } from "./WebhookConfig.js"
 
 export { isRetryable, parseRetryAfter, retrySchedule, WebhookRejected, WebhookUnreachable } from "./Delivery.js"
 
@@ -59,7 +60,9 @@ export interface UsageWebhookShape {
 
 export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebhook", {
   scoped: Effect.gen(function*() {
-    const config = yield* AppConfig
+    const config = yield* WebhookConfig
+    const { redisUrl } = yield* RedisConfig
+    const { shutdownTimeout } = yield* ShutdownConfig
     // Read as 0 before anything happened, not missing, webhook or not.
     webhookRetries.unsafeValue(NO_LABELS)
     webhookQueueDepth.unsafeValue(NO_LABELS)
@@ -100,7 +103,7 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
     const fallback: Outbox = Option.getOrElse(spooled, () => memoryOutbox)
     const outbox: Outbox = yield* Effect.acquireRelease(
       Effect.sync(() =>
-        Option.match(config.limitsStore.redisUrl, {
+        Option.match(redisUrl, {
           onNone: () => fallback,
           onSome: (redisUrl) =>
             redisOutbox({
@@ -325,7 +328,7 @@ export class UsageWebhook extends Effect.Service<UsageWebhook>()("app/UsageWebho
         // Finalizers run uninterruptibly: without `interruptible` the wait would outlast its deadline.
         yield* idle.await.pipe(
           Effect.interruptible,
-          Effect.timeoutTo({ duration: config.shutdownTimeout, onSuccess: () => true, onTimeout: () => false })
+          Effect.timeoutTo({ duration: shutdownTimeout, onSuccess: () => true, onTimeout: () => false })
         )
         if (queue.outstanding === 0) return
         // Out of time. What is not done now is kept, and only that: a batch is settled before its
