@@ -15,6 +15,7 @@
  * the caller decides what that means (LIMITS_ON_STORE_FAILURE).
  */
 import { Redis } from "ioredis"
+import { untilReady } from "../Redis.js"
 import { type AsyncLimitStore, LEASE_MS, type ModelTokens, periodsAt, type Usage } from "./Store.js"
 import { Kind, kindOf, LIMITS, type LimitTable, type Plan } from "./Table.js"
 
@@ -319,18 +320,7 @@ export const redisStore = (options: RedisStoreOptions): RedisLimitStore => {
       const failed = results?.find(([error]) => error !== null)
       if (failed !== undefined) throw failed[0]
     },
-    ready: (waitMs) =>
-      redis.status === "ready" ? Promise.resolve(true) : new Promise<boolean>((resolve) => {
-        const timer = setTimeout(() => {
-          redis.off("ready", onReady)
-          resolve(false)
-        }, waitMs)
-        const onReady = () => {
-          clearTimeout(timer)
-          resolve(true)
-        }
-        redis.once("ready", onReady)
-      }),
+    ready: (waitMs) => untilReady(redis, waitMs),
     close: async () => {
       redis.disconnect()
     }

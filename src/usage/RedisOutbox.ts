@@ -13,6 +13,7 @@
  */
 import { Redis } from "ioredis"
 import { hostname } from "node:os"
+import { untilReady } from "../Redis.js"
 import type { Outbox } from "./Outbox.js"
 import type { Outgoing } from "./Queue.js"
 
@@ -175,18 +176,7 @@ export const redisOutbox = (options: RedisOutboxOptions): Outbox => {
       }
     },
     ready: async (waitMs) => {
-      const connected = redis.status === "ready" || await new Promise<boolean>((resolve) => {
-        const timer = setTimeout(() => {
-          redis.off("ready", onReady)
-          resolve(false)
-        }, waitMs)
-        const onReady = () => {
-          clearTimeout(timer)
-          resolve(true)
-        }
-        redis.once("ready", onReady)
-      })
-      if (!connected) return false
+      if (!(await untilReady(redis, waitMs))) return false
       // The group exists before the first record: else that record's XADD would wait a round
       // trip for it and reach Redis after the client's last bytes.
       return ensureGroup().then(() => true, () => false)
