@@ -113,25 +113,35 @@ const expectExactlyOnce = async (completed: ReadonlyArray<string>) => {
 const randomMs = (min: number, max: number) => min + Math.floor(Math.random() * (max - min))
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/** The worker the traffic goes to; undefined while it is being restarted. */
+interface Slot {
+  worker: SpawnedProxy | undefined
+}
+
+/** `kill -9`s the worker in the slot at 5 random moments, restarting it on the same env each time. */
+const killFiveTimes = async (slot: Slot, env: Record<string, string>) => {
+  for (let kill = 0; kill < 5; kill++) {
+    await pause(randomMs(150, 600))
+    const dying = slot.worker!
+    slot.worker = undefined
+    await dying.kill("SIGKILL")
+    slot.worker = await spawnProxy(env)
+  }
+  await pause(300)
+}
+
 describe("kill -9 under load, the webhook failing 30%", () => {
   it("with USAGE_SPOOL_DIR: a restart on the same directory delivers what the killed worker left", async () => {
     receiver.received.length = 0
     const env = { ...baseEnv(), USAGE_SPOOL_DIR: mkdtempSync(join(tmpdir(), "outbox-spool-")) }
-    let worker: SpawnedProxy | undefined = await spawnProxy(env)
-    const traffic = load(() => worker?.url)
-    for (let kill = 0; kill < 5; kill++) {
-      await pause(randomMs(150, 600))
-      const dying = worker!
-      worker = undefined
-      await dying.kill("SIGKILL")
-      worker = await spawnProxy(env)
-    }
-    await pause(300)
+    const slot: Slot = { worker: await spawnProxy(env) }
+    const traffic = load(() => slot.worker?.url)
+    await killFiveTimes(slot, env)
     await traffic.stop()
     try {
       await expectExactlyOnce(traffic.completed)
     } finally {
-      await worker.kill()
+      await slot.worker?.kill()
     }
   }, 90_000)
 
@@ -140,23 +150,16 @@ describe("kill -9 under load, the webhook failing 30%", () => {
     const redis = await startRedis()
     const env = { ...baseEnv(), REDIS_URL: redis.url }
     const other = await spawnProxy(env)
-    let worker: SpawnedProxy | undefined = await spawnProxy(env)
+    const slot: Slot = { worker: await spawnProxy(env) }
     let turn = 0
     // Half the requests go to the worker that is killed, half to the one that lives.
-    const traffic = load(() => (turn++ % 2 === 0 ? worker?.url : other.url))
+    const traffic = load(() => (turn++ % 2 === 0 ? slot.worker?.url : other.url))
     try {
-      for (let kill = 0; kill < 5; kill++) {
-        await pause(randomMs(150, 600))
-        const dying = worker!
-        worker = undefined
-        await dying.kill("SIGKILL")
-        worker = await spawnProxy(env)
-      }
-      await pause(300)
+      await killFiveTimes(slot, env)
       await traffic.stop()
       await expectExactlyOnce(traffic.completed)
     } finally {
-      await worker?.kill()
+      await slot.worker?.kill()
       await other.kill()
       await redis.close()
     }
